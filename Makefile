@@ -1,0 +1,38 @@
+# `make demo` and `make test` work on a fresh machine: they create .venv on first use.
+# On a machine without CUDA, torch is pinned to the CPU build (2.13.0); with nvidia-smi present, any torch>=2.4.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch>=2.4,torch==2.13.0)
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-fast lint format clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/mtft-train
+
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not integration"
+
+lint: $(STAMP)
+	$(BIN)/ruff check mtft tests
+	$(BIN)/ruff format --check mtft tests
+
+format: $(STAMP)
+	$(BIN)/ruff format mtft tests
+	$(BIN)/ruff check --fix mtft tests
+
+clean:
+	rm -rf $(VENV) runs outputs .pytest_cache

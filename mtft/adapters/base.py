@@ -1,0 +1,37 @@
+"""What every adapter method provides: a config, injection into a base model, and save/load of what it trains."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from torch import nn
+
+ADAPTER_CONFIG_FILE = "mtft_adapter.json"
+
+
+@dataclass
+class AdapterConfig:
+    name: str = ""
+
+
+class AdapterMethod(NamedTuple):
+    config: type[AdapterConfig]
+    inject: Callable[[nn.Module, AdapterConfig], nn.Module]  # returns the model to train, trainable flags set
+    save: Callable[[nn.Module, Path], None]  # writes the trained weights as safetensors
+    load: Callable[[nn.Module, Path], nn.Module]  # restores them onto a freshly loaded base model
+
+
+def write_adapter_config(cfg: AdapterConfig, directory: Path) -> None:
+    """Record which method made `directory`, so `load_adapter` needs nothing else."""
+    (directory / ADAPTER_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())

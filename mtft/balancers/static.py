@@ -1,0 +1,46 @@
+"""Fixed weights: `uniform` (every task 1) and `static` (per-task weights from the config).
+
+With the trainer's data-balanced reduction, Σ_t w_t·L_t / Σ_t w_t over the tasks present in the step, `uniform`
+gives each present task an equal share of the loss whatever its token count (MFTCoder's "data-balanced" case),
+and `static` scales those shares. A weight of 0 takes a task out of the gradient; it is
+still sampled, logged and validated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mtft.balancers.base import Balancer, BalancerConfig, check_known_tasks
+from mtft.config.schema import check
+
+
+@dataclass
+class UniformConfig(BalancerConfig):
+    name: str = "uniform"
+
+
+class UniformBalancer(Balancer):
+    def weights(self) -> dict[str, float]:
+        return dict.fromkeys(self.task_names, 1.0)
+
+
+@dataclass
+class StaticConfig(BalancerConfig):
+    name: str = "static"
+    weights: dict[str, float] = field(default_factory=dict)  # task -> weight; tasks not listed get 1.0
+
+    def __post_init__(self) -> None:
+        for task, weight in self.weights.items():
+            check(weight >= 0, f"weights.{task}", f"must be >= 0, got {weight}")
+
+    def check_tasks(self, task_names: list[str]) -> None:
+        check_known_tasks(list(self.weights), task_names, "balancer.weights")
+        total = sum(self.weights.get(t, 1.0) for t in task_names)
+        check(total > 0, "balancer.weights", "every task has weight 0: nothing would train")
+
+
+class StaticBalancer(Balancer):
+    cfg: StaticConfig
+
+    def weights(self) -> dict[str, float]:
+        return {t: self.cfg.weights.get(t, 1.0) for t in self.task_names}

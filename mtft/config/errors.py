@@ -1,0 +1,26 @@
+"""User-facing errors: raised for bad config or bad data, reported by the CLI as one paragraph, never a traceback."""
+
+
+class UserError(Exception):
+    """A mistake in what the user gave us. The message must name where (key, or file and line) and what."""
+
+
+class ConfigError(UserError):
+    """An invalid config value. `key` is the dotted path once the converter has prefixed it."""
+
+    def __init__(self, key: str, problem: str):
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{key}: {problem}" if key else problem)
+
+    def under(self, prefix: str) -> "ConfigError":
+        return ConfigError(f"{prefix}.{self.key}" if self.key else prefix, self.problem)
+
+
+class DataError(UserError):
+    """Bad input data: the message names the file, the line and the field."""
+
+    def __init__(self, path: str, line: int | None, field: str | None, problem: str):
+        where = f"{path}:{line}" if line is not None else str(path)
+        what = f" field '{field}'" if field else ""
+        super().__init__(f"{where}:{what} {problem}")

@@ -1,0 +1,43 @@
+"""The whole run's config: one typed object, validated once, handed to everything below the CLI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from mtft.adapters import ADAPTERS, AdapterConfig
+from mtft.adapters.lora import LoraConfig
+from mtft.balancers import BALANCERS, BalancerConfig
+from mtft.balancers.static import UniformConfig
+from mtft.config.convert import from_dict
+from mtft.config.errors import ConfigError
+from mtft.config.schema import DataConfig, DeepSpeedConfig, LoggerConfig, ModelConfig, TrainerConfig
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig
+    model: ModelConfig = field(default_factory=ModelConfig)
+    adapter: AdapterConfig = field(default_factory=LoraConfig)
+    balancer: BalancerConfig = field(default_factory=UniformConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+    def __post_init__(self) -> None:
+        self.balancer.check_tasks(self.data.task_names)
+
+
+def build_train_config(raw: dict[str, Any]) -> TrainConfig:
+    """Convert the composed config (plain dicts) to a TrainConfig; the registries pick adapter/balancer classes."""
+    raw = dict(raw)
+    raw["adapter"] = _from_registry(raw.get("adapter"), {k: v.config for k, v in ADAPTERS.items()}, "adapter")
+    raw["balancer"] = _from_registry(raw.get("balancer"), {k: v[0] for k, v in BALANCERS.items()}, "balancer")
+    return from_dict(TrainConfig, raw)
+
+
+def _from_registry(raw: Any, classes: dict[str, type], key: str) -> Any:
+    name = raw.get("name") if isinstance(raw, dict) else None
+    if name not in classes:
+        raise ConfigError(f"{key}.name", f"unknown {key} '{name}'; choose one of {', '.join(classes)}")
+    return from_dict(classes[name], raw, key)

@@ -1,0 +1,27 @@
+"""Samples to a padded batch. The task id travels per token, so a row may hold several tasks once packed."""
+
+from __future__ import annotations
+
+import torch
+
+from mtft.data.tasks import Sample
+from mtft.data.tokenize import IGNORE
+
+PAD_TASK = -1
+
+
+def collate(samples: list[Sample], pad_token_id: int, multiple_of: int = 8) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest sample, rounded up to `multiple_of` (friendlier kernels, fewer shapes)."""
+    longest = max(len(s.input_ids) for s in samples)
+    length = -(-longest // multiple_of) * multiple_of
+    input_ids = torch.full((len(samples), length), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(samples), length), IGNORE, dtype=torch.long)
+    task_ids = torch.full((len(samples), length), PAD_TASK, dtype=torch.long)
+    attention_mask = torch.zeros((len(samples), length), dtype=torch.long)
+    for row, sample in enumerate(samples):
+        n = len(sample.input_ids)
+        input_ids[row, :n] = torch.tensor(sample.input_ids)
+        labels[row, :n] = torch.tensor(sample.labels)
+        task_ids[row, :n] = sample.task_id
+        attention_mask[row, :n] = 1
+    return {"input_ids": input_ids, "labels": labels, "task_ids": task_ids, "attention_mask": attention_mask}

@@ -1,0 +1,207 @@
+"""The training recipe, top to bottom: setup, then one plain loop of optimizer steps on the DeepSpeed engine.
+
+Each optimizer step: draw its micro-batches, count each task's completion tokens over the whole step (all
+ranks), then forward/backward each micro-batch with the balanced loss (training/losses.py), then let the
+balancer observe the step's per-task losses. Validation, logging and checkpoints happen at their intervals.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import set_seed
+
+from mtft.adapters import ADAPTERS
+from mtft.adapters.base import count_parameters
+from mtft.balancers import build_balancer
+from mtft.config.errors import ConfigError
+from mtft.config.train import TrainConfig
+from mtft.data.batches import MixedBatches
+from mtft.data.sampler import mixing_probabilities
+from mtft.data.tasks import load_tasks
+from mtft.logging import build_run_logger
+from mtft.models import load_model_and_tokenizer
+from mtft.training.engine import all_reduce_sum, build_engine, init_distributed
+from mtft.training.losses import balanced_loss, label_counts, per_task_sums, token_losses
+from mtft.training.report import data_report, print_summary, summary
+from mtft.training.state import find_resume_checkpoint, load_checkpoint, save_checkpoint
+from mtft.training.validation import validation_losses
+
+
+def train(cfg: TrainConfig, resolved_config_yaml: str = "") -> dict[str, Any]:
+    # ---- setup ------------------------------------------------------------------------------------------------
+    t = cfg.trainer
+    rank, world_size = init_distributed()
+    output_dir = Path(t.output_dir)
+    resume_from = find_resume_checkpoint(output_dir, t.resume) if t.resume else None
+    if resume_from is None and (output_dir / "metrics.jsonl").exists() and t.resume != "auto":
+        raise ConfigError(
+            "trainer.output_dir", f"{output_dir} already holds a run; set trainer.resume=auto or pick a new directory"
+        )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    set_seed(t.seed)
+
+    model, tokenizer = load_model_and_tokenizer(cfg.model)
+    tasks = load_tasks(cfg.data, tokenizer, t.seed)
+    names = [task.name for task in tasks]
+    model = ADAPTERS[cfg.adapter.name].inject(model, cfg.adapter)
+    trainable, total = count_parameters(model)
+    engine = build_engine(model, cfg, world_size)
+    balancer = build_balancer(cfg.balancer, names)
+    probabilities = mixing_probabilities([len(task.train) for task in tasks], cfg.data)
+    batches = MixedBatches(tasks, probabilities, t.micro_batch_size, tokenizer.pad_token_id, t.seed, rank, world_size)
+    logger = build_run_logger(cfg.logger, output_dir, dataclasses.asdict(cfg), rank)
+
+    def validate() -> dict[str, float]:
+        return validation_losses(engine, tasks, t.eval_batch_size, tokenizer.pad_token_id)
+
+    step, tokens_seen, initial_val = 0, 0, {}
+    if resume_from is not None:
+        state = load_checkpoint(engine, resume_from)
+        step, tokens_seen, initial_val = state["step"], state["tokens"], state["initial_val_losses"]
+        balancer.load_state_dict(state["balancer"])
+        batches.load_state_dict(state["sampler"])
+    logger.drop_after(step)  # records a crashed run wrote past its last checkpoint, or an abandoned fresh start
+    if rank == 0:
+        (output_dir / "config.yaml").write_text(resolved_config_yaml)
+        report = data_report(tasks, probabilities)
+        (output_dir / "data_report.json").write_text(json.dumps(report, indent=2))
+        print(f"mtft: {len(names)} tasks, {trainable:,} of {total:,} parameters trainable, {world_size} rank(s)")
+    if not initial_val:
+        initial_val = validate()
+
+    def checkpoint() -> None:
+        mtft_state = {
+            "step": step,
+            "tokens": tokens_seen,
+            "initial_val_losses": initial_val,
+            "balancer": balancer.state_dict(),
+            "sampler": batches.state_dict(),
+        }
+        save_checkpoint(engine, output_dir, step, mtft_state, cfg.adapter, tokenizer)
+
+    # ---- loop -------------------------------------------------------------------------------------------------
+    num_tasks = len(names)
+    window = torch.zeros(2, num_tasks)  # per-task loss sums and token counts since the last log record
+    window_tokens, window_start, run_start = 0, time.perf_counter(), time.perf_counter()
+    val_losses: dict[str, float] = {}
+    engine.train()
+    while step < t.max_steps:
+        micro_batches = [_to(batches.next(), engine.device) for _ in range(t.grad_accum_steps)]
+        weights_now = balancer.weights()
+        weights = torch.tensor([weights_now[n] for n in names], device=engine.device)
+        result = optimizer_step(engine, micro_batches, weights, num_tasks)
+        step += 1
+        present = result.counts > 0
+        train_losses = {n: float(result.sums[i] / result.counts[i]) for i, n in enumerate(names) if present[i]}
+        window += torch.stack([result.sums, result.counts])
+        window_tokens += result.tokens
+        tokens_seen += result.tokens
+
+        evaluate = step % t.eval_steps == 0 or step == t.max_steps
+        if balancer.needs_val_losses and step % balancer.val_interval == 0:
+            evaluate = True
+        val_losses = validate() if evaluate else {}
+        balancer.observe(step, train_losses, val_losses or None)
+
+        if step % t.logging_steps == 0 or evaluate or step == t.max_steps:
+            elapsed = time.perf_counter() - window_start
+            record = _record(step, names, window, weights_now, val_losses, engine, window_tokens / elapsed)
+            record.update({f"balancer/{k}": v for k, v in balancer.metrics().items()})
+            logger.log(record)
+            if rank == 0:
+                print(_console_line(record, t.max_steps), flush=True)
+            window.zero_()
+            window_tokens, window_start = 0, time.perf_counter()
+        if (t.save_steps and step % t.save_steps == 0) or step == t.max_steps:
+            checkpoint()
+
+    # ---- wrap up ----------------------------------------------------------------------------------------------
+    final_val = val_losses or validate()
+    run_summary = summary(tasks, step, time.perf_counter() - run_start, tokens_seen, initial_val, final_val, balancer)
+    if rank == 0:
+        (output_dir / "summary.json").write_text(json.dumps(run_summary, indent=2))
+        print_summary(run_summary)
+        print(f"outputs in {output_dir}")
+    logger.finish()
+    return run_summary
+
+
+@dataclasses.dataclass
+class StepResult:
+    sums: torch.Tensor  # per-task loss sums over the step, all ranks (cpu)
+    counts: torch.Tensor  # per-task completion-token counts, all ranks (cpu)
+    tokens: int  # non-padding tokens processed, all ranks
+
+
+def optimizer_step(
+    engine, micro_batches: list[dict[str, torch.Tensor]], weights: torch.Tensor, num_tasks: int
+) -> StepResult:
+    """One optimizer step over `micro_batches` (the engine's gradient-accumulation count of them).
+
+    Per-task token counts are taken over the whole step on all ranks before any forward, so each micro-batch's
+    balanced loss is its exact share of the step loss (training/losses.py).
+    """
+    step_counts = all_reduce_sum(sum(label_counts(b["labels"], b["task_ids"], num_tasks) for b in micro_batches))
+    step_sums = torch.zeros(num_tasks, device=engine.device)
+    for batch in micro_batches:
+        logits = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        sums, _ = per_task_sums(token_losses(logits, batch["labels"]), batch["labels"], batch["task_ids"], num_tasks)
+        loss = balanced_loss(sums, step_counts, weights)
+        # The loss is already normalised for the whole step: no 1/GAS; DeepSpeed averages over ranks, undo that.
+        engine.backward(loss * engine.world_size, scale_wrt_gas=False)
+        engine.step()
+        step_sums += sums.detach()
+    tokens = sum(float(b["attention_mask"].sum()) for b in micro_batches)
+    reduced = all_reduce_sum(torch.cat([step_sums, torch.tensor([tokens], device=engine.device)])).cpu()
+    return StepResult(reduced[:num_tasks], step_counts.cpu(), int(reduced[num_tasks]))
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _record(
+    step: int,
+    names: list[str],
+    window: torch.Tensor,
+    weights: dict[str, float],
+    val_losses: dict[str, float],
+    engine,
+    tokens_per_second: float,
+) -> dict[str, Any]:
+    """One metrics.jsonl line: the window's exact per-task means and the balanced loss built from them."""
+    sums, counts = window
+    task_losses = {n: float(sums[i] / counts[i]) for i, n in enumerate(names) if counts[i] > 0}
+    weight_sum = sum(weights[n] for n in task_losses)
+    loss = sum(weights[n] * task_losses[n] for n in task_losses) / weight_sum if weight_sum > 0 else 0.0
+    record: dict[str, Any] = {
+        "step": step,
+        "loss": loss,
+        "lr": engine.get_lr()[0],
+        "tokens_per_second": tokens_per_second,
+    }
+    grad_norm = engine.get_global_grad_norm()
+    if grad_norm is not None:
+        record["grad_norm"] = float(grad_norm)
+    for name in names:
+        if name in task_losses:
+            record[f"task/{name}/loss"] = task_losses[name]
+        record[f"task/{name}/weight"] = weights[name]
+        if name in val_losses:
+            record[f"task/{name}/val_loss"] = val_losses[name]
+    return record
+
+
+def _console_line(record: dict[str, Any], max_steps: int) -> str:
+    line = f"step {record['step']}/{max_steps}  loss {record['loss']:.4f}  lr {record['lr']:.2e}"
+    line += f"  {record['tokens_per_second']:,.0f} tok/s"
+    vals = {k.split("/")[1]: v for k, v in record.items() if k.endswith("/val_loss")}
+    if vals:
+        line += "  val " + " ".join(f"{n}={v:.3f}" for n, v in vals.items())
+    return line

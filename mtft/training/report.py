@@ -1,0 +1,61 @@
+"""The run's JSON reports (data_report.json, summary.json) and the closing per-task table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from mtft.balancers import Balancer
+from mtft.data.tasks import TaskData
+
+
+def data_report(tasks: list[TaskData], probabilities: np.ndarray) -> dict[str, Any]:
+    """Per task: every line read is either a sample (train or validation) or counted under a drop reason."""
+    return {
+        "tasks": {
+            task.name: {**task.report, "mixing_probability": round(float(p), 6)}
+            for task, p in zip(tasks, probabilities, strict=True)
+        }
+    }
+
+
+def summary(
+    tasks: list[TaskData],
+    steps: int,
+    wall_seconds: float,
+    tokens: int,
+    initial_val: dict[str, float],
+    final_val: dict[str, float],
+    balancer: Balancer,
+) -> dict[str, Any]:
+    weights = balancer.weights()
+    return {
+        "steps": steps,
+        "wall_seconds": round(wall_seconds, 3),
+        "tokens": tokens,
+        "tasks": {
+            task.name: {
+                "train_samples": task.report["train_samples"],
+                "val_samples": task.report["val_samples"],
+                "dropped": sum(task.report["dropped"].values()),
+                "truncated": task.report["truncated"],
+                "initial_val_loss": initial_val.get(task.name),
+                "final_val_loss": final_val.get(task.name),
+                "final_weight": weights[task.name],
+            }
+            for task in tasks
+        },
+    }
+
+
+def print_summary(result: dict[str, Any]) -> None:
+    print(f"\n{result['steps']} steps in {result['wall_seconds']:.1f}s, {result['tokens']:,} tokens")
+    print(f"{'task':<16}{'train':>7}{'val':>6}{'val loss start':>16}{'end':>8}{'weight':>8}")
+    for name, t in result["tasks"].items():
+        start, end = t["initial_val_loss"], t["final_val_loss"]
+        trend = "lower" if end < start else "NOT lower"
+        print(
+            f"{name:<16}{t['train_samples']:>7}{t['val_samples']:>6}{start:>16.4f}{end:>8.4f}"
+            f"{t['final_weight']:>8.2f}  {trend}"
+        )

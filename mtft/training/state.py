@@ -1,0 +1,87 @@
+"""Checkpoints: the DeepSpeed engine's own (model, optimizer, scheduler; sharded under ZeRO), plus the trained
+weights as safetensors, plus what mtft needs for an exact resume (step, balancer, sampler, per-rank RNG).
+
+A checkpoint directory counts only once its COMPLETE marker exists, written last, so a crash mid-save
+never leaves a half checkpoint that `resume=auto` would pick.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from transformers import PreTrainedTokenizerBase
+
+from mtft.adapters import AdapterConfig, save_adapter
+from mtft.config.errors import ConfigError
+
+COMPLETE_MARKER = "COMPLETE"
+ADAPTER_DIR = "adapter"
+
+
+def checkpoint_dir(output_dir: Path, step: int) -> Path:
+    return output_dir / f"checkpoint-{step}"
+
+
+def save_checkpoint(
+    engine,
+    output_dir: Path,
+    step: int,
+    mtft_state: dict[str, Any],
+    adapter_cfg: AdapterConfig,
+    tokenizer: PreTrainedTokenizerBase,
+) -> Path:
+    """Collective: every rank must call it."""
+    path = checkpoint_dir(output_dir, step)
+    engine.save_checkpoint(str(output_dir), tag=path.name, client_state={"mtft": mtft_state})
+    rank = dist.get_rank()
+    torch.save(_rng_state(), path / f"rng_state_{rank}.pt")
+    if rank == 0:
+        save_adapter(engine.module, adapter_cfg, path / ADAPTER_DIR)
+        tokenizer.save_pretrained(path / ADAPTER_DIR)
+    dist.barrier()
+    if rank == 0:
+        (path / COMPLETE_MARKER).write_text(f"{step}\n")
+    dist.barrier()
+    return path
+
+
+def find_resume_checkpoint(output_dir: Path, resume: str) -> Path | None:
+    """`auto`: the newest complete checkpoint in output_dir (None if there is none); otherwise the given path."""
+    if resume != "auto":
+        path = Path(resume)
+        if not (path / COMPLETE_MARKER).is_file():
+            raise ConfigError(
+                "trainer.resume", f"{resume} is not a complete mtft checkpoint (no {COMPLETE_MARKER} file)"
+            )
+        return path
+    complete = [p for p in output_dir.glob("checkpoint-*") if (p / COMPLETE_MARKER).is_file()]
+    steps = {p: int(m.group(1)) for p in complete if (m := re.fullmatch(r"checkpoint-(\d+)", p.name))}
+    return max(steps, key=steps.get) if steps else None
+
+
+def load_checkpoint(engine, path: Path) -> dict[str, Any]:
+    """Restore engine state and this rank's RNG; returns the mtft state saved with it."""
+    _, client_state = engine.load_checkpoint(str(path.parent), tag=path.name)
+    _set_rng_state(torch.load(path / f"rng_state_{dist.get_rank()}.pt", weights_only=False))
+    return client_state["mtft"]
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
