@@ -8,7 +8,7 @@ still sampled, logged and validated.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from mtft.balancers.base import Balancer, BalancerConfig, check_known_tasks
 from mtft.config.schema import check
@@ -27,9 +27,11 @@ class UniformBalancer(Balancer):
 @dataclass
 class StaticConfig(BalancerConfig):
     name: str = "static"
-    weights: dict[str, float] = field(default_factory=dict)  # task -> weight; tasks not listed get 1.0
+    # task -> weight; tasks not listed get 1.0. (None rather than {} so Hydra can replace it with an override.)
+    weights: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
+        self.weights = self.weights or {}
         for task, weight in self.weights.items():
             check(weight >= 0, f"weights.{task}", f"must be >= 0, got {weight}")
 

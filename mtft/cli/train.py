@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from mtft.config.errors import UserError
+from mtft.config.errors import ConfigError, UserError
 from mtft.config.hydra import register, to_train_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -26,10 +27,26 @@ def _main(cfg: DictConfig) -> None:
             config.trainer.output_dir = HydraConfig.get().runtime.output_dir
         from mtft.training.loop import train  # heavy imports only once the config is known to be valid
 
-        train(config, OmegaConf.to_yaml(cfg))
+        train(config, OmegaConf.to_yaml(OmegaConf.create(dataclasses.asdict(config))))  # resolved and typed
     except UserError as err:
-        print(f"mtft-train: error: {err}", file=sys.stderr)
+        where = _where_set(err.key) if isinstance(err, ConfigError) else ""
+        print(f"mtft-train: error: {err}{where}", file=sys.stderr)
         sys.exit(2)
+
+
+def _covers(name: str, key: str) -> bool:
+    return key == name or key.startswith(name + ".")
+
+
+def _where_set(key: str) -> str:
+    """Point at the command-line override or the group's YAML file that set `key`."""
+    hydra_cfg = HydraConfig.get()
+    matches = [o for o in hydra_cfg.overrides.task if _covers(o.split("=", 1)[0].lstrip("+~"), key)]
+    if matches:  # the most specific override, e.g. balancer.weights=... rather than balancer=static
+        return f" (set on the command line: {max(matches, key=lambda o: len(o.split('=', 1)[0]))})"
+    group = key.split(".", 1)[0]
+    choice = hydra_cfg.runtime.choices.get(group)
+    return f" (set in {CONFIG_DIR / group / choice}.yaml or its defaults)" if choice else ""
 
 
 def main() -> None:

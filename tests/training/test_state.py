@@ -1,0 +1,96 @@
+"""Checkpoints: the saved adapter gives the trained logits back; a resumed run continues exactly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import peft
+import torch
+
+import mtft
+from mtft.adapters import ADAPTERS
+from mtft.models import load_model_and_tokenizer
+from mtft.training.engine import build_engine
+from mtft.training.loop import train
+from mtft.training.state import COMPLETE_MARKER, find_resume_checkpoint
+from tests.conftest import compose_config, small_data_overrides
+
+
+def _config(tmp_path, small_tasks, *extra):
+    return compose_config(
+        [
+            *small_data_overrides(small_tasks),
+            f"trainer.output_dir={tmp_path}",
+            "trainer.micro_batch_size=4",
+            "trainer.logging_steps=1",
+            "trainer.eval_steps=4",
+            *extra,
+        ]
+    )
+
+
+def _records(path) -> dict[int, dict]:
+    return {r["step"]: r for r in map(json.loads, (path / "metrics.jsonl").read_text().splitlines())}
+
+
+def test_checkpoint_loads_back_to_the_same_logits(dist_group, small_tasks, tmp_path):
+    cfg = _config(tmp_path, small_tasks, "trainer.max_steps=6", "trainer.lr=1e-2")
+    train(cfg)
+    checkpoint = tmp_path / "checkpoint-6"
+    assert (checkpoint / COMPLETE_MARKER).is_file()
+    assert (checkpoint / "adapter" / "adapter_model.safetensors").is_file()
+
+    input_ids = torch.tensor([[5, 80, 81, 82, 99, 100, 40, 41]])
+
+    def fresh_base():
+        return load_model_and_tokenizer(cfg.model)[0].eval()
+
+    with torch.no_grad():
+        base_logits = fresh_base()(input_ids=input_ids).logits
+        # 1. the DeepSpeed engine state, loaded into a new engine
+        model = ADAPTERS["lora"].inject(fresh_base(), cfg.adapter)
+        engine = build_engine(model, cfg, world_size=1)
+        engine.load_checkpoint(str(tmp_path), tag="checkpoint-6")
+        engine_logits = engine.module.eval()(input_ids=input_ids).logits
+        # 2. mtft's loader onto a fresh base model; 3. PEFT's own loader (the adapter is in PEFT format)
+        mtft_logits = mtft.load_adapter(fresh_base(), checkpoint / "adapter").eval()(input_ids=input_ids).logits
+        peft_model = peft.PeftModel.from_pretrained(fresh_base(), checkpoint / "adapter").eval()
+        peft_logits = peft_model(input_ids=input_ids).logits
+
+    assert (engine_logits - base_logits).abs().max() > 1e-3  # training changed the model
+    torch.testing.assert_close(mtft_logits, engine_logits, atol=1e-6, rtol=0)
+    torch.testing.assert_close(peft_logits, engine_logits, atol=1e-6, rtol=0)
+
+
+def test_resume_continues_exactly(dist_group, small_tasks, tmp_path):
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    train(_config(straight, small_tasks, "trainer.max_steps=8", "trainer.save_steps=4"))
+    train(_config(broken, small_tasks, "trainer.max_steps=8", "trainer.save_steps=4"))
+    # Simulate a crash after step 4's checkpoint: its later checkpoint is gone, an unfinished one is left over.
+    shutil.rmtree(broken / "checkpoint-8")
+    (broken / "checkpoint-6").mkdir()
+    assert find_resume_checkpoint(broken, "auto") == broken / "checkpoint-4"
+
+    train(_config(broken, small_tasks, "trainer.max_steps=8", "trainer.save_steps=4", "trainer.resume=auto"))
+
+    expected, resumed = _records(straight), _records(broken)
+    assert sorted(resumed) == sorted(expected) == list(range(1, 9))
+    for step in range(5, 9):
+        for key, value in expected[step].items():
+            if key != "tokens_per_second":
+                assert resumed[step][key] == value, (step, key)
+    final = "checkpoint-8/adapter/adapter_model.safetensors"
+    assert (straight / final).read_bytes() == (broken / final).read_bytes()
+
+
+def test_fresh_run_refuses_a_used_output_dir(dist_group, small_tasks, tmp_path):
+    from mtft.config.errors import ConfigError
+
+    train(_config(tmp_path, small_tasks, "trainer.max_steps=1"))
+    try:
+        train(_config(tmp_path, small_tasks, "trainer.max_steps=1"))
+    except ConfigError as err:
+        assert err.key == "trainer.output_dir" and "resume=auto" in str(err)
+    else:
+        raise AssertionError("a second fresh run into the same output_dir must be refused")
