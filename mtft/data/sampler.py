@@ -55,9 +55,20 @@ class TaskSampler:
         return int(self._orders[task][self.cursors[task] - 1])
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": self.rng.bit_generator.state, "passes": list(self.passes), "cursors": list(self.cursors)}
+        return {
+            "seed": self.seed,
+            "sizes": list(self.sizes),
+            "rng": self.rng.bit_generator.state,
+            "passes": list(self.passes),
+            "cursors": list(self.cursors),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["seed"] != self.seed or list(state["sizes"]) != self.sizes:
+            raise ValueError(
+                f"sampler state is for seed {state['seed']} and task sizes {state['sizes']}, but this run has seed "
+                f"{self.seed} and sizes {self.sizes}: resume with the same trainer.seed and data"
+            )
         self.rng.bit_generator.state = state["rng"]
         self.passes, self.cursors = list(state["passes"]), list(state["cursors"])
         self._orders = [self._order(t) for t in range(len(self.sizes))]

@@ -53,6 +53,7 @@ def _load_task(
             input_ids, labels = tokenize_messages(tokenizer, messages, cfg.train_on_prompt)
         except TemplateError as err:
             raise DataError(spec.path, line, "messages", str(err)) from None
+        was_truncated = False
         if len(input_ids) > cfg.max_seq_len:
             if cfg.overlong == "error":
                 raise DataError(
@@ -61,11 +62,12 @@ def _load_task(
             if cfg.overlong == "drop":
                 dropped["too_long"] += 1
                 continue
+            was_truncated = True
             input_ids, labels = input_ids[: cfg.max_seq_len], labels[: cfg.max_seq_len]
-            truncated += 1
         if all(label == IGNORE for label in labels[1:]):  # the first label is never predicted
             dropped["no_trainable_tokens"] += 1
             continue
+        truncated += was_truncated  # counted among kept samples only, so truncated <= samples
         samples.append(Sample(input_ids, labels, task_id))
 
     if len(samples) < 2:

@@ -257,3 +257,11 @@ def test_validation_batches_split_across_ranks():
     rank1 = [rows(b) for b in validation_batches(tasks, batch_size=2, pad_token_id=-1, rank=1, world_size=2)]
     assert rank0 == [[(0, 0), (0, 2)], [(0, 4)], [(1, 0), (1, 2)]]
     assert rank1 == [[(0, 1), (0, 3)], [(1, 1)]]
+
+
+def test_resume_refuses_state_from_another_seed_or_data():
+    state = TaskSampler([5, 7], [0.5, 0.5], seed=1).state_dict()
+    with pytest.raises(ValueError, match="same trainer.seed"):
+        TaskSampler([5, 7], [0.5, 0.5], seed=2).load_state_dict(state)
+    with pytest.raises(ValueError, match="same trainer.seed"):
+        TaskSampler([5, 8], [0.5, 0.5], seed=1).load_state_dict(state)

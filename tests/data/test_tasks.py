@@ -328,3 +328,12 @@ def test_template_error_becomes_a_data_error_with_location(tmp_path):
     message = str(info.value)
     assert message.startswith(f"{path}:2: field 'messages'")
     assert "prefix-stable" in message
+
+
+def test_truncate_counts_only_kept_samples(tmp_path, tok):
+    """A sample whose prompt alone fills max_seq_len has nothing left to train on: dropped, not 'truncated'."""
+    items = uniform_records(4) + [record("x" * 60, "a")]
+    (task,) = load([write(tmp_path / "t.jsonl", items)], tok, max_seq_len=40, overlong="truncate")
+    assert task.report["dropped"] == {"no_trainable_tokens": 1}
+    assert task.report["truncated"] == 0
+    check_accounting(task.report)
