@@ -12,7 +12,7 @@ from mtft.cli.train import CONFIG_DIR
 from mtft.config.errors import ConfigError
 from mtft.config.schema import DataConfig, TrainerConfig
 from mtft.config.train import build_train_config
-from tests.conftest import compose_config, compose_raw
+from tests.helpers import compose_config, compose_raw
 
 GROUPS = ("model", "data", "adapter", "balancer", "trainer", "deepspeed", "logger")
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONFIG_DIR / g).glob("*.yaml"))]

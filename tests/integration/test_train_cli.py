@@ -12,7 +12,7 @@ import pytest
 from mtft.config.schema import TinyModelConfig
 from mtft.models import build_byte_tokenizer, build_tiny_model
 from mtft.training.loop import train
-from tests.conftest import compose_config, run_cli, small_data_overrides
+from tests.helpers import compose_config, run_cli, small_data_overrides
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mtft.training.loop import train
-from tests.conftest import compose_config, small_data_overrides
+from tests.helpers import compose_config, small_data_overrides
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from mtft.models import load_model_and_tokenizer
 from mtft.training.engine import build_engine
 from mtft.training.loop import train
 from mtft.training.state import COMPLETE_MARKER, find_resume_checkpoint
-from tests.conftest import compose_config, small_data_overrides
+from tests.helpers import compose_config, small_data_overrides
 
 
 def _config(tmp_path, small_tasks, *extra):

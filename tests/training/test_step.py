@@ -10,7 +10,7 @@ from mtft.data.tasks import load_tasks
 from mtft.models import load_model_and_tokenizer
 from mtft.training.engine import build_engine
 from mtft.training.loop import optimizer_step
-from tests.conftest import compose_config, small_data_overrides
+from tests.helpers import compose_config, small_data_overrides
 
 
 def _engine(cfg):
