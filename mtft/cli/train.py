@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -17,6 +18,8 @@ from mtft.config.hydra import register, to_train_config
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 register()
+# PEFT still calls this transformers API; the warning is theirs to fix and only clutters every run's output.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")

@@ -71,7 +71,10 @@ def _load_task(
         samples.append(Sample(input_ids, labels, task_id))
 
     if len(samples) < 2:
-        raise DataError(spec.path, None, None, f"task '{spec.name}' has {len(samples)} usable samples; it needs >= 2")
+        why = f" (of {lines_read} lines, dropped: {dict(dropped)})" if dropped else ""
+        raise DataError(
+            spec.path, None, None, f"task '{spec.name}' has {len(samples)} usable samples{why}; it needs >= 2"
+        )
     train, val = _split(samples, spec.val_fraction or cfg.val_fraction, cfg.max_val_samples, seed, task_id)
     lengths = np.array([len(s.input_ids) for s in samples])
     report = {

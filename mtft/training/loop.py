@@ -26,9 +26,9 @@ from mtft.data.sampler import mixing_probabilities
 from mtft.data.tasks import load_tasks
 from mtft.logging import build_run_logger
 from mtft.models import load_model_and_tokenizer
-from mtft.training.engine import all_reduce_sum, build_engine, init_distributed
+from mtft.training.engine import all_reduce_sum, build_engine, init_distributed, same_on_all_ranks
 from mtft.training.losses import balanced_loss, label_counts, per_task_sums, token_losses
-from mtft.training.report import data_report, print_summary, summary
+from mtft.training.report import data_report, print_data_report, print_summary, summary
 from mtft.training.state import find_resume_checkpoint, load_checkpoint, save_checkpoint
 from mtft.training.validation import validation_losses
 
@@ -37,7 +37,7 @@ def train(cfg: TrainConfig, resolved_config_yaml: str = "") -> dict[str, Any]:
     # ---- setup ------------------------------------------------------------------------------------------------
     t = cfg.trainer
     rank, world_size = init_distributed()
-    output_dir = Path(t.output_dir)
+    output_dir = Path(same_on_all_ranks(t.output_dir))  # the default holds a timestamp each rank resolved alone
     resume_from = find_resume_checkpoint(output_dir, t.resume) if t.resume else None
     if resume_from is None and (output_dir / "metrics.jsonl").exists() and t.resume != "auto":
         raise ConfigError(
@@ -71,6 +71,7 @@ def train(cfg: TrainConfig, resolved_config_yaml: str = "") -> dict[str, Any]:
         (output_dir / "config.yaml").write_text(resolved_config_yaml)
         report = data_report(tasks, probabilities)
         (output_dir / "data_report.json").write_text(json.dumps(report, indent=2))
+        print_data_report(report)
         print(f"mtft: {len(names)} tasks, {trainable:,} of {total:,} parameters trainable, {world_size} rank(s)")
     if not initial_val:
         initial_val = validate()

@@ -6,6 +6,7 @@ import json
 import shutil
 
 import peft
+import pytest
 import torch
 
 import mtft
@@ -94,3 +95,14 @@ def test_fresh_run_refuses_a_used_output_dir(dist_group, small_tasks, tmp_path):
         assert err.key == "trainer.output_dir" and "resume=auto" in str(err)
     else:
         raise AssertionError("a second fresh run into the same output_dir must be refused")
+
+
+def test_zero2_matches_zero0(dist_group, small_tasks, tmp_path):
+    """ZeRO-2 shards optimizer state and gradients only: one process must follow the ZeRO-0 trajectory."""
+    extra = ("trainer.max_steps=6", "trainer.grad_accum_steps=2")
+    train(_config(tmp_path / "z0", small_tasks, *extra, "deepspeed=zero0"))
+    train(_config(tmp_path / "z2", small_tasks, *extra, "deepspeed=zero2"))
+    assert (tmp_path / "z2" / "checkpoint-6" / "zero_pp_rank_0_mp_rank_00_optim_states.pt").is_file()
+    z0, z2 = _records(tmp_path / "z0"), _records(tmp_path / "z2")
+    for step in range(1, 7):
+        assert z2[step]["loss"] == pytest.approx(z0[step]["loss"], abs=1e-6), step

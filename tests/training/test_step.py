@@ -75,3 +75,17 @@ def test_micro_batch_means_would_differ(dist_group, small_tasks):
     step_tokens = sum(sum(label != -100 for label in s.labels[1:]) for s in samples[:5])
     first_micro_tokens = sum(sum(label != -100 for label in s.labels[1:]) for s in samples[:2])
     assert first_micro_tokens * 4 != step_tokens  # the first micro-batch is not a quarter of the step's add tokens
+
+
+def test_zero_weight_task_alone_leaves_the_model_unchanged(dist_group, small_tasks):
+    """Through the real engine: a step holding only a zero-weight task makes no update (AdamW, no decay)."""
+    cfg = compose_config([*small_data_overrides(small_tasks), "balancer=static", "balancer.weights={add: 0.0}"])
+    engine, tokenizer = _engine(cfg)
+    tasks = load_tasks(cfg.data, tokenizer, seed=0)
+    before = [p.detach().clone() for p in engine.module.parameters() if p.requires_grad]
+    weights = torch.tensor([cfg.balancer.weights.get(n, 1.0) for n in ("add", "sentiment")])
+    result, grads = _step_with_grads(engine, [collate(tasks[0].train[:4], tokenizer.pad_token_id)], weights, 2)
+    assert result.counts[0] > 0 and result.sums[0] > 0  # the task was there and its loss was measured
+    assert all(g.abs().max().item() == 0.0 for g in grads.values())
+    after = [p for p in engine.module.parameters() if p.requires_grad]
+    assert all(torch.equal(a, b) for a, b in zip(after, before, strict=True))
