@@ -154,6 +154,7 @@ def test_truncation_that_removes_the_whole_answer_drops_the_sample(tmp_path, tok
     recs = uniform_records(4) + [record("Q" * 40, "a")]
     (task,) = load([write(tmp_path / "p.jsonl", recs)], tok, max_seq_len=48, overlong="truncate")
     assert task.report["dropped"] == {"no_trainable_tokens": 1}
+    assert task.report["truncated"] == 0  # counted among kept samples only
     assert task.report["samples"] == 4
     check_accounting(task.report)
     assert all(len(s.input_ids) == 27 for s in task.train + task.val)
@@ -277,7 +278,9 @@ def test_fewer_than_two_usable_samples_is_an_error(tmp_path, tok, records):
         load([path], tok, max_seq_len=48)
     message = str(info.value)
     assert message.startswith(f"{path}:")
-    assert "task 't0' has 1 usable samples; it needs >= 2" in message
+    assert "task 't0' has 1 usable samples" in message and message.endswith("it needs >= 2")
+    if len(records) == 3:  # the message says where the rest went
+        assert "(of 3 lines, dropped: {'too_long': 2})" in message
 
 
 def test_bad_record_names_file_line_and_field(tmp_path, tok):
@@ -328,12 +331,3 @@ def test_template_error_becomes_a_data_error_with_location(tmp_path):
     message = str(info.value)
     assert message.startswith(f"{path}:2: field 'messages'")
     assert "prefix-stable" in message
-
-
-def test_truncate_counts_only_kept_samples(tmp_path, tok):
-    """A sample whose prompt alone fills max_seq_len has nothing left to train on: dropped, not 'truncated'."""
-    items = uniform_records(4) + [record("x" * 60, "a")]
-    (task,) = load([write(tmp_path / "t.jsonl", items)], tok, max_seq_len=40, overlong="truncate")
-    assert task.report["dropped"] == {"no_trainable_tokens": 1}
-    assert task.report["truncated"] == 0
-    check_accounting(task.report)
