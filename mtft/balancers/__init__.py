@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from mtft.balancers.base import Balancer, BalancerConfig
 from mtft.balancers.static import StaticBalancer, StaticConfig, UniformBalancer, UniformConfig
 
-BALANCERS: dict[str, tuple[type[BalancerConfig], type[Balancer]]] = {
-    "uniform": (UniformConfig, UniformBalancer),
-    "static": (StaticConfig, StaticBalancer),
+
+class BalancerMethod(NamedTuple):
+    config: type[BalancerConfig]
+    balancer: type[Balancer]
+
+
+BALANCERS: dict[str, BalancerMethod] = {
+    "uniform": BalancerMethod(UniformConfig, UniformBalancer),
+    "static": BalancerMethod(StaticConfig, StaticBalancer),
 }
 
 
 def build_balancer(cfg: BalancerConfig, task_names: list[str]) -> Balancer:
-    return BALANCERS[cfg.name][1](cfg, task_names)
+    return BALANCERS[cfg.name].balancer(cfg, task_names)
 
 
 __all__ = ["BALANCERS", "Balancer", "BalancerConfig", "build_balancer"]

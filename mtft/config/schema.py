@@ -148,6 +148,8 @@ class DeepSpeedConfig:
 
     def __post_init__(self) -> None:
         check(self.stage in (0, 1, 2, 3), "stage", f"ZeRO stage must be 0, 1, 2 or 3, got {self.stage}")
+        # Under ZeRO-3 each rank holds a shard of every weight: saving the adapter needs them gathered first.
+        check(self.stage != 3, "stage", "ZeRO-3 is not supported yet (adapter saving must gather shards first)")
         check_choice(self.precision, "precision", ("fp32", "bf16", "fp16"))
 
 

@@ -31,13 +31,14 @@ class TrainConfig:
 def build_train_config(raw: dict[str, Any]) -> TrainConfig:
     """Convert the composed config (plain dicts) to a TrainConfig; the registries pick adapter/balancer classes."""
     raw = dict(raw)
-    raw["adapter"] = _from_registry(raw.get("adapter"), {k: v.config for k, v in ADAPTERS.items()}, "adapter")
-    raw["balancer"] = _from_registry(raw.get("balancer"), {k: v[0] for k, v in BALANCERS.items()}, "balancer")
+    raw["adapter"] = _from_registry(raw.get("adapter"), ADAPTERS, "adapter")
+    raw["balancer"] = _from_registry(raw.get("balancer"), BALANCERS, "balancer")
     return from_dict(TrainConfig, raw)
 
 
-def _from_registry(raw: Any, classes: dict[str, type], key: str) -> Any:
+def _from_registry(raw: Any, registry: dict[str, Any], key: str) -> Any:
+    """The config dataclass of the registry entry that `raw["name"]` selects."""
     name = raw.get("name") if isinstance(raw, dict) else None
-    if name not in classes:
-        raise ConfigError(f"{key}.name", f"unknown {key} '{name}'; choose one of {', '.join(classes)}")
-    return from_dict(classes[name], raw, key)
+    if name not in registry:
+        raise ConfigError(f"{key}.name", f"unknown {key} '{name}'; choose one of {', '.join(registry)}")
+    return from_dict(registry[name].config, raw, key)

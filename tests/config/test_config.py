@@ -88,6 +88,7 @@ def test_user_data_file_listing_only_tasks(tmp_path):
         (["data.tasks=[]"], "data.tasks", "at least one task"),
         (["model.attn_implementation=magic"], "model.attn_implementation", "must be one of"),
         (["deepspeed.stage=5"], "deepspeed.stage", "must be 0, 1, 2 or 3"),
+        (["deepspeed.stage=3"], "deepspeed.stage", "ZeRO-3 is not supported yet"),
         (["adapter.name=nosuch"], "adapter.name", "unknown adapter"),
     ],
 )
@@ -118,3 +119,14 @@ def test_trainer_defaults_only_in_dataclass():
     for f in dataclasses.fields(TrainerConfig):
         if f.name != "output_dir":
             assert getattr(cfg.trainer, f.name) == f.default, f.name
+
+
+def test_registries_match_their_config_groups():
+    """Each registry key is its config's default name, and each has a YAML option of that name."""
+    from mtft.adapters import ADAPTERS
+    from mtft.balancers import BALANCERS
+
+    for group, registry in (("adapter", ADAPTERS), ("balancer", BALANCERS)):
+        for name, entry in registry.items():
+            assert entry.config().name == name
+        assert {p.stem for p in (CONFIG_DIR / group).glob("*.yaml")} == set(registry)
