@@ -54,6 +54,11 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
             ds = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise ConfigError("deepspeed.config_file", f"cannot read {path}: {err}") from None
+        owned = sorted({"optimizer", "scheduler"} & set(ds))
+        if owned:
+            raise ConfigError(
+                "deepspeed.config_file", f"{path} sets {owned}; mtft builds these from trainer.* (remove them)"
+            )
     t = cfg.trainer
     ds.update(
         train_micro_batch_size_per_gpu=t.micro_batch_size,

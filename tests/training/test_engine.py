@@ -1,0 +1,42 @@
+"""The DeepSpeed config is filled from ours; a user's own JSON supplies the rest."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mtft.config.errors import ConfigError
+from mtft.training.engine import deepspeed_config
+from tests.helpers import compose_config
+
+
+def test_batch_sizes_precision_and_clipping_come_from_our_config():
+    cfg = compose_config(
+        ["trainer.micro_batch_size=3", "trainer.grad_accum_steps=5", "trainer.max_grad_norm=0.5", "deepspeed=zero2"]
+    )
+    ds = deepspeed_config(cfg, world_size=4)
+    assert ds["train_micro_batch_size_per_gpu"] == 3 and ds["gradient_accumulation_steps"] == 5
+    assert ds["train_batch_size"] == 3 * 5 * 4
+    assert ds["gradient_clipping"] == 0.5 and ds["zero_optimization"]["stage"] == 2
+    assert ds["bf16"]["enabled"] is False and ds["fp16"]["enabled"] is False
+
+
+def test_user_json_keeps_its_own_keys_but_not_ours(tmp_path):
+    path = tmp_path / "ds.json"
+    user = {"train_micro_batch_size_per_gpu": "auto", "zero_optimization": {"stage": 1, "overlap_comm": True}}
+    path.write_text(json.dumps({**user, "bf16": {"enabled": "auto"}, "activation_checkpointing": {"x": 1}}))
+    cfg = compose_config([f"deepspeed.config_file={path}", "deepspeed.precision=bf16", "trainer.micro_batch_size=2"])
+    ds = deepspeed_config(cfg, world_size=1)
+    assert ds["train_micro_batch_size_per_gpu"] == 2  # "auto" filled from trainer.*
+    assert ds["zero_optimization"] == {"stage": 0, "overlap_comm": True}  # deepspeed.stage wins, the rest stays
+    assert ds["bf16"]["enabled"] is True and ds["activation_checkpointing"] == {"x": 1}
+
+
+@pytest.mark.parametrize("contents", ['{"optimizer": {"type": "Adam"}}', "{not json"])
+def test_user_json_problems_name_the_key(tmp_path, contents):
+    path = tmp_path / "ds.json"
+    path.write_text(contents)
+    with pytest.raises(ConfigError) as info:
+        deepspeed_config(compose_config([f"deepspeed.config_file={path}"]), world_size=1)
+    assert info.value.key == "deepspeed.config_file" and str(path) in str(info.value)
