@@ -18,9 +18,15 @@ class ConfigError(UserError):
 
 
 class DataError(UserError):
-    """Bad input data: the message names the file, the line and the field."""
+    """Bad input data: the message names the file, the line (or row, for columnar files) and the field.
 
-    def __init__(self, path: str, line: int | None, field: str | None, problem: str):
-        where = f"{path}:{line}" if line is not None else str(path)
+    `reason` is a short slug under which a lenient run (data.bad_records=drop) counts the record instead.
+    """
+
+    def __init__(
+        self, path: str, line: int | None, field: str | None, problem: str, reason: str = "invalid", unit: str = "line"
+    ):
+        self.reason = reason
+        where = str(path) if line is None else (f"{path}:{line}" if unit == "line" else f"{path} {unit} {line}")
         what = f" field '{field}'" if field else ""
         super().__init__(f"{where}:{what} {problem}")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from transformers.trainer_utils import SchedulerType
 
 from mtft.config.errors import ConfigError
+from mtft.data.formats import FORMATS
 
 
 def check(ok: bool, key: str, problem: str) -> None:
@@ -58,22 +59,28 @@ class ModelConfig:
 @dataclass
 class TaskSpec:
     name: str = "???"
-    path: str = "???"  # a JSONL file (more sources arrive with the data pipeline)
-    format: str = "auto"  # auto | messages
+    path: str = "???"  # a JSONL/JSON/Parquet/CSV file, a glob, a directory, a saved `datasets` dir, or a hub id
+    format: str = "auto"  # auto | messages | sharegpt | chat_rounds | alpaca | prompt_response | text
     weight: float | None = None  # used by data.mixing=weights
     val_fraction: float | None = None  # overrides data.val_fraction for this task
+    val_path: str | None = None  # a separate validation source; then nothing is split off `path`
+    max_samples: int | None = None  # keep the first N usable samples; later records are not read
+    fields: dict[str, str] | None = None  # {our field: your column}, e.g. {instruction: question, output: answer}
 
     def __post_init__(self) -> None:
+        self.fields = self.fields or {}
         check(self.name not in ("", "???"), "name", "every task needs a name")
         check(self.path not in ("", "???"), "path", f"task '{self.name}' needs a path")
-        check_choice(self.format, "format", ("auto", "messages"))
+        check_choice(self.format, "format", ("auto", *FORMATS))
         check(self.weight is None or self.weight >= 0, "weight", f"must be >= 0, got {self.weight}")
         if self.val_fraction is not None:
             check(0 < self.val_fraction < 1, "val_fraction", f"must be in (0, 1), got {self.val_fraction}")
+        check(self.max_samples is None or self.max_samples > 0, "max_samples", f"must be > 0, got {self.max_samples}")
 
 
 MIXINGS = ("natural", "uniform", "temperature", "weights")
 OVERLONG_POLICIES = ("drop", "truncate", "error")
+BAD_RECORD_POLICIES = ("error", "drop")
 
 
 @dataclass
@@ -87,6 +94,7 @@ class DataConfig:
     max_val_samples: int = 128  # per task: validation runs every eval_steps and must stay cheap
     overlong: str = "drop"  # what to do with a sample longer than max_seq_len: drop | truncate | error
     train_on_prompt: bool = False
+    bad_records: str = "error"  # a malformed record: error (names file, line, field) | drop (counted per reason)
 
     def __post_init__(self) -> None:
         check(len(self.tasks) > 0, "tasks", "list at least one task (name, path)")
@@ -104,6 +112,7 @@ class DataConfig:
         check(0 < self.val_fraction < 1, "val_fraction", f"must be in (0, 1), got {self.val_fraction}")
         check(self.max_val_samples > 0, "max_val_samples", f"must be > 0, got {self.max_val_samples}")
         check_choice(self.overlong, "overlong", OVERLONG_POLICIES)
+        check_choice(self.bad_records, "bad_records", BAD_RECORD_POLICIES)
 
     @property
     def task_names(self) -> list[str]:

@@ -1,6 +1,7 @@
-"""Task files to tokenized train/validation samples, with a per-task account of every line read.
+"""Task sources to tokenized train/validation samples, with a per-task account of every record read.
 
-Each task's report satisfies `samples + sum(dropped.values()) == lines_read`: nothing is lost silently.
+Each task's report satisfies `samples + sum(dropped.values()) == lines_read` (records, for columnar
+sources): nothing is lost silently. A validation file (`val_path`) gets the same account under `val`.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from transformers import PreTrainedTokenizerBase
 
 from mtft.config.errors import DataError
 from mtft.config.schema import DataConfig, TaskSpec
-from mtft.data.formats import detect_format, read_jsonl, to_messages
-from mtft.data.tokenize import IGNORE, TemplateError, tokenize_messages
+from mtft.data.formats import detect_format, rename_fields, to_example
+from mtft.data.sources import read_records
+from mtft.data.tokenize import IGNORE, TemplateError, tokenize_example
 
 
 @dataclass
@@ -40,57 +42,83 @@ def load_tasks(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -
 def _load_task(
     spec: TaskSpec, task_id: int, cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: int
 ) -> TaskData:
+    samples, report = _read_samples(spec.path, spec, task_id, cfg, tokenizer, spec.max_samples)
+    if len(samples) < (1 if spec.val_path else 2):
+        why = f" (of {report['lines_read']} lines, dropped: {report['dropped']})" if report["dropped"] else ""
+        need = 1 if spec.val_path else 2
+        raise DataError(
+            spec.path, None, None, f"task '{spec.name}' has {len(samples)} usable samples{why}; needs >= {need}"
+        )
+    if spec.val_path:
+        train = samples
+        val, val_report = _read_samples(spec.val_path, spec, task_id, cfg, tokenizer, cfg.max_val_samples)
+        if not val:
+            raise DataError(spec.val_path, None, None, f"task '{spec.name}' has no usable validation samples")
+        report["val"] = val_report
+    else:
+        train, val = _split(samples, spec.val_fraction or cfg.val_fraction, cfg.max_val_samples, seed, task_id)
+    lengths = np.array([len(s.input_ids) for s in samples])
+    report.update(
+        train_samples=len(train),
+        val_samples=len(val),
+        train_tokens=int(sum(len(s.input_ids) for s in train)),
+        mean_length=round(float(lengths.mean()), 1),
+        max_length=int(lengths.max()),
+    )
+    return TaskData(spec.name, train, val, report)
+
+
+def _read_samples(
+    path: str, spec: TaskSpec, task_id: int, cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, limit: int | None
+) -> tuple[list[Sample], dict[str, Any]]:
+    """Read, convert, tokenize and length-check every record; bad ones raise or are counted (data.bad_records)."""
     samples: list[Sample] = []
     dropped: Counter[str] = Counter()
+    formats: Counter[str] = Counter()
     truncated = lines_read = 0
-    formats: set[str] = set()
-    for line, record in read_jsonl(spec.path):
+    for where, item in read_records(path):
+        if limit is not None and len(samples) >= limit:
+            break  # the rest is not read: reported as stopped_at
         lines_read += 1
-        fmt = detect_format(record, spec.path, line) if spec.format == "auto" else spec.format
-        formats.add(fmt)
-        messages = to_messages(record, fmt, spec.path, line)
         try:
-            input_ids, labels = tokenize_messages(tokenizer, messages, cfg.train_on_prompt)
-        except TemplateError as err:
-            raise DataError(spec.path, line, "messages", str(err)) from None
-        was_truncated = False
-        if len(input_ids) > cfg.max_seq_len:
-            if cfg.overlong == "error":
-                raise DataError(
-                    spec.path, line, "messages", f"is {len(input_ids)} tokens, over data.max_seq_len={cfg.max_seq_len}"
-                )
-            if cfg.overlong == "drop":
-                dropped["too_long"] += 1
-                continue
-            was_truncated = True
-            input_ids, labels = input_ids[: cfg.max_seq_len], labels[: cfg.max_seq_len]
+            if isinstance(item, DataError):
+                raise item
+            record = rename_fields(item, spec.fields)
+            fmt = detect_format(record, where) if spec.format == "auto" else spec.format
+            example = to_example(record, fmt, where)
+            try:
+                input_ids, labels = tokenize_example(tokenizer, example, cfg.train_on_prompt)
+            except TemplateError as err:
+                raise where.error("messages", str(err), "template") from None
+            if len(input_ids) > cfg.max_seq_len and cfg.overlong == "error":
+                raise where.error(None, f"is {len(input_ids)} tokens, over data.max_seq_len={cfg.max_seq_len}")
+        except DataError as err:
+            if cfg.bad_records == "error":
+                raise
+            dropped[err.reason] += 1
+            continue
+        formats[fmt] += 1
+        was_truncated = len(input_ids) > cfg.max_seq_len
+        if was_truncated and cfg.overlong == "drop":
+            dropped["too_long"] += 1
+            continue
+        input_ids, labels = input_ids[: cfg.max_seq_len], labels[: cfg.max_seq_len]
         if all(label == IGNORE for label in labels[1:]):  # the first label is never predicted
             dropped["no_trainable_tokens"] += 1
             continue
         truncated += was_truncated  # counted among kept samples only, so truncated <= samples
         samples.append(Sample(input_ids, labels, task_id))
-
-    if len(samples) < 2:
-        why = f" (of {lines_read} lines, dropped: {dict(dropped)})" if dropped else ""
-        raise DataError(
-            spec.path, None, None, f"task '{spec.name}' has {len(samples)} usable samples{why}; it needs >= 2"
-        )
-    train, val = _split(samples, spec.val_fraction or cfg.val_fraction, cfg.max_val_samples, seed, task_id)
-    lengths = np.array([len(s.input_ids) for s in samples])
     report = {
-        "path": spec.path,
+        "path": path,
         "format": ",".join(sorted(formats)),
         "lines_read": lines_read,
         "samples": len(samples),
-        "train_samples": len(train),
-        "val_samples": len(val),
-        "train_tokens": int(sum(len(s.input_ids) for s in train)),
-        "mean_length": round(float(lengths.mean()), 1),
-        "max_length": int(lengths.max()),
         "dropped": dict(dropped),
         "truncated": truncated,
     }
-    return TaskData(spec.name, train, val, report)
+    if limit is not None and len(samples) >= limit:
+        report["stopped_at"] = f"max {limit} samples; later records were not read"
+    return samples, report
 
 
 def _split(samples: list[Sample], fraction: float, max_val: int, seed: int, task_id: int):

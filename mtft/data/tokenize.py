@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from transformers import PreTrainedTokenizerBase
 
+from mtft.data.formats import Example
+
 IGNORE = -100
 
 # Used when a tokenizer has no chat template of its own (ChatML, as in Qwen and many others).
@@ -59,3 +61,15 @@ def tokenize_messages(
         input_ids += ids
         labels += ids if (is_answer or train_on_prompt) else [IGNORE] * len(ids)
     return input_ids, labels
+
+
+def tokenize_example(
+    tokenizer: PreTrainedTokenizerBase, example: Example, train_on_prompt: bool = False
+) -> tuple[list[int], list[int]]:
+    """A chat through the template (labels on answers), or plain text trained on every token, ending in EOS."""
+    if example.text is None:
+        return tokenize_messages(tokenizer, example.messages, train_on_prompt)
+    input_ids = tokenizer(example.text)["input_ids"]
+    if tokenizer.eos_token_id is not None and (not input_ids or input_ids[-1] != tokenizer.eos_token_id):
+        input_ids.append(tokenizer.eos_token_id)
+    return input_ids, list(input_ids)

@@ -12,7 +12,8 @@ import pytest
 
 from mtft.config.schema import DataConfig, TaskSpec
 from mtft.data import synthetic
-from mtft.data.formats import detect_format, read_jsonl, to_messages
+from mtft.data.formats import detect_format, to_example
+from mtft.data.sources import read_records
 from mtft.data.synthetic import NEGATIVE, NOUNS, POSITIVE, generate, write_suite
 from mtft.data.tasks import load_tasks
 from mtft.models import build_byte_tokenizer
@@ -66,12 +67,12 @@ def test_module_entry_point_writes_the_suite(tmp_path):
 @pytest.mark.parametrize("name", list(COUNTS))
 def test_shipped_records_are_valid_messages(name):
     path = str(DEMO / f"{name}.jsonl")
-    records = list(read_jsonl(path))
-    assert [line for line, _ in records] == list(range(1, COUNTS[name] + 1))
-    for line, record in records:
+    records = list(read_records(path))
+    assert [where.line for where, _ in records] == list(range(1, COUNTS[name] + 1))
+    for where, record in records:
         assert set(record) == {"messages"}
-        assert detect_format(record, path, line) == "messages"
-        messages = to_messages(record, "messages", path, line)
+        assert detect_format(record, where) == "messages"
+        messages = to_example(record, "messages", where).messages
         assert [m["role"] for m in messages] == ["user", "assistant"]
         assert messages == record["messages"]
         assert all(m["content"] for m in messages)

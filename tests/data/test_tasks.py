@@ -295,7 +295,7 @@ def test_bad_record_names_file_line_and_field(tmp_path, tok):
 
 
 def test_undetectable_format_under_auto(tmp_path, tok):
-    path = write(tmp_path / "f.jsonl", [*uniform_records(2), {"prompt": "p", "completion": "c"}])
+    path = write(tmp_path / "f.jsonl", [*uniform_records(2), {"question": "p", "answer": "c"}])
     with pytest.raises(DataError) as info:
         load([path], tok)
     assert str(info.value).startswith(f"{path}:3:")
