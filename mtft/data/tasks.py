@@ -47,7 +47,7 @@ def _load_task(
         why = f" (of {report['lines_read']} lines, dropped: {report['dropped']})" if report["dropped"] else ""
         need = 1 if spec.val_path else 2
         raise DataError(
-            spec.path, None, None, f"task '{spec.name}' has {len(samples)} usable samples{why}; needs >= {need}"
+            spec.path, None, None, f"task '{spec.name}' has {len(samples)} usable samples{why}; it needs >= {need}"
         )
     if spec.val_path:
         train = samples
