@@ -48,6 +48,7 @@ def build_tiny_model(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerBase) -
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,
         tie_word_embeddings=True,
+        use_cache=False,  # a cache would also turn off transformers' packed-sequence isolation
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.init_seed)

@@ -89,7 +89,7 @@ class DataConfig:
     mixing: str = "natural"  # natural (∝ size) | uniform | temperature (∝ size^(1/T)) | weights (task.weight)
     temperature: float = 2.0
     max_seq_len: int = 256
-    packing: bool = False
+    packing: bool = False  # pack each micro-batch's samples into rows of max_seq_len (micro_batch_size counts samples)
     val_fraction: float = 0.1
     max_val_samples: int = 128  # per task: validation runs every eval_steps and must stay cheap
     overlong: str = "drop"  # what to do with a sample longer than max_seq_len: drop | truncate | error
@@ -108,7 +108,6 @@ class DataConfig:
             check(not missing, "mixing", f"mixing=weights needs a weight on every task; missing on {missing}")
             check(sum(t.weight for t in self.tasks) > 0, "mixing", "task weights sum to zero")
         check(self.max_seq_len >= 8, "max_seq_len", f"must be >= 8, got {self.max_seq_len}")
-        check(not self.packing, "packing", "packing is not implemented yet; set data.packing=false")
         check(0 < self.val_fraction < 1, "val_fraction", f"must be in (0, 1), got {self.val_fraction}")
         check(self.max_val_samples > 0, "max_val_samples", f"must be > 0, got {self.max_val_samples}")
         check_choice(self.overlong, "overlong", OVERLONG_POLICIES)

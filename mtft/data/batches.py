@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from mtft.data.collate import collate
+from mtft.data.packing import collate_packed
 from mtft.data.sampler import TaskSampler
 from mtft.data.tasks import TaskData
 
@@ -26,8 +27,11 @@ class MixedBatches:
         seed: int,
         rank: int = 0,
         world_size: int = 1,
+        pack_to: int | None = None,
     ):
+        """`pack_to`: pack each micro-batch's samples into rows of this many tokens (None pads one per row)."""
         self.tasks = tasks
+        self.pack_to = pack_to
         self.sampler = TaskSampler([len(t.train) for t in tasks], probabilities, seed)
         self.micro_batch_size = micro_batch_size
         self.pad_token_id = pad_token_id
@@ -35,7 +39,10 @@ class MixedBatches:
 
     def next(self) -> dict[str, torch.Tensor]:
         drawn = self.sampler.draw(self.micro_batch_size * self.world_size)[self.rank :: self.world_size]
-        return collate([self.tasks[t].train[i] for t, i in drawn], self.pad_token_id)
+        samples = [self.tasks[t].train[i] for t, i in drawn]
+        if self.pack_to:
+            return collate_packed(samples, self.pack_to, self.pad_token_id)
+        return collate(samples, self.pad_token_id)
 
     def state_dict(self) -> dict[str, Any]:
         return self.sampler.state_dict()

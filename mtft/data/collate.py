@@ -12,8 +12,7 @@ PAD_TASK = -1
 
 def collate(samples: list[Sample], pad_token_id: int, multiple_of: int = 8) -> dict[str, torch.Tensor]:
     """Right-pad to the longest sample, rounded up to `multiple_of` (friendlier kernels, fewer shapes)."""
-    longest = max(len(s.input_ids) for s in samples)
-    length = -(-longest // multiple_of) * multiple_of
+    length = round_up(max(len(s.input_ids) for s in samples), multiple_of)
     input_ids = torch.full((len(samples), length), pad_token_id, dtype=torch.long)
     labels = torch.full((len(samples), length), IGNORE, dtype=torch.long)
     task_ids = torch.full((len(samples), length), PAD_TASK, dtype=torch.long)
@@ -25,3 +24,19 @@ def collate(samples: list[Sample], pad_token_id: int, multiple_of: int = 8) -> d
         task_ids[row, :n] = sample.task_id
         attention_mask[row, :n] = 1
     return {"input_ids": input_ids, "labels": labels, "task_ids": task_ids, "attention_mask": attention_mask}
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What the model is called with: a padded batch has an attention mask, a packed one position ids."""
+    return {k: batch[k] for k in MODEL_INPUTS if k in batch}
+
+
+def real_tokens(batch: dict[str, torch.Tensor]) -> int:
+    return int((batch["task_ids"] != PAD_TASK).sum())

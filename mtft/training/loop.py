@@ -22,6 +22,7 @@ from mtft.balancers import build_balancer
 from mtft.config.errors import ConfigError
 from mtft.config.train import TrainConfig
 from mtft.data.batches import MixedBatches
+from mtft.data.collate import model_inputs, real_tokens
 from mtft.data.sampler import mixing_probabilities
 from mtft.data.tasks import load_tasks
 from mtft.logging import build_run_logger
@@ -54,7 +55,10 @@ def train(cfg: TrainConfig, resolved_config_yaml: str = "") -> dict[str, Any]:
     engine = build_engine(model, cfg, world_size)
     balancer = build_balancer(cfg.balancer, names)
     probabilities = mixing_probabilities([len(task.train) for task in tasks], cfg.data)
-    batches = MixedBatches(tasks, probabilities, t.micro_batch_size, tokenizer.pad_token_id, t.seed, rank, world_size)
+    pack_to = cfg.data.max_seq_len if cfg.data.packing else None
+    batches = MixedBatches(
+        tasks, probabilities, t.micro_batch_size, tokenizer.pad_token_id, t.seed, rank, world_size, pack_to
+    )
     logger = build_run_logger(cfg.logger, output_dir, dataclasses.asdict(cfg), rank)
 
     def validate() -> dict[str, float]:
@@ -151,14 +155,14 @@ def optimizer_step(
     step_counts = all_reduce_sum(sum(label_counts(b["labels"], b["task_ids"], num_tasks) for b in micro_batches))
     step_sums = torch.zeros(num_tasks, device=engine.device)
     for batch in micro_batches:
-        logits = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = engine(**model_inputs(batch)).logits
         sums, _ = per_task_sums(token_losses(logits, batch["labels"]), batch["labels"], batch["task_ids"], num_tasks)
         loss = balanced_loss(sums, step_counts, weights)
         # The loss is already normalised for the whole step: no 1/GAS; DeepSpeed averages over ranks, undo that.
         engine.backward(loss * engine.world_size, scale_wrt_gas=False)
         engine.step()
         step_sums += sums.detach()
-    tokens = sum(float(b["attention_mask"].sum()) for b in micro_batches)
+    tokens = float(sum(real_tokens(b) for b in micro_batches))
     reduced = all_reduce_sum(torch.cat([step_sums, torch.tensor([tokens], device=engine.device)])).cpu()
     return StepResult(reduced[:num_tasks], step_counts.cpu(), int(reduced[num_tasks]))
 

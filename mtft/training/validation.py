@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from mtft.data.batches import validation_batches
+from mtft.data.collate import model_inputs
 from mtft.data.tasks import TaskData
 from mtft.training.engine import all_reduce_sum
 from mtft.training.losses import per_task_sums, token_losses
@@ -20,7 +21,7 @@ def validation_losses(engine, tasks: list[TaskData], batch_size: int, pad_token_
     engine.eval()
     for batch in validation_batches(tasks, batch_size, pad_token_id, rank, world):
         batch = {k: v.to(engine.device) for k, v in batch.items()}
-        logits = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = engine(**model_inputs(batch)).logits
         sums, counts = per_task_sums(
             token_losses(logits, batch["labels"]), batch["labels"], batch["task_ids"], num_tasks
         )

@@ -1,0 +1,76 @@
+"""Packing: best-fit-decreasing rows, restarting positions, and per-task losses equal to the unpacked batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mtft.config.schema import TinyModelConfig
+from mtft.data.collate import collate, model_inputs, real_tokens
+from mtft.data.packing import best_fit_decreasing, collate_packed
+from mtft.data.synthetic import generate
+from mtft.data.tasks import Sample
+from mtft.data.tokenize import IGNORE, tokenize_messages
+from mtft.models import build_byte_tokenizer, build_tiny_model
+from mtft.training.losses import per_task_sums, token_losses
+
+
+def test_best_fit_decreasing_fills_rows_tightly():
+    lengths = [7, 5, 4, 3, 3, 2, 1, 1]  # 26 tokens: fits 3 rows of 10 at best
+    rows = best_fit_decreasing(lengths, capacity=10)
+    assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in row) <= 10 for row in rows)
+    # 7 opens row 0; 5 row 1; 4 best-fits row 1 (5 free); 3 fills row 0 exactly; 3 opens row 2; 2 joins it;
+    # 1 fills row 1's last slot (best fit); the last 1 goes to row 2.
+    assert rows == [[0, 3], [1, 2, 6], [4, 5, 7]]
+    with pytest.raises(ValueError):
+        best_fit_decreasing([11], capacity=10)
+
+
+def test_collate_packed_restarts_positions_and_masks_each_first_label():
+    samples = [Sample([1, 2, 3], [-100, 2, 3], 0), Sample([4, 5], [4, 5], 1), Sample([6, 7, 8, 9], [6, 7, 8, 9], 2)]
+    batch = collate_packed(samples, max_seq_len=6, pad_token_id=0, multiple_of=1)
+    # BFD: the 4-token sample opens row 0, the 3-token one row 1, the 2-token one fits row 0 (best fit)
+    assert batch["input_ids"].tolist() == [[6, 7, 8, 9, 4, 5], [1, 2, 3, 0, 0, 0]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1], [0, 1, 2, 0, 1, 2]]
+    assert batch["task_ids"].tolist() == [[2, 2, 2, 2, 1, 1], [0, 0, 0, -1, -1, -1]]
+    assert batch["labels"].tolist() == [[IGNORE, 7, 8, 9, IGNORE, 5], [IGNORE, 2, 3, IGNORE, IGNORE, IGNORE]]
+    assert "attention_mask" not in batch and set(model_inputs(batch)) == {"input_ids", "position_ids"}
+    assert real_tokens(batch) == 9
+
+
+def _mixed_samples(tokenizer) -> list[Sample]:
+    samples = []
+    for task_id, name in enumerate(("add", "reverse", "sort", "sentiment")):
+        for record in generate(name)[:4]:
+            ids, labels = tokenize_messages(tokenizer, record["messages"])
+            samples.append(Sample(ids, labels, task_id))
+    return samples
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_per_task_losses_equal_unpacked(attn):
+    tokenizer = build_byte_tokenizer()
+    model = build_tiny_model(TinyModelConfig(), tokenizer).eval()
+    model.set_attn_implementation(attn)
+    assert model.config.use_cache is False  # a cache turns transformers' packed-sequence isolation off
+    samples = _mixed_samples(tokenizer)
+
+    def losses(batch):
+        with torch.no_grad():
+            logits = model(**model_inputs(batch)).logits
+        return per_task_sums(token_losses(logits, batch["labels"]), batch["labels"], batch["task_ids"], 4)
+
+    packed = collate_packed(samples, max_seq_len=256, pad_token_id=tokenizer.pad_token_id)
+    padded = collate(samples, tokenizer.pad_token_id)
+    assert packed["input_ids"].shape[0] < len(samples) / 2  # several tasks really share rows
+    assert any(len(set(row.tolist()) - {-1}) > 1 for row in packed["task_ids"])
+    packed_sums, packed_counts = losses(packed)
+    padded_sums, padded_counts = losses(padded)
+    assert packed_counts.tolist() == padded_counts.tolist()
+    torch.testing.assert_close(packed_sums / packed_counts, padded_sums / padded_counts, atol=1e-5, rtol=0)
+
+    # Guard: the same rows without restarting positions let samples see each other, and the losses move.
+    leaky = {k: v for k, v in packed.items() if k != "position_ids"}
+    leaky_sums, _ = losses(leaky)
+    assert (leaky_sums / packed_counts - padded_sums / padded_counts).abs().max() > 1e-3
