@@ -109,3 +109,15 @@ def test_zero2_matches_zero0(dist_group, small_tasks, tmp_path):
     z0, z2 = _records(tmp_path / "z0"), _records(tmp_path / "z2")
     for step in range(1, 7):
         assert z2[step]["loss"] == pytest.approx(z0[step]["loss"], abs=1e-6), step
+
+
+def test_packed_training_follows_padded(dist_group, small_tasks, tmp_path):
+    """The same samples per step, packed into shared rows: the same per-task losses, step after step."""
+    extra = ("trainer.max_steps=5", "trainer.micro_batch_size=8", "data.max_seq_len=256")
+    train(_config(tmp_path / "padded", small_tasks, *extra))
+    train(_config(tmp_path / "packed", small_tasks, *extra, "data.packing=true"))
+    padded, packed = _records(tmp_path / "padded"), _records(tmp_path / "packed")
+    for step in range(1, 6):
+        for key in ("loss", "task/add/loss", "task/sentiment/loss"):
+            if key in padded[step]:
+                assert packed[step][key] == pytest.approx(padded[step][key], abs=1e-5), (step, key)
