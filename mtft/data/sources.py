@@ -45,7 +45,8 @@ def read_records(spec_path: str) -> Iterator[Item]:
 def resolve(spec_path: str) -> list:
     """The files (or one loaded Dataset) that `spec_path` names."""
     path = Path(spec_path).expanduser()
-    if path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "state.json").is_file()):
+    saved_markers = ("dataset_info.json", "state.json", "dataset_dict.json")
+    if path.is_dir() and any((path / marker).is_file() for marker in saved_markers):
         return [_load_from_disk(path)]
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUFFIXES)
@@ -53,9 +54,10 @@ def resolve(spec_path: str) -> list:
             raise DataError(spec_path, None, None, f"directory holds no {'/'.join(SUFFIXES)} files")
         return files
     if glob.has_magic(spec_path):
-        files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+        matches = [Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file()]
+        files = sorted(p for p in matches if p.suffix in SUFFIXES)  # like a directory: other files are not data
         if not files:
-            raise DataError(spec_path, None, None, "the glob matches no files")
+            raise DataError(spec_path, None, None, f"the glob matches no {'/'.join(SUFFIXES)} files")
         return files
     if path.is_file():
         if path.suffix not in SUFFIXES:
@@ -79,7 +81,7 @@ def _read_jsonl(path: Path) -> Iterator[Item]:
         for line_no, raw in enumerate(handle, start=1):
             where = Location(str(path), line_no)
             try:
-                text = raw.decode("utf-8")
+                text = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")  # tolerate a byte-order mark
             except UnicodeDecodeError as err:
                 yield where, where.error(None, f"is not valid UTF-8 ({err.reason} at byte {err.start})", "not_utf8")
                 continue
@@ -116,7 +118,9 @@ def _read_json(path: Path) -> Iterator[Item]:
 def _read_csv(path: Path) -> Iterator[Item]:
     reader = csv.DictReader(io.StringIO(_decode_whole(path), newline=""))
     for row in reader:
-        yield Location(str(path), reader.line_num), {k: v for k, v in row.items() if k is not None}
+        # a quoted cell may span lines: name the row by its first line (line_num is the last one read)
+        first_line = reader.line_num - sum(v.count("\n") for v in row.values() if isinstance(v, str))
+        yield Location(str(path), first_line), {k: v for k, v in row.items() if k is not None}
 
 
 def _read_parquet(path: Path) -> Iterator[Item]:
@@ -139,7 +143,7 @@ def _read_dataset(dataset, name: str) -> Iterator[Item]:
 def _decode_whole(path: Path) -> str:
     raw = path.read_bytes()
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
         raise DataError(str(path), line, None, f"is not valid UTF-8 ({err.reason})", "not_utf8") from None
@@ -148,7 +152,10 @@ def _decode_whole(path: Path) -> str:
 def _load_from_disk(path: Path):
     import datasets
 
-    loaded = datasets.load_from_disk(str(path))
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as err:  # a corrupt or empty save; datasets raises several kinds
+        raise DataError(str(path), None, None, f"cannot load this saved dataset: {err!r}") from None
     if isinstance(loaded, datasets.DatasetDict):
         if "train" not in loaded:
             raise DataError(str(path), None, None, f"a DatasetDict without a 'train' split (has {list(loaded)})")

@@ -76,9 +76,11 @@ def _read_samples(
     dropped: Counter[str] = Counter()
     formats: Counter[str] = Counter()
     truncated = lines_read = 0
+    stopped = False
     for where, item in read_records(path):
         if limit is not None and len(samples) >= limit:
-            break  # the rest is not read: reported as stopped_at
+            stopped = True  # the rest is not read: reported as stopped_at
+            break
         lines_read += 1
         try:
             if isinstance(item, DataError):
@@ -116,7 +118,7 @@ def _read_samples(
         "dropped": dict(dropped),
         "truncated": truncated,
     }
-    if limit is not None and len(samples) >= limit:
+    if stopped:
         report["stopped_at"] = f"max {limit} samples; later records were not read"
     return samples, report
 
