@@ -1,0 +1,10 @@
+"""Benchmark suites behind `mtft-bench <suite>`: each compares a feature with its baseline in one process."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from mtft.bench import data
+
+SUITES: dict[str, Callable[[], dict[str, Any]]] = {"data": data.run}
