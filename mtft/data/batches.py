@@ -9,14 +9,19 @@ import numpy as np
 import torch
 
 from mtft.data.collate import collate
-from mtft.data.packing import collate_packed
+from mtft.data.packing import collate_rows, pack_rows
 from mtft.data.sampler import TaskSampler
-from mtft.data.tasks import TaskData
+from mtft.data.tasks import Sample, TaskData
 
 
 class MixedBatches:
-    """Every rank draws the same global batch from an identically seeded sampler and keeps its own slice,
-    so ranks see disjoint samples and the sampler state is the same on all of them."""
+    """One rank's micro-batches. Every rank runs an identically seeded sampler; of each round of `world_size`
+    draws, rank r takes the r-th. Ranks therefore see disjoint samples and, together, exactly the one-rank
+    stream, even when packing makes them consume different numbers of samples per micro-batch.
+
+    Padded: `micro_batch_size` samples, one per row. Packed (`pack_to` tokens per row): `micro_batch_size` rows
+    filled from the stream; samples that did not fit wait in `pending` for the next micro-batch.
+    """
 
     def __init__(
         self,
@@ -29,26 +34,36 @@ class MixedBatches:
         world_size: int = 1,
         pack_to: int | None = None,
     ):
-        """`pack_to`: pack each micro-batch's samples into rows of this many tokens (None pads one per row)."""
         self.tasks = tasks
-        self.pack_to = pack_to
         self.sampler = TaskSampler([len(t.train) for t in tasks], probabilities, seed)
         self.micro_batch_size = micro_batch_size
         self.pad_token_id = pad_token_id
         self.rank, self.world_size = rank, world_size
+        self.pack_to = pack_to
+        self.pending: list[tuple[int, int]] = []  # (task, index) drawn but not yet placed
+
+    def _take(self) -> tuple[int, int]:
+        return self.sampler.draw(self.world_size)[self.rank]
+
+    def _sample(self, item: tuple[int, int]) -> Sample:
+        return self.tasks[item[0]].train[item[1]]
+
+    def _length(self, item: tuple[int, int]) -> int:
+        return len(self._sample(item).input_ids)
 
     def next(self) -> dict[str, torch.Tensor]:
-        drawn = self.sampler.draw(self.micro_batch_size * self.world_size)[self.rank :: self.world_size]
-        samples = [self.tasks[t].train[i] for t, i in drawn]
-        if self.pack_to:
-            return collate_packed(samples, self.pack_to, self.pad_token_id)
-        return collate(samples, self.pad_token_id)
+        if not self.pack_to:
+            return collate([self._sample(self._take()) for _ in range(self.micro_batch_size)], self.pad_token_id)
+        rows, self.pending = pack_rows(self.pending, self._take, self._length, self.micro_batch_size, self.pack_to)
+        return collate_rows([[self._sample(item) for item in row] for row in rows], self.pad_token_id)
 
     def state_dict(self) -> dict[str, Any]:
-        return self.sampler.state_dict()
+        """This rank's position (ranks differ once packing has run)."""
+        return {"sampler": self.sampler.state_dict(), "pending": [list(item) for item in self.pending]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.sampler.load_state_dict(state)
+        self.sampler.load_state_dict(state["sampler"])
+        self.pending = [tuple(item) for item in state["pending"]]
 
 
 def validation_batches(

@@ -1,15 +1,20 @@
 """Packing: several samples per row, each still exactly its own sequence.
 
-Best-fit-decreasing places the longest samples first, each into the fullest row it still fits. Per token the
-batch carries `position_ids` restarting at every sample, so attention stays inside a sample (transformers
-derives a block-diagonal mask from them under sdpa/eager with no attention_mask and no cache, and cu_seqlens
-under flash-attn varlen), and the task id, so tasks can share a row and each keeps an exact loss. A sample's
-first label is masked: it would otherwise be predicted from the previous sample's last token.
+Rows are filled to a token budget: `rows` rows of `capacity` tokens take samples from the stream, each placed
+best-fit (into the fullest row it still fits). A sample that fits nowhere is deferred to the next micro-batch,
+where it goes first, so nothing is skipped; after `patience` misses in a row the micro-batch is closed.
+
+Per token the batch carries `position_ids` restarting at every sample, so attention stays inside a sample
+(transformers derives a block-diagonal mask from them under sdpa/eager with no attention_mask and no cache, and
+cu_seqlens under flash-attn varlen), and the task id, so tasks can share a row and each keeps an exact loss. A
+sample's first label is masked: it would otherwise be predicted from the previous sample's last token.
 """
 
 from __future__ import annotations
 
-import bisect
+from collections import deque
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 
@@ -17,40 +22,49 @@ from mtft.data.collate import PAD_TASK, round_up
 from mtft.data.tasks import Sample
 from mtft.data.tokenize import IGNORE
 
+Item = TypeVar("Item")
 
-def best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
-    """Sample indices per row; no row exceeds `capacity`."""
-    rows: list[list[int]] = []
-    free: list[tuple[int, int]] = []  # (space left, row index), kept sorted for the best-fit search
-    for index in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        need = lengths[index]
+
+def pack_rows(
+    pending: list[Item],
+    take: Callable[[], Item],
+    length: Callable[[Item], int],
+    rows: int,
+    capacity: int,
+    patience: int = 8,
+) -> tuple[list[list[Item]], list[Item]]:
+    """Fill `rows` rows of `capacity` tokens from `pending`, then from `take()`. Returns (rows, new pending)."""
+    free = [capacity] * rows
+    placed: list[list[Item]] = [[] for _ in range(rows)]
+    queue, deferred, misses = deque(pending), [], 0
+    while misses < patience and max(free) > 0:
+        item = queue.popleft() if queue else take()
+        need = length(item)
         if need > capacity:
             raise ValueError(f"a sample of {need} tokens cannot fit a row of {capacity}")
-        slot = bisect.bisect_left(free, (need, -1))
-        if slot < len(free):
-            space, row = free.pop(slot)
-        else:
-            space, row = capacity, len(rows)
-            rows.append([])
-        rows[row].append(index)
-        if space - need > 0:
-            bisect.insort(free, (space - need, row))
-    return rows
+        fitting = [r for r in range(rows) if free[r] >= need]
+        if not fitting:
+            deferred.append(item)
+            misses += 1
+            continue
+        best = min(fitting, key=lambda r: free[r])
+        placed[best].append(item)
+        free[best] -= need
+        misses = 0
+    return [row for row in placed if row], deferred + list(queue)
 
 
-def collate_packed(
-    samples: list[Sample], max_seq_len: int, pad_token_id: int, multiple_of: int = 8
-) -> dict[str, torch.Tensor]:
-    rows = best_fit_decreasing([len(s.input_ids) for s in samples], max_seq_len)
-    width = round_up(max(sum(len(samples[i].input_ids) for i in row) for row in rows), multiple_of)
+def collate_rows(rows: list[list[Sample]], pad_token_id: int, multiple_of: int = 8) -> dict[str, torch.Tensor]:
+    """Packed rows to a batch: restarting position ids, per-token task ids, each sample's first label masked."""
+    width = round_up(max(sum(len(s.input_ids) for s in row) for row in rows), multiple_of)
     input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
     task_ids = torch.full((len(rows), width), PAD_TASK, dtype=torch.long)
     position_ids = torch.zeros((len(rows), width), dtype=torch.long)
     for r, row in enumerate(rows):
         start = 0
-        for i in row:
-            sample, n = samples[i], len(samples[i].input_ids)
+        for sample in row:
+            n = len(sample.input_ids)
             input_ids[r, start : start + n] = torch.tensor(sample.input_ids)
             labels[r, start + 1 : start + n] = torch.tensor(sample.labels[1:])
             task_ids[r, start : start + n] = sample.task_id

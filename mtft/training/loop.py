@@ -66,10 +66,10 @@ def train(cfg: TrainConfig, resolved_config_yaml: str = "") -> dict[str, Any]:
 
     step, tokens_seen, initial_val = 0, 0, {}
     if resume_from is not None:
-        state = load_checkpoint(engine, resume_from)
+        state, rank_state = load_checkpoint(engine, resume_from)
         step, tokens_seen, initial_val = state["step"], state["tokens"], state["initial_val_losses"]
         balancer.load_state_dict(state["balancer"])
-        batches.load_state_dict(state["sampler"])
+        batches.load_state_dict(rank_state["batches"])
     logger.drop_after(step)  # records a crashed run wrote past its last checkpoint, or an abandoned fresh start
     if rank == 0:
         (output_dir / "config.yaml").write_text(resolved_config_yaml)
@@ -86,9 +86,10 @@ def train(cfg: TrainConfig, resolved_config_yaml: str = "") -> dict[str, Any]:
             "tokens": tokens_seen,
             "initial_val_losses": initial_val,
             "balancer": balancer.state_dict(),
-            "sampler": batches.state_dict(),
         }
-        save_checkpoint(engine, output_dir, step, mtft_state, cfg.adapter, tokenizer)
+        save_checkpoint(
+            engine, output_dir, step, mtft_state, {"batches": batches.state_dict()}, cfg.adapter, tokenizer
+        )
 
     # ---- loop -------------------------------------------------------------------------------------------------
     num_tasks = len(names)

@@ -1,5 +1,6 @@
 """Checkpoints: the DeepSpeed engine's own (model, optimizer, scheduler; sharded under ZeRO), plus the trained
-weights as safetensors, plus what mtft needs for an exact resume (step, balancer, sampler, per-rank RNG).
+weights as safetensors, plus what mtft needs for an exact resume: the run's state (step, balancer) with the
+engine's, and each rank's own (RNG, data position) in `rank_state_<rank>.pt`.
 
 A checkpoint directory counts only once its COMPLETE marker exists, written last, so a crash mid-save
 never leaves a half checkpoint that `resume=auto` would pick.
@@ -33,6 +34,7 @@ def save_checkpoint(
     output_dir: Path,
     step: int,
     mtft_state: dict[str, Any],
+    rank_state: dict[str, Any],
     adapter_cfg: AdapterConfig,
     tokenizer: PreTrainedTokenizerBase,
 ) -> Path:
@@ -40,7 +42,7 @@ def save_checkpoint(
     path = checkpoint_dir(output_dir, step)
     engine.save_checkpoint(str(output_dir), tag=path.name, client_state={"mtft": mtft_state})
     rank = dist.get_rank()
-    torch.save(_rng_state(), path / f"rng_state_{rank}.pt")
+    torch.save({"rng": _rng_state(), **rank_state}, path / f"rank_state_{rank}.pt")
     if rank == 0:
         save_adapter(engine.module, adapter_cfg, path / ADAPTER_DIR)
         tokenizer.save_pretrained(path / ADAPTER_DIR)
@@ -65,11 +67,12 @@ def find_resume_checkpoint(output_dir: Path, resume: str) -> Path | None:
     return max(steps, key=steps.get) if steps else None
 
 
-def load_checkpoint(engine, path: Path) -> dict[str, Any]:
-    """Restore engine state and this rank's RNG; returns the mtft state saved with it."""
+def load_checkpoint(engine, path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Restore the engine's state and this rank's RNG; returns (the run's mtft state, this rank's state)."""
     _, client_state = engine.load_checkpoint(str(path.parent), tag=path.name)
-    _set_rng_state(torch.load(path / f"rng_state_{dist.get_rank()}.pt", weights_only=False))
-    return client_state["mtft"]
+    rank_state = torch.load(path / f"rank_state_{dist.get_rank()}.pt", weights_only=False)
+    _set_rng_state(rank_state.pop("rng"))
+    return client_state["mtft"], rank_state
 
 
 def _rng_state() -> dict[str, Any]:

@@ -7,7 +7,7 @@ import torch
 
 from mtft.config.schema import TinyModelConfig
 from mtft.data.collate import collate, model_inputs, real_tokens
-from mtft.data.packing import best_fit_decreasing, collate_packed
+from mtft.data.packing import collate_rows, pack_rows
 from mtft.data.synthetic import generate
 from mtft.data.tasks import Sample
 from mtft.data.tokenize import IGNORE, tokenize_messages
@@ -15,22 +15,33 @@ from mtft.models import build_byte_tokenizer, build_tiny_model
 from mtft.training.losses import per_task_sums, token_losses
 
 
-def test_best_fit_decreasing_fills_rows_tightly():
-    lengths = [7, 5, 4, 3, 3, 2, 1, 1]  # 26 tokens: fits 3 rows of 10 at best
-    rows = best_fit_decreasing(lengths, capacity=10)
-    assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
-    assert all(sum(lengths[i] for i in row) <= 10 for row in rows)
-    # 7 opens row 0; 5 row 1; 4 best-fits row 1 (5 free); 3 fills row 0 exactly; 3 opens row 2; 2 joins it;
-    # 1 fills row 1's last slot (best fit); the last 1 goes to row 2.
+def _stream(count: int, filler: int):
+    """Items 0..count-1, then `filler` forever (the sampler never runs dry)."""
+    items = iter(range(count))
+    return lambda: next(items, filler)
+
+
+def test_pack_rows_best_fit_with_deferral():
+    lengths = [7, 5, 4, 3, 3, 2, 1, 1, 9, 6, 10]  # the last is the filler
+    rows, pending = pack_rows([], _stream(10, 10), lengths.__getitem__, rows=3, capacity=10, patience=2)
+    # 7 opens row 0; 5 opens row 1; 4 best-fits row 1 (5 free); 3 fills row 0; the next 3 opens row 2;
+    # 2 joins row 2; 1 fills row 1; 1 joins row 2; 9 fits nowhere (miss 1), 6 neither (miss 2): closed.
     assert rows == [[0, 3], [1, 2, 6], [4, 5, 7]]
+    assert pending == [8, 9]
+    assert all(sum(lengths[i] for i in row) <= 10 for row in rows)
+    # The deferred samples go first next time, so nothing is skipped.
+    rows, pending = pack_rows(pending, _stream(0, 10), lengths.__getitem__, rows=2, capacity=10, patience=2)
+    assert rows == [[8], [9]] and pending == [10, 10]
+
+
+def test_pack_rows_refuses_an_oversized_sample():
     with pytest.raises(ValueError):
-        best_fit_decreasing([11], capacity=10)
+        pack_rows([0], _stream(0, 0), [11].__getitem__, rows=1, capacity=10)
 
 
-def test_collate_packed_restarts_positions_and_masks_each_first_label():
-    samples = [Sample([1, 2, 3], [-100, 2, 3], 0), Sample([4, 5], [4, 5], 1), Sample([6, 7, 8, 9], [6, 7, 8, 9], 2)]
-    batch = collate_packed(samples, max_seq_len=6, pad_token_id=0, multiple_of=1)
-    # BFD: the 4-token sample opens row 0, the 3-token one row 1, the 2-token one fits row 0 (best fit)
+def test_collate_rows_restarts_positions_and_masks_each_first_label():
+    a, b, c = Sample([1, 2, 3], [-100, 2, 3], 0), Sample([4, 5], [4, 5], 1), Sample([6, 7, 8, 9], [6, 7, 8, 9], 2)
+    batch = collate_rows([[c, b], [a]], pad_token_id=0, multiple_of=1)
     assert batch["input_ids"].tolist() == [[6, 7, 8, 9, 4, 5], [1, 2, 3, 0, 0, 0]]
     assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1], [0, 1, 2, 0, 1, 2]]
     assert batch["task_ids"].tolist() == [[2, 2, 2, 2, 1, 1], [0, 0, 0, -1, -1, -1]]
@@ -61,7 +72,11 @@ def test_packed_per_task_losses_equal_unpacked(attn):
             logits = model(**model_inputs(batch)).logits
         return per_task_sums(token_losses(logits, batch["labels"]), batch["labels"], batch["task_ids"], 4)
 
-    packed = collate_packed(samples, max_seq_len=256, pad_token_id=tokenizer.pad_token_id)
+    lengths = [len(x.input_ids) for x in samples] + [256]  # a full-row filler that closes the micro-batch
+    rows, _ = pack_rows(list(range(len(samples))), _stream(0, len(samples)), lengths.__getitem__, 6, 256)
+    rows = [[samples[i] for i in row if i < len(samples)] for row in rows]
+    assert sorted(id(x) for row in rows for x in row) == sorted(id(x) for x in samples)  # all placed, once
+    packed = collate_rows([row for row in rows if row], tokenizer.pad_token_id)
     padded = collate(samples, tokenizer.pad_token_id)
     assert packed["input_ids"].shape[0] < len(samples) / 2  # several tasks really share rows
     assert any(len(set(row.tolist()) - {-1}) > 1 for row in packed["task_ids"])

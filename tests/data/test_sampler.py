@@ -265,3 +265,23 @@ def test_resume_refuses_state_from_another_seed_or_data():
         TaskSampler([5, 7], [0.5, 0.5], seed=2).load_state_dict(state)
     with pytest.raises(ValueError, match="same trainer.seed"):
         TaskSampler([5, 8], [0.5, 0.5], seed=1).load_state_dict(state)
+
+
+def packed_items(batch: dict[str, torch.Tensor]) -> list[tuple[int, int]]:
+    """The (task, index) of every sample in a packed batch: each starts where position_ids is 0 and is real."""
+    starts = (batch["position_ids"] == 0) & (batch["task_ids"] >= 0)
+    return [(int(batch["input_ids"][r, c]), int(batch["input_ids"][r, c + 1])) for r, c in starts.nonzero().tolist()]
+
+
+def test_packed_ranks_take_disjoint_residue_classes_of_one_stream():
+    """Packing makes ranks consume different numbers of samples; each still takes every world_size-th draw."""
+    tasks, p = identified_tasks([400, 400]), np.array([0.5, 0.5])
+    ranks = [MixedBatches(tasks, p, 3, pad_token_id=-1, seed=9, rank=r, world_size=2, pack_to=16) for r in (0, 1)]
+    stream = TaskSampler([400, 400], p, seed=9).draw(2000)
+    for rank, batches in enumerate(ranks):
+        placed = [item for _ in range(6) for item in packed_items(batches.next())]
+        consumed = placed + batches.pending
+        assert len(set(consumed)) == len(consumed)
+        assert set(consumed) == set(stream[rank::2][: len(consumed)])  # this rank's draws, none skipped
+    consumed_by = [packed_items(b.next()) for b in ranks]
+    assert not set(consumed_by[0]) & set(consumed_by[1])
