@@ -27,3 +27,11 @@ def small_tasks(tmp_path_factory) -> dict[str, Path]:
         paths[name] = root / f"{name}.jsonl"
         paths[name].write_text("".join(json.dumps(s) + "\n" for s in synthetic.generate(name)[:64]))
     return paths
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Tests tokenize into their own cache, never the user's ~/.cache/mtft."""
+    import os
+
+    os.environ["MTFT_CACHE_DIR"] = str(tmp_path_factory.mktemp("mtft_cache"))

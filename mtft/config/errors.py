@@ -26,7 +26,14 @@ class DataError(UserError):
     def __init__(
         self, path: str, line: int | None, field: str | None, problem: str, reason: str = "invalid", unit: str = "line"
     ):
-        self.reason = reason
+        self.path, self.line, self.field, self.problem, self.reason, self.unit = (
+            path,
+            line,
+            field,
+            problem,
+            reason,
+            unit,
+        )
         where = str(path) if line is None else (f"{path}:{line}" if unit == "line" else f"{path} {unit} {line}")
         what = f" field '{field}'" if field else ""
         super().__init__(f"{where}:{what} {problem}")

@@ -95,6 +95,7 @@ class DataConfig:
     overlong: str = "drop"  # what to do with a sample longer than max_seq_len: drop | truncate | error
     train_on_prompt: bool = False
     bad_records: str = "error"  # a malformed record: error (names file, line, field) | drop (counted per reason)
+    num_proc: int = 4  # datasets.map workers for tasks of 20k+ records (tokenized once, cached by data + tokenizer)
 
     def __post_init__(self) -> None:
         check(len(self.tasks) > 0, "tasks", "list at least one task (name, path)")
@@ -112,6 +113,7 @@ class DataConfig:
         check(self.max_val_samples > 0, "max_val_samples", f"must be > 0, got {self.max_val_samples}")
         check_choice(self.overlong, "overlong", OVERLONG_POLICIES)
         check_choice(self.bad_records, "bad_records", BAD_RECORD_POLICIES)
+        check(self.num_proc > 0, "num_proc", f"must be > 0, got {self.num_proc}")
 
     @property
     def task_names(self) -> list[str]:

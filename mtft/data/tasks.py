@@ -1,5 +1,7 @@
 """Task sources to tokenized train/validation samples, with a per-task account of every record read.
 
+Tokenizing is data/preprocess.py's (datasets.map, cached); this module applies the per-task policies.
+
 Each task's report satisfies `samples + sum(dropped.values()) == lines_read` (records, for columnar
 sources): nothing is lost silently. A validation file (`val_path`) gets the same account under `val`.
 """
@@ -15,9 +17,8 @@ from transformers import PreTrainedTokenizerBase
 
 from mtft.config.errors import DataError
 from mtft.config.schema import DataConfig, TaskSpec
-from mtft.data.formats import detect_format, rename_fields, to_example
-from mtft.data.sources import read_records
-from mtft.data.tokenize import IGNORE, TemplateError, tokenize_example
+from mtft.data.preprocess import row_error, tokenized_records
+from mtft.data.tokenize import IGNORE
 
 
 @dataclass
@@ -71,35 +72,29 @@ def _load_task(
 def _read_samples(
     path: str, spec: TaskSpec, task_id: int, cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, limit: int | None
 ) -> tuple[list[Sample], dict[str, Any]]:
-    """Read, convert, tokenize and length-check every record; bad ones raise or are counted (data.bad_records)."""
+    """Apply the length and bad-record policies to the tokenized records, in file order, counting every one."""
+    rows = tokenized_records(path, spec, tokenizer, cfg.train_on_prompt, cfg.num_proc)
     samples: list[Sample] = []
     dropped: Counter[str] = Counter()
     formats: Counter[str] = Counter()
     truncated = lines_read = 0
     stopped = False
-    for where, item in read_records(path):
+    for row in rows:
         if limit is not None and len(samples) >= limit:
-            stopped = True  # the rest is not read: reported as stopped_at
+            stopped = True  # the rest is not used: reported as stopped_at
             break
         lines_read += 1
-        try:
-            if isinstance(item, DataError):
-                raise item
-            record = rename_fields(item, spec.fields)
-            fmt = detect_format(record, where) if spec.format == "auto" else spec.format
-            example = to_example(record, fmt, where)
-            try:
-                input_ids, labels = tokenize_example(tokenizer, example, cfg.train_on_prompt)
-            except TemplateError as err:
-                raise where.error("messages", str(err), "template") from None
-            if len(input_ids) > cfg.max_seq_len and cfg.overlong == "error":
-                raise where.error(None, f"is {len(input_ids)} tokens, over data.max_seq_len={cfg.max_seq_len}")
-        except DataError as err:
+        input_ids, labels = row["input_ids"], row["labels"]
+        error = row_error(row)
+        if error is None and len(input_ids) > cfg.max_seq_len and cfg.overlong == "error":
+            problem = f"is {len(input_ids)} tokens, over data.max_seq_len={cfg.max_seq_len}"
+            error = DataError(row["path"], row["line"], None, problem, "too_long", row["unit"])
+        if error is not None:
             if cfg.bad_records == "error":
-                raise
-            dropped[err.reason] += 1
+                raise error
+            dropped[error.reason] += 1
             continue
-        formats[fmt] += 1
+        formats[row["format"]] += 1
         was_truncated = len(input_ids) > cfg.max_seq_len
         if was_truncated and cfg.overlong == "drop":
             dropped["too_long"] += 1
@@ -119,7 +114,7 @@ def _read_samples(
         "truncated": truncated,
     }
     if stopped:
-        report["stopped_at"] = f"max {limit} samples; later records were not read"
+        report["stopped_at"] = f"max {limit} samples; later records were not used"
     return samples, report
 
 

@@ -493,16 +493,16 @@ def test_fields_mapping_with_an_explicit_format(tmp_path, tok):
     assert task.report["samples"] == 3
 
 
-def test_max_samples_keeps_exactly_n_and_stops_reading(tmp_path, tok):
+def test_max_samples_keeps_exactly_n_and_ignores_the_rest(tmp_path, tok):
     (tmp_path / "dir").mkdir()
     write(tmp_path / "dir" / "a.jsonl", [qa(i) for i in range(10)])
-    (tmp_path / "dir" / "b.jsonl").write_text("")  # would raise "the file is empty" if it were ever read
+    write(tmp_path / "dir" / "b.jsonl", ["{bad"])  # would stop the run (bad_records=error) if it were used
     task = load_one(tok, TaskSpec(name="t", path=str(tmp_path / "dir"), max_samples=4))
     report = task.report
     assert report["samples"] == 4
     assert len(task.train) + len(task.val) == 4
     assert report["lines_read"] == 4
-    assert "max 4 samples" in report["stopped_at"]
+    assert "max 4 samples" in report["stopped_at"] and report["dropped"] == {}
     assert sorted(answers(tok, task.train + task.val)) == [f"a{i}<|im_end|>\n" for i in range(4)]  # the first four
 
 

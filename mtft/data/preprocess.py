@@ -1,0 +1,119 @@
+"""Records to token ids with `datasets.map` (multiprocess for large tasks), cached on disk.
+
+The cache holds, per record in file order, either its tokens or why it was rejected, keyed by the source
+(paths, sizes, modification times, or a dataset's fingerprint), the tokenizer and the settings that change
+tokens (format, field mapping, train_on_prompt). Length limits and the bad-record policy are applied after
+the cache, so changing `max_seq_len` re-tokenizes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import datasets
+from datasets.fingerprint import Hasher
+from transformers import PreTrainedTokenizerBase
+
+from mtft.config.errors import DataError
+from mtft.config.schema import TaskSpec
+from mtft.data.formats import detect_format, rename_fields, to_example
+from mtft.data.sources import Location, read_records, resolve
+from mtft.data.tokenize import TemplateError, tokenize_example
+
+PREPROCESS_VERSION = 1
+PARALLEL_FROM = 20_000  # records; below this, worker start-up costs more than it saves
+ERROR_COLUMNS = ("path", "line", "unit", "field", "problem", "reason")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MTFT_CACHE_DIR", Path.home() / ".cache" / "mtft")) / "preprocessed"
+
+
+def tokenized_records(
+    path: str, spec: TaskSpec, tokenizer: PreTrainedTokenizerBase, train_on_prompt: bool, num_proc: int
+) -> datasets.Dataset:
+    """One row per record read: `input_ids`, `labels`, `format`, and for a rejected record its DataError fields."""
+    target = cache_dir() / _cache_key(path, spec, tokenizer, train_on_prompt)
+    if (target / "dataset_info.json").is_file():
+        return datasets.load_from_disk(str(target))
+    raw = datasets.Dataset.from_list([_raw_row(where, item) for where, item in read_records(path)])
+    tokenized = raw.map(
+        _tokenize_row,
+        fn_kwargs={
+            "tokenizer": tokenizer,
+            "fmt": spec.format,
+            "fields": spec.fields,
+            "train_on_prompt": train_on_prompt,
+        },
+        remove_columns=["record"],
+        num_proc=min(num_proc, os.cpu_count() or 1) if len(raw) >= PARALLEL_FROM else None,
+        desc=f"tokenizing {spec.name}",
+    )
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+    with _quiet_progress():  # the tokenizing bar is enough; saving is instant
+        tokenized.save_to_disk(str(partial))
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(partial, target)  # atomic: a crash never leaves a half-written cache entry in place
+    return datasets.load_from_disk(str(target))
+
+
+def row_error(row: dict[str, Any]) -> DataError | None:
+    if not row["reason"]:
+        return None
+    return DataError(row["path"], row["line"], row["field"] or None, row["problem"], row["reason"], row["unit"])
+
+
+def _raw_row(where: Location, item: dict | DataError) -> dict[str, Any]:
+    row = {"path": where.path, "line": where.line, "unit": where.unit, "field": "", "problem": "", "reason": ""}
+    if isinstance(item, DataError):
+        row.update(field=item.field or "", problem=item.problem, reason=item.reason)
+        return {**row, "record": ""}
+    return {**row, "record": json.dumps(item, ensure_ascii=False, default=str)}
+
+
+def _tokenize_row(row: dict, tokenizer, fmt: str, fields: dict[str, str], train_on_prompt: bool) -> dict[str, Any]:
+    out = {"input_ids": [], "labels": [], "format": ""}
+    if row["reason"]:
+        return out
+    where = Location(row["path"], row["line"], row["unit"])
+    try:
+        record = rename_fields(json.loads(row["record"]), fields)
+        out["format"] = detect_format(record, where) if fmt == "auto" else fmt
+        example = to_example(record, out["format"], where)
+        try:
+            out["input_ids"], out["labels"] = tokenize_example(tokenizer, example, train_on_prompt)
+        except TemplateError as err:
+            raise where.error("messages", str(err), "template") from None
+    except DataError as err:
+        out.update(field=err.field or "", problem=err.problem, reason=err.reason)
+    return out
+
+
+def _cache_key(path: str, spec: TaskSpec, tokenizer: PreTrainedTokenizerBase, train_on_prompt: bool) -> str:
+    sources = []
+    for source in resolve(path):
+        if isinstance(source, Path):
+            stat = source.stat()
+            sources.append((str(source.resolve()), stat.st_size, stat.st_mtime_ns))
+        else:
+            sources.append(source._fingerprint)
+    settings = [PREPROCESS_VERSION, spec.format, sorted(spec.fields.items()), train_on_prompt]
+    tokenizer_id = [Hasher.hash(tokenizer), tokenizer.chat_template or ""]
+    return hashlib.sha256(json.dumps([sources, settings, tokenizer_id], default=str).encode()).hexdigest()[:32]
+
+
+@contextlib.contextmanager
+def _quiet_progress():
+    was_enabled = not datasets.utils.are_progress_bars_disabled()
+    datasets.utils.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.utils.enable_progress_bars()
