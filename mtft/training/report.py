@@ -21,15 +21,14 @@ def data_report(tasks: list[TaskData], probabilities: np.ndarray) -> dict[str, A
 
 
 def print_data_report(report: dict[str, Any]) -> None:
-    print(
-        f"{'task':<16}{'lines':>7}{'train':>7}{'val':>6}{'dropped':>9}{'truncated':>11}{'mean len':>10}{'p(mix)':>8}"
-    )
+    columns = f"{'task':<16}{'format':<17}{'lines':>7}{'train':>7}{'val':>6}{'dropped':>9}{'truncated':>11}"
+    print(columns + f"{'mean len':>10}{'p(mix)':>8}")
     for name, r in report["tasks"].items():
-        dropped = sum(r["dropped"].values())
         reasons = ", ".join(f"{k}: {v}" for k, v in r["dropped"].items())
+        counts = f"{r['lines_read']:>7}{r['train_samples']:>7}{r['val_samples']:>6}{sum(r['dropped'].values()):>9}"
         print(
-            f"{name:<16}{r['lines_read']:>7}{r['train_samples']:>7}{r['val_samples']:>6}{dropped:>9}{r['truncated']:>11}"
-            f"{r['mean_length']:>10.1f}{r['mixing_probability']:>8.3f}" + (f"  ({reasons})" if reasons else "")
+            f"{name:<16}{r['format']:<17}{counts}{r['truncated']:>11}{r['mean_length']:>10.1f}"
+            f"{r['mixing_probability']:>8.3f}" + (f"  ({reasons})" if reasons else "")
         )
 
 

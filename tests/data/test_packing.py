@@ -89,3 +89,34 @@ def test_packed_per_task_losses_equal_unpacked(attn):
     leaky = {k: v for k, v in packed.items() if k != "position_ids"}
     leaky_sums, _ = losses(leaky)
     assert (leaky_sums / packed_counts - padded_sums / padded_counts).abs().max() > 1e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="flash-attn needs a CUDA device")
+def test_packed_equals_unpacked_under_flash_attention():
+    pytest.importorskip("flash_attn")
+    tokenizer = build_byte_tokenizer()
+    model = build_tiny_model(TinyModelConfig(), tokenizer).to("cuda", torch.bfloat16).eval()
+    model.set_attn_implementation("flash_attention_2")
+    samples = _mixed_samples(tokenizer)
+    lengths = [len(x.input_ids) for x in samples] + [256]
+    rows, _ = pack_rows(list(range(len(samples))), _stream(0, len(samples)), lengths.__getitem__, 6, 256)
+    packed = collate_rows([[samples[i] for i in row if i < len(samples)] for row in rows if row != [len(samples)]], 0)
+
+    def losses(batch):
+        batch = {k: v.cuda() for k, v in batch.items()}
+        with torch.no_grad():
+            logits = model(**model_inputs(batch)).logits
+        sums, counts = per_task_sums(token_losses(logits, batch["labels"]), batch["labels"], batch["task_ids"], 4)
+        return sums / counts
+
+    # flash-attn has no padding mask here, so compare with each sample run alone (one row, no padding).
+    alone = torch.zeros(4, device="cuda")
+    counts = torch.zeros(4, device="cuda")
+    for sample in samples:
+        batch = {k: v.cuda() for k, v in collate([sample], 0, multiple_of=1).items()}
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"]).logits
+        s, c = per_task_sums(token_losses(logits, batch["labels"]), batch["labels"], batch["task_ids"], 4)
+        alone, counts = alone + s, counts + c
+    torch.testing.assert_close(losses(packed), alone / counts, atol=2e-2, rtol=0)  # bf16
