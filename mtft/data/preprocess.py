@@ -28,7 +28,6 @@ from mtft.data.tokenize import TemplateError, tokenize_example
 
 PREPROCESS_VERSION = 1
 PARALLEL_FROM = 20_000  # records; below this, worker start-up costs more than it saves
-ERROR_COLUMNS = ("path", "line", "unit", "field", "problem", "reason")
 
 
 def cache_dir() -> Path:
@@ -39,10 +38,11 @@ def tokenized_records(
     path: str, spec: TaskSpec, tokenizer: PreTrainedTokenizerBase, train_on_prompt: bool, num_proc: int
 ) -> datasets.Dataset:
     """One row per record read: `input_ids`, `labels`, `format`, and for a rejected record its DataError fields."""
-    target = cache_dir() / _cache_key(path, spec, tokenizer, train_on_prompt)
+    sources = resolve(path)
+    target = cache_dir() / _cache_key(sources, spec, tokenizer, train_on_prompt)
     if (target / "dataset_info.json").is_file():
         return datasets.load_from_disk(str(target))
-    raw = datasets.Dataset.from_list([_raw_row(where, item) for where, item in read_records(path)])
+    raw = datasets.Dataset.from_list([_raw_row(where, item) for where, item in read_records(path, sources)])
     tokenized = raw.map(
         _tokenize_row,
         fn_kwargs={
@@ -95,17 +95,17 @@ def _tokenize_row(row: dict, tokenizer, fmt: str, fields: dict[str, str], train_
     return out
 
 
-def _cache_key(path: str, spec: TaskSpec, tokenizer: PreTrainedTokenizerBase, train_on_prompt: bool) -> str:
-    sources = []
-    for source in resolve(path):
+def _cache_key(sources: list, spec: TaskSpec, tokenizer: PreTrainedTokenizerBase, train_on_prompt: bool) -> str:
+    identities = []
+    for source in sources:
         if isinstance(source, Path):
             stat = source.stat()
-            sources.append((str(source.resolve()), stat.st_size, stat.st_mtime_ns))
-        else:
-            sources.append(source._fingerprint)
+            identities.append((str(source.resolve()), stat.st_size, stat.st_mtime_ns))
+        else:  # a loaded Dataset
+            identities.append(source._fingerprint)
     settings = [PREPROCESS_VERSION, spec.format, sorted(spec.fields.items()), train_on_prompt]
     tokenizer_id = [Hasher.hash(tokenizer), tokenizer.chat_template or ""]
-    return hashlib.sha256(json.dumps([sources, settings, tokenizer_id], default=str).encode()).hexdigest()[:32]
+    return hashlib.sha256(json.dumps([identities, settings, tokenizer_id], default=str).encode()).hexdigest()[:32]
 
 
 @contextlib.contextmanager

@@ -33,9 +33,9 @@ class Location:
 Item = tuple[Location, "dict | DataError"]
 
 
-def read_records(spec_path: str) -> Iterator[Item]:
-    """All records under `spec_path`, file by file in sorted order."""
-    for source in resolve(spec_path):
+def read_records(spec_path: str, sources: list | None = None) -> Iterator[Item]:
+    """All records under `spec_path` (already `resolve`d into `sources`, if given), file by file in sorted order."""
+    for source in resolve(spec_path) if sources is None else sources:
         if isinstance(source, Path):
             yield from _read_file(source)
         else:  # a datasets.Dataset
