@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 from torch import nn
 
-from mtft.adapters import full, lora
+from mtft.adapters import full, lora, molora, mor1e, smora
 from mtft.adapters.base import ADAPTER_CONFIG_FILE, AdapterConfig, AdapterMethod, write_adapter_config
+from mtft.adapters.moe import load_experts, save_experts
+
+
+def _experts(config: type[AdapterConfig], inject) -> AdapterMethod:
+    """A mixture-of-experts method: saved as its own safetensors; routing is per token, so it cannot be merged."""
+    return AdapterMethod(config, inject, save_experts, partial(load_experts, config_class=config, inject=inject))
+
 
 ADAPTERS: dict[str, AdapterMethod] = {
     "none": AdapterMethod(full.FullFinetuneConfig, full.inject, full.save, full.load),
     "lora": AdapterMethod(lora.LoraConfig, lora.inject, lora.save, lora.load),
+    "molora": _experts(molora.MoLoRAConfig, molora.inject),
+    "mor1e": _experts(mor1e.MoR1EConfig, mor1e.inject),
+    "smora": _experts(smora.SMoRAConfig, smora.inject),
 }
 
 

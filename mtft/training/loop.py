@@ -18,6 +18,7 @@ from transformers import set_seed
 
 from mtft.adapters import ADAPTERS
 from mtft.adapters.base import count_parameters
+from mtft.adapters.moe import ExpertLinear, after_optimizer_step, aux_loss, expert_layers, router_metrics
 from mtft.balancers import build_balancer
 from mtft.config.errors import ConfigError
 from mtft.config.train import TrainConfig
@@ -51,6 +52,7 @@ def train(cfg: TrainConfig, resolved_config_yaml: str = "") -> dict[str, Any]:
     tasks = load_tasks(cfg.data, tokenizer, t.seed)
     names = [task.name for task in tasks]
     model = ADAPTERS[cfg.adapter.name].inject(model, cfg.adapter)
+    experts = expert_layers(model)  # empty unless a mixture-of-experts adapter
     trainable, total = count_parameters(model)
     engine = build_engine(model, cfg, world_size)
     balancer = build_balancer(cfg.balancer, names)
@@ -101,7 +103,7 @@ def train(cfg: TrainConfig, resolved_config_yaml: str = "") -> dict[str, Any]:
         micro_batches = [_to(batches.next(), engine.device) for _ in range(t.grad_accum_steps)]
         weights_now = balancer.weights()
         weights = torch.tensor([weights_now[n] for n in names], device=engine.device)
-        result = optimizer_step(engine, micro_batches, weights, num_tasks)
+        result = optimizer_step(engine, micro_batches, weights, num_tasks, list(experts.values()))
         step += 1
         present = result.counts > 0
         train_losses = {n: float(result.sums[i] / result.counts[i]) for i, n in enumerate(names) if present[i]}
@@ -119,6 +121,7 @@ def train(cfg: TrainConfig, resolved_config_yaml: str = "") -> dict[str, Any]:
             elapsed = time.perf_counter() - window_start
             record = _record(step, names, window, weights_now, val_losses, engine, window_tokens / elapsed)
             record.update({f"balancer/{k}": v for k, v in balancer.metrics().items()})
+            record.update(router_metrics(experts))
             logger.log(record)
             if rank == 0:
                 print(_console_line(record, t.max_steps), flush=True)
@@ -146,7 +149,11 @@ class StepResult:
 
 
 def optimizer_step(
-    engine, micro_batches: list[dict[str, torch.Tensor]], weights: torch.Tensor, num_tasks: int
+    engine,
+    micro_batches: list[dict[str, torch.Tensor]],
+    weights: torch.Tensor,
+    num_tasks: int,
+    experts: list[ExpertLinear] = (),
 ) -> StepResult:
     """One optimizer step over `micro_batches` (the engine's gradient-accumulation count of them).
 
@@ -158,11 +165,12 @@ def optimizer_step(
     for batch in micro_batches:
         logits = engine(**model_inputs(batch)).logits
         sums, _ = per_task_sums(token_losses(logits, batch["labels"]), batch["labels"], batch["task_ids"], num_tasks)
-        loss = balanced_loss(sums, step_counts, weights)
+        loss = balanced_loss(sums, step_counts, weights) + aux_loss(experts) / len(micro_batches)
         # The loss is already normalised for the whole step: no 1/GAS; DeepSpeed averages over ranks, undo that.
         engine.backward(loss * engine.world_size, scale_wrt_gas=False)
         engine.step()
         step_sums += sums.detach()
+    after_optimizer_step(experts)  # e.g. SMoRA's per-rank bias update, from this step's loads
     tokens = float(sum(real_tokens(b) for b in micro_batches))
     reduced = all_reduce_sum(torch.cat([step_sums, torch.tensor([tokens], device=engine.device)])).cpu()
     return StepResult(reduced[:num_tasks], step_counts.cpu(), int(reduced[num_tasks]))

@@ -1,0 +1,180 @@
+"""Shared machinery of the mixture-of-LoRA-experts adapters (MoLoRA, MoR1E, SMoRA).
+
+Each wraps one frozen nn.Linear: y = W·x + update(dropout(x)), where update routes every token to a few
+low-rank experts. Routing is computed densely with masks, never with a Python loop over experts, so every
+adapter parameter takes part in every step's graph and an expert with no tokens on one rank cannot hang
+ZeRO-3's collectives. The up-projections start at zero, so the adapted model equals the base at step 0.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from mtft.adapters.base import ADAPTER_CONFIG_FILE, AdapterConfig
+from mtft.config.errors import ConfigError
+from mtft.config.schema import check
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+@dataclass
+class ExpertsConfig(AdapterConfig):
+    alpha: float = 32.0
+    dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"  # module names, or every Linear except the output head
+
+    def __post_init__(self) -> None:
+        check(self.alpha > 0, "alpha", f"must be > 0, got {self.alpha}")
+        check(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
+        check(len(self.target_modules) > 0, "target_modules", "name at least one module, or 'all-linear'")
+
+
+class ExpertLinear(nn.Module):
+    """A frozen Linear plus a routed low-rank update; counts how often each expert is chosen."""
+
+    def __init__(self, base: nn.Linear, num_experts: int, dropout: float):
+        super().__init__()
+        self.base = base
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.num_experts = num_experts
+        self.register_buffer("window_load", torch.zeros(num_experts), persistent=False)  # since the last log
+        self.register_buffer("step_load", torch.zeros(num_experts), persistent=False)  # since the last step
+        self.aux_loss: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.update(self.dropout(x)).to(x.dtype)
+
+    def update(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def record_load(self, chosen: torch.Tensor) -> None:
+        """`chosen` (..., experts): 1 where a token selected the expert (or its dense gate mass)."""
+        if self.training:
+            counts = chosen.detach().reshape(-1, self.num_experts).float().sum(0)
+            self.window_load += counts
+            self.step_load += counts
+
+    def after_optimizer_step(self) -> None:
+        self.step_load.zero_()
+
+    def take_stats(self) -> dict[str, Any]:
+        """Load fraction per expert, normalised routing entropy and dead experts since the last call."""
+        load = self.window_load
+        total = float(load.sum())
+        self.window_load = torch.zeros_like(load)
+        if total == 0:
+            return {}
+        fraction = load / total
+        entropy = float(-(fraction * fraction.clamp_min(1e-12).log()).sum()) / math.log(self.num_experts or 2)
+        return {"load": [round(float(f), 5) for f in fraction], "entropy": entropy, "dead": int((load == 0).sum())}
+
+
+def lora_pair(rank_in: int, rank_out: int, in_features: int, out_features: int) -> tuple[nn.Parameter, nn.Parameter]:
+    """Down-projection (kaiming, as PEFT) and up-projection (zeros): the update starts at exactly zero."""
+    down = nn.Parameter(torch.empty(rank_in, in_features))
+    nn.init.kaiming_uniform_(down, a=math.sqrt(5))
+    return down, nn.Parameter(torch.zeros(out_features, rank_out))
+
+
+def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    return torch.zeros_like(scores).scatter_(-1, scores.topk(k, dim=-1).indices, 1.0)
+
+
+# ---- injection, save, load ------------------------------------------------------------------------------------
+
+
+def inject_experts(model: nn.Module, cfg: ExpertsConfig, make: Callable[[nn.Linear], ExpertLinear]) -> nn.Module:
+    """Freeze the base and wrap every targeted Linear (never the output head)."""
+    model.requires_grad_(False)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    targets = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear)
+        and module is not head
+        and (cfg.target_modules == "all-linear" or name.rsplit(".", 1)[-1] in cfg.target_modules)
+    ]
+    if not targets:
+        raise ConfigError("adapter.target_modules", f"{cfg.target_modules!r} matches no Linear layer of the model")
+    for name in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        setattr(parent, child, make(getattr(parent, child)))
+    return model
+
+
+def expert_layers(model: nn.Module) -> dict[str, ExpertLinear]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, ExpertLinear)}
+
+
+def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Everything an expert layer owns but the frozen base: weights, routers, persistent buffers."""
+    state = {}
+    for name, layer in expert_layers(model).items():
+        for key, value in layer.state_dict().items():
+            if not key.startswith("base."):
+                state[f"{name}.{key}"] = value.detach().contiguous()
+    return state
+
+
+def save_experts(model: nn.Module, directory: Path) -> None:
+    safetensors.torch.save_file(adapter_state(model), str(directory / ADAPTER_WEIGHTS))
+
+
+def load_experts(model: nn.Module, directory: Path, config_class: type, inject: Callable) -> nn.Module:
+    """Inject the saved method (its config from the JSON beside the weights), then restore its tensors."""
+    cfg = config_class(**json.loads((directory / ADAPTER_CONFIG_FILE).read_text()))
+    model = inject(model, cfg)
+    state = safetensors.torch.load_file(str(directory / ADAPTER_WEIGHTS))
+    expected = adapter_state(model).keys()
+    if set(state) != set(expected):
+        raise ValueError(
+            f"{directory}: adapter weights do not match the model ({sorted(set(state) ^ set(expected))[:5]})"
+        )
+    model.load_state_dict(state, strict=False)
+    return model
+
+
+# ---- hooks the training loop calls, whatever the adapter ------------------------------------------------------
+
+
+def aux_loss(layers: list[ExpertLinear]) -> torch.Tensor | float:
+    """Sum of the layers' auxiliary losses from their last forward (MoLoRA's load balancing), or 0."""
+    return sum((layer.aux_loss for layer in layers if layer.aux_loss is not None), 0.0)
+
+
+def after_optimizer_step(layers: list[ExpertLinear]) -> None:
+    for layer in layers:
+        layer.after_optimizer_step()
+
+
+def router_metrics(layers: dict[str, ExpertLinear]) -> dict[str, Any]:
+    """`router/<layer>/{load,entropy,dead}` plus means over layers, for metrics.jsonl."""
+    metrics: dict[str, Any] = {}
+    entropies, dead = [], 0
+    for name, layer in layers.items():
+        stats = layer.take_stats()
+        if stats:
+            metrics.update({f"router/{name}/{k}": v for k, v in stats.items()})
+            entropies.append(stats["entropy"])
+            dead += stats["dead"]
+    if entropies:
+        metrics["router/mean_entropy"] = sum(entropies) / len(entropies)
+        metrics["router/dead_experts"] = dead
+    return metrics
+
+
+def all_reduce_(tensor: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor)
+    return tensor

@@ -1,0 +1,69 @@
+"""MoR1E: mixture of rank-1 experts ("Intuition-aware Mixture-of-Rank-1-Experts", arXiv 2404.08985; T-REX).
+
+Hyperparameters: `num_down` r1, `num_up` r2, `top_k` (0 = dense routing), `alpha`.
+
+r1 down-vectors a_i and r2 up-vectors b_j mix and match into r1·r2 rank-1 experts b_j·a_iᵀ; a router gives
+logits over the pairs. Gates g_ij (top-k of a softmax, renormalised, or dense) are scaled to sum to
+k_eff = top_k (dense: min(r1, r2)) and the update is (α/k_eff)·Σ_ij g_ij·b_j·(a_i·x) = (α/k_eff)·B·(Gᵀ·(A·x)):
+with r1 = r2 = r and G = I this is exactly a rank-r LoRA. Top-k selection is ours; the reference is dense only.
+
+Not yet here: the "intuition" prior (instance-level cluster affinities from k-means over base-model embeddings,
+blended into the router logits). Routing is currently learned from the token alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mtft.adapters.moe import ExpertLinear, ExpertsConfig, inject_experts, lora_pair, top_k_mask
+from mtft.config.schema import check
+
+
+@dataclass
+class MoR1EConfig(ExpertsConfig):
+    name: str = "mor1e"
+    num_down: int = 8
+    num_up: int = 8
+    top_k: int = 8  # 0: dense routing over all r1·r2 pairs
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.num_down > 0, "num_down", f"must be > 0, got {self.num_down}")
+        check(self.num_up > 0, "num_up", f"must be > 0, got {self.num_up}")
+        pairs = self.num_down * self.num_up
+        check(0 <= self.top_k <= pairs, "top_k", f"must be in [0, {pairs}] (0 = dense), got {self.top_k}")
+
+
+class MoR1ELinear(ExpertLinear):
+    def __init__(self, base: nn.Linear, cfg: MoR1EConfig):
+        super().__init__(base, cfg.num_down * cfg.num_up, cfg.dropout)
+        self.lora_A, self.lora_B = lora_pair(cfg.num_down, cfg.num_up, base.in_features, base.out_features)
+        self.router = nn.Linear(base.in_features, cfg.num_down * cfg.num_up, bias=False)
+        nn.init.normal_(self.router.weight, std=base.in_features**-0.5)
+        self.shape = (cfg.num_down, cfg.num_up)
+        self.top_k = cfg.top_k
+        self.k_eff = cfg.top_k or min(cfg.num_down, cfg.num_up)
+        self.scaling = cfg.alpha / self.k_eff
+
+    def gates(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(self.router(x).float(), dim=-1)
+        if not self.top_k:
+            self.record_load(probs)
+            return self.k_eff * probs
+        chosen = top_k_mask(probs.detach(), self.top_k)
+        self.record_load(chosen)
+        gates = chosen * probs
+        return self.k_eff * gates / gates.sum(-1, keepdim=True)
+
+    def update(self, x: torch.Tensor) -> torch.Tensor:
+        gates = self.gates(x).to(x.dtype).unflatten(-1, self.shape)  # (..., r1, r2)
+        mixed = torch.einsum("...ij,...i->...j", gates, F.linear(x, self.lora_A))
+        return self.scaling * F.linear(mixed, self.lora_B)
+
+
+def inject(model: nn.Module, cfg: MoR1EConfig) -> nn.Module:
+    return inject_experts(model, cfg, lambda linear: MoR1ELinear(linear, cfg))
