@@ -35,13 +35,13 @@ def _records(path) -> dict[int, dict]:
     return {r["step"]: r for r in map(json.loads, (path / "metrics.jsonl").read_text().splitlines())}
 
 
-@pytest.mark.parametrize("adapter", ["lora", "none"])
+@pytest.mark.parametrize("adapter", ["lora", "none", "molora", "mor1e", "smora"])
 def test_checkpoint_loads_back_to_the_same_logits(dist_group, small_tasks, tmp_path, adapter):
     cfg = _config(tmp_path, small_tasks, "trainer.max_steps=6", "trainer.lr=1e-2", f"adapter={adapter}")
     train(cfg)
     checkpoint = tmp_path / "checkpoint-6"
     assert (checkpoint / COMPLETE_MARKER).is_file()
-    weights_file = "adapter_model.safetensors" if adapter == "lora" else "model.safetensors"
+    weights_file = "model.safetensors" if adapter == "none" else "adapter_model.safetensors"
     assert (checkpoint / "adapter" / weights_file).is_file()
 
     input_ids = torch.tensor([[5, 80, 81, 82, 99, 100, 40, 41]])
