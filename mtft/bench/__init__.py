@@ -5,6 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from mtft.bench import data
+from mtft.bench import adapters, data
 
-SUITES: dict[str, Callable[[], dict[str, Any]]] = {"data": data.run}
+SUITES: dict[str, Callable[[], dict[str, Any]]] = {"adapters": adapters.run, "data": data.run}
