@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import warnings
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from mtft.config.errors import ConfigError, UserError
 from mtft.config.hydra import register, to_train_config
@@ -30,7 +29,7 @@ def _main(cfg: DictConfig) -> None:
             config.trainer.output_dir = HydraConfig.get().runtime.output_dir
         from mtft.training.loop import train  # heavy imports only once the config is known to be valid
 
-        train(config, OmegaConf.to_yaml(OmegaConf.create(dataclasses.asdict(config))))  # resolved and typed
+        train(config)
     except UserError as err:
         where = _where_set(err.key) if isinstance(err, ConfigError) else ""
         print(f"mtft-train: error: {err}{where}", file=sys.stderr)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from transformers import set_seed
 
 from mtft.adapters import ADAPTERS
@@ -35,7 +36,7 @@ from mtft.training.state import find_resume_checkpoint, load_checkpoint, save_ch
 from mtft.training.validation import validation_losses
 
 
-def train(cfg: TrainConfig, resolved_config_yaml: str = "") -> dict[str, Any]:
+def train(cfg: TrainConfig) -> dict[str, Any]:
     # ---- setup ------------------------------------------------------------------------------------------------
     t = cfg.trainer
     rank, world_size = init_distributed()
@@ -74,7 +75,7 @@ def train(cfg: TrainConfig, resolved_config_yaml: str = "") -> dict[str, Any]:
         batches.load_state_dict(rank_state["batches"])
     logger.drop_after(step)  # records a crashed run wrote past its last checkpoint, or an abandoned fresh start
     if rank == 0:
-        (output_dir / "config.yaml").write_text(resolved_config_yaml)
+        (output_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
         report = data_report(tasks, probabilities)
         (output_dir / "data_report.json").write_text(json.dumps(report, indent=2))
         print_data_report(report)

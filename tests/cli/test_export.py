@@ -1,0 +1,54 @@
+"""mtft-export: LoRA merges into a plain HF model; MoE adapters export unmerged and refuse to merge."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import mtft
+from mtft.cli.export import main
+from mtft.config.schema import TinyModelConfig
+from mtft.models import build_byte_tokenizer, build_tiny_model
+from mtft.training.loop import train
+from tests.helpers import compose_config, small_data_overrides
+
+INPUT_IDS = torch.tensor([[5, 80, 81, 82, 99, 100, 40, 41]])
+
+
+def _trained(adapter, small_tasks, out):
+    cfg = [f"adapter={adapter}", *small_data_overrides(small_tasks), "trainer.max_steps=3", "trainer.lr=1e-2"]
+    train(compose_config([*cfg, f"trainer.output_dir={out}"]))
+    return out / "checkpoint-3"
+
+
+def _logits(model):
+    with torch.no_grad():
+        return model.eval()(input_ids=INPUT_IDS).logits
+
+
+def _adapted(directory):
+    return mtft.load_adapter(build_tiny_model(TinyModelConfig(), build_byte_tokenizer()), directory)
+
+
+@pytest.mark.integration
+def test_lora_merges_into_a_plain_model(dist_group, small_tasks, tmp_path):
+    checkpoint = _trained("lora", small_tasks, tmp_path / "run")
+    main([f"checkpoint={checkpoint}", f"out={tmp_path / 'merged'}", "merge=true"])
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    torch.testing.assert_close(_logits(merged), _logits(_adapted(checkpoint / "adapter")), atol=1e-5, rtol=0)
+
+
+@pytest.mark.integration
+def test_moe_adapter_exports_unmerged_and_refuses_to_merge(dist_group, small_tasks, tmp_path, capsys):
+    checkpoint = _trained("smora", small_tasks, tmp_path / "run")
+    with pytest.raises(SystemExit) as exit_info:
+        main([f"checkpoint={checkpoint}", f"out={tmp_path / 'merged'}", "merge=true"])
+    assert exit_info.value.code == 2
+    assert "cannot be merged: routing is per token" in capsys.readouterr().err
+    main([f"checkpoint={checkpoint}", f"out={tmp_path / 'exported'}"])
+    assert (tmp_path / "exported" / "adapter_model.safetensors").is_file()
+    torch.testing.assert_close(
+        _logits(_adapted(tmp_path / "exported")), _logits(_adapted(checkpoint / "adapter")), atol=0, rtol=0
+    )
