@@ -13,16 +13,17 @@ from mtft.adapters.base import ADAPTER_CONFIG_FILE, AdapterConfig, AdapterMethod
 from mtft.adapters.moe import load_experts, save_experts
 
 
-def _experts(config: type[AdapterConfig], inject) -> AdapterMethod:
+def _experts(config: type[AdapterConfig], inject, prepare=None) -> AdapterMethod:
     """A mixture-of-experts method: saved as its own safetensors; routing is per token, so it cannot be merged."""
-    return AdapterMethod(config, inject, save_experts, partial(load_experts, config_class=config, inject=inject))
+    load = partial(load_experts, config_class=config, inject=inject)
+    return AdapterMethod(config, inject, save_experts, load, prepare)
 
 
 ADAPTERS: dict[str, AdapterMethod] = {
     "none": AdapterMethod(full.FullFinetuneConfig, full.inject, full.save, full.load),
     "lora": AdapterMethod(lora.LoraConfig, lora.inject, lora.save, lora.load),
     "molora": _experts(molora.MoLoRAConfig, molora.inject),
-    "mor1e": _experts(mor1e.MoR1EConfig, mor1e.inject),
+    "mor1e": _experts(mor1e.MoR1EConfig, mor1e.inject, mor1e.prepare),
     "smora": _experts(smora.SMoRAConfig, smora.inject),
 }
 

@@ -24,6 +24,8 @@ class AdapterMethod(NamedTuple):
     inject: Callable[[nn.Module, AdapterConfig], nn.Module]  # returns the model to train, trainable flags set
     save: Callable[[nn.Module, Path], None]  # writes the trained weights as safetensors
     load: Callable[[nn.Module, Path], nn.Module]  # restores them onto a freshly loaded base model
+    # before training, with the data: (model, cfg, tasks, pad_token_id, seed); e.g. MoR1E fits its routing prior
+    prepare: Callable[..., None] | None = None
 
 
 def write_adapter_config(cfg: AdapterConfig, directory: Path) -> None:

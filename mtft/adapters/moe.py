@@ -8,6 +8,7 @@ ZeRO-3's collectives. The up-projections start at zero, so the adapted model equ
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Callable
@@ -50,8 +51,11 @@ class ExpertLinear(nn.Module):
         self.register_buffer("window_load", torch.zeros(num_experts), persistent=False)  # since the last log
         self.register_buffer("step_load", torch.zeros(num_experts), persistent=False)  # since the last step
         self.aux_loss: torch.Tensor | None = None
+        self.bypass = False  # True inside base_only(): the frozen layer alone
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bypass:
+            return self.base(x)
         return self.base(x) + self.update(self.dropout(x)).to(x.dtype)
 
     def update(self, x: torch.Tensor) -> torch.Tensor:
@@ -117,13 +121,28 @@ def expert_layers(model: nn.Module) -> dict[str, ExpertLinear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, ExpertLinear)}
 
 
+@contextlib.contextmanager
+def base_only(model: nn.Module):
+    """Run the base model alone (e.g. to embed instances for a routing prior), whatever adapters it carries."""
+    layers = expert_layers(model).values()
+    for layer in layers:
+        layer.bypass = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.bypass = False
+
+
 def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Everything an expert layer owns but the frozen base: weights, routers, persistent buffers."""
+    """Everything the adapter owns but the frozen base: expert weights, routers, persistent buffers, and the
+    model-level routing prior if there is one."""
     state = {}
-    for name, layer in expert_layers(model).items():
-        for key, value in layer.state_dict().items():
-            if not key.startswith("base."):
-                state[f"{name}.{key}"] = value.detach().contiguous()
+    for name, module in model.named_modules():
+        if isinstance(module, ExpertLinear) or name == "mtft_intuition":
+            for key, value in module.state_dict().items():
+                if not key.startswith("base."):
+                    state[f"{name}.{key}"] = value.detach().contiguous()
     return state
 
 

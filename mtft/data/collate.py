@@ -23,14 +23,29 @@ def collate(samples: list[Sample], pad_token_id: int, multiple_of: int = 8) -> d
         labels[row, :n] = torch.tensor(sample.labels)
         task_ids[row, :n] = sample.task_id
         attention_mask[row, :n] = 1
-    return {"input_ids": input_ids, "labels": labels, "task_ids": task_ids, "attention_mask": attention_mask}
+    batch = {"input_ids": input_ids, "labels": labels, "task_ids": task_ids, "attention_mask": attention_mask}
+    return add_instance_prior(batch, [[(s, 0)] for s in samples])
+
+
+def add_instance_prior(
+    batch: dict[str, torch.Tensor], rows: list[list[tuple[Sample, int]]]
+) -> dict[str, torch.Tensor]:
+    """Each sample's routing prior on each of its tokens (rows list (sample, start)); absent when no sample has one."""
+    first = rows[0][0][0].prior
+    if first is None:
+        return batch
+    prior = torch.zeros(*batch["input_ids"].shape, len(first))
+    for r, row in enumerate(rows):
+        for sample, start in row:
+            prior[r, start : start + len(sample.input_ids)] = torch.tensor(sample.prior)
+    return {**batch, "instance_prior": prior}
 
 
 def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
+MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")  # the instance prior goes to the adapter instead
 
 
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import torch
 
-from mtft.data.collate import PAD_TASK, round_up
+from mtft.data.collate import PAD_TASK, add_instance_prior, round_up
 from mtft.data.tasks import Sample
 from mtft.data.tokenize import IGNORE
 
@@ -61,9 +61,12 @@ def collate_rows(rows: list[list[Sample]], pad_token_id: int, multiple_of: int =
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
     task_ids = torch.full((len(rows), width), PAD_TASK, dtype=torch.long)
     position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    starts: list[list[tuple[Sample, int]]] = []
     for r, row in enumerate(rows):
         start = 0
+        starts.append([])
         for sample in row:
+            starts[-1].append((sample, start))
             n = len(sample.input_ids)
             input_ids[r, start : start + n] = torch.tensor(sample.input_ids)
             labels[r, start + 1 : start + n] = torch.tensor(sample.labels[1:])
@@ -71,4 +74,5 @@ def collate_rows(rows: list[list[Sample]], pad_token_id: int, multiple_of: int =
             position_ids[r, start : start + n] = torch.arange(n)
             start += n
         position_ids[r, start:] = torch.arange(width - start)  # padding: a sequence of its own, never trained on
-    return {"input_ids": input_ids, "labels": labels, "task_ids": task_ids, "position_ids": position_ids}
+    batch = {"input_ids": input_ids, "labels": labels, "task_ids": task_ids, "position_ids": position_ids}
+    return add_instance_prior(batch, starts)

@@ -26,6 +26,7 @@ class Sample:
     input_ids: list[int]
     labels: list[int]
     task_id: int
+    prior: list[float] | None = None  # instance-level routing prior (MoR1E's intuition), when an adapter sets one
 
 
 @dataclass

@@ -19,6 +19,7 @@ from transformers import set_seed
 
 from mtft.adapters import ADAPTERS
 from mtft.adapters.base import count_parameters
+from mtft.adapters.intuition import set_instance_prior
 from mtft.adapters.moe import ExpertLinear, after_optimizer_step, aux_loss, expert_layers, router_metrics
 from mtft.balancers import build_balancer
 from mtft.config.errors import ConfigError
@@ -52,10 +53,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     model, tokenizer = load_model_and_tokenizer(cfg.model)
     tasks = load_tasks(cfg.data, tokenizer, t.seed)
     names = [task.name for task in tasks]
-    model = ADAPTERS[cfg.adapter.name].inject(model, cfg.adapter)
+    method = ADAPTERS[cfg.adapter.name]
+    model = method.inject(model, cfg.adapter)
     experts = expert_layers(model)  # empty unless a mixture-of-experts adapter
     trainable, total = count_parameters(model)
     engine = build_engine(model, cfg, world_size)
+    if method.prepare is not None:  # on the engine's device; deterministic, so a resumed run recomputes the same
+        method.prepare(engine.module, cfg.adapter, tasks, tokenizer.pad_token_id, t.seed)
     balancer = build_balancer(cfg.balancer, names)
     probabilities = mixing_probabilities([len(task.train) for task in tasks], cfg.data)
     pack_to = cfg.data.max_seq_len if cfg.data.packing else None
@@ -164,6 +168,7 @@ def optimizer_step(
     step_counts = all_reduce_sum(sum(label_counts(b["labels"], b["task_ids"], num_tasks) for b in micro_batches))
     step_sums = torch.zeros(num_tasks, device=engine.device)
     for batch in micro_batches:
+        set_instance_prior(engine.module, batch.get("instance_prior"))
         logits = engine(**model_inputs(batch)).logits
         sums, _ = per_task_sums(token_losses(logits, batch["labels"]), batch["labels"], batch["task_ids"], num_tasks)
         loss = balanced_loss(sums, step_counts, weights) + aux_loss(experts) / len(micro_batches)

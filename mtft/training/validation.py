@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from mtft.adapters.intuition import set_instance_prior
 from mtft.data.batches import validation_batches
 from mtft.data.collate import model_inputs
 from mtft.data.tasks import TaskData
@@ -21,6 +22,7 @@ def validation_losses(engine, tasks: list[TaskData], batch_size: int, pad_token_
     engine.eval()
     for batch in validation_batches(tasks, batch_size, pad_token_id, rank, world):
         batch = {k: v.to(engine.device) for k, v in batch.items()}
+        set_instance_prior(engine.module, batch.get("instance_prior"))
         logits = engine(**model_inputs(batch)).logits
         sums, counts = per_task_sums(
             token_losses(logits, batch["labels"]), batch["labels"], batch["task_ids"], num_tasks

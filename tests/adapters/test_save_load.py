@@ -16,19 +16,30 @@ import mtft
 from mtft.training.loop import train
 from tests.helpers import compose_config, small_data_overrides
 
-ADAPTER_NAMES = ("lora", "none", "molora", "mor1e", "smora")
+ADAPTERS = {
+    "lora": [],
+    "none": [],
+    "molora": [],
+    "mor1e": [],
+    "smora": [],
+    "mor1e_intuition": ["adapter=mor1e", "adapter.intuition_clusters=2"],
+}
 INPUT_IDS = [[5, 80, 81, 82, 99, 100, 40, 41]]
 
 RELOAD = """
 import json, sys, torch
 import mtft
+import mtft.adapters.intuition
 from mtft.config.schema import TinyModelConfig
 from mtft.models import build_byte_tokenizer, build_tiny_model
 out = {}
 for directory in sys.argv[2:]:
     model = mtft.load_adapter(build_tiny_model(TinyModelConfig(), build_byte_tokenizer()), directory).eval()
+    input_ids = torch.tensor(json.loads(sys.argv[1]))
+    if hasattr(model, "mtft_intuition"):
+        mtft.adapters.intuition.prior_for(model, input_ids)
     with torch.no_grad():
-        out[directory] = model(input_ids=torch.tensor(json.loads(sys.argv[1]))).logits.tolist()
+        out[directory] = model(input_ids=input_ids).logits.tolist()
 print(json.dumps(out))
 """
 
@@ -36,19 +47,24 @@ print(json.dumps(out))
 @pytest.mark.integration
 def test_saved_adapters_reload_in_a_new_process(dist_group, small_tasks, tmp_path):
     trained = {}
-    for name in ADAPTER_NAMES:
+    for name, overrides in ADAPTERS.items():
         out = tmp_path / name
         cfg = compose_config(
-            [f"adapter={name}", *small_data_overrides(small_tasks), "trainer.max_steps=4", "trainer.lr=1e-2"]
+            [
+                *(overrides or [f"adapter={name}"]),
+                *small_data_overrides(small_tasks),
+                "trainer.max_steps=4",
+                "trainer.lr=1e-2",
+            ]
             + [f"trainer.output_dir={out}", "trainer.logging_steps=1"]
         )
         train(cfg)
         records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        if name in ("molora", "mor1e", "smora"):  # router statistics reach metrics.jsonl
+        if name not in ("lora", "none"):  # router statistics reach metrics.jsonl
             assert "router/mean_entropy" in records[-1] and "router/dead_experts" in records[-1]
             assert any(k.endswith("/load") for k in records[-1])
         directory = out / "checkpoint-4" / "adapter"
-        assert json.loads((directory / "mtft_adapter.json").read_text())["name"] == name
+        assert json.loads((directory / "mtft_adapter.json").read_text())["name"] == name.split("_")[0]
         trained[str(directory)] = name
 
     command = [sys.executable, "-c", RELOAD, json.dumps(INPUT_IDS), *trained]
@@ -66,6 +82,8 @@ def test_saved_adapters_reload_in_a_new_process(dist_group, small_tasks, tmp_pat
         logits = torch.tensor(reloaded[directory])
         assert (logits - base_logits).abs().max() > 1e-4, name  # the adapter was trained and is in effect
         fresh = mtft.load_adapter(build_tiny_model(TinyModelConfig(), build_byte_tokenizer()), directory).eval()
+        if hasattr(fresh, "mtft_intuition"):
+            mtft.adapters.intuition.prior_for(fresh, torch.tensor(INPUT_IDS))
         with torch.no_grad():
             torch.testing.assert_close(fresh(input_ids=torch.tensor(INPUT_IDS)).logits, logits, atol=1e-6, rtol=0)
     lora_dir = next(d for d, n in trained.items() if n == "lora")
