@@ -137,7 +137,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     # ---- wrap up ----------------------------------------------------------------------------------------------
     final_val = val_losses or validate()
-    run_summary = summary(tasks, step, time.perf_counter() - run_start, tokens_seen, initial_val, final_val, balancer)
+    elapsed = time.perf_counter() - run_start
+    run_summary = summary(tasks, step, elapsed, tokens_seen, initial_val, final_val, balancer, trainable)
     if rank == 0:
         (output_dir / "summary.json").write_text(json.dumps(run_summary, indent=2))
         print_summary(run_summary)

@@ -40,10 +40,12 @@ def summary(
     initial_val: dict[str, float],
     final_val: dict[str, float],
     balancer: Balancer,
+    trainable_parameters: int,
 ) -> dict[str, Any]:
     weights = balancer.weights()
     return {
         "steps": steps,
+        "trainable_parameters": trainable_parameters,
         "wall_seconds": round(wall_seconds, 3),
         "tokens": tokens,
         "tasks": {

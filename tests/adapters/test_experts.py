@@ -158,3 +158,17 @@ def test_molora_aux_loss_is_switch_loss():
     routed = torch.tensor([0.75, 0.25])  # 3 of 4 tokens chose expert 0
     expected = 2 * (routed * probs.mean(0)).sum()
     assert float(layer.aux_loss) == pytest.approx(float(expected))
+
+
+@pytest.mark.parametrize("name", MOE)
+def test_bf16_forward_and_backward(name):
+    cfg = ADAPTERS[name].config()
+    layer = {"molora": MoLoRALinear, "mor1e": MoR1ELinear, "smora": SMoRALinear}[name](torch.nn.Linear(16, 16), cfg)
+    layer = layer.to(torch.bfloat16).train()
+    layer.base.requires_grad_(False)
+    torch.nn.init.normal_(layer.lora_B, std=0.1)
+    out = layer(torch.randn(3, 5, 16, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    grads = [p.grad for p in layer.parameters() if p.requires_grad]
+    assert all(g is not None and g.dtype == torch.bfloat16 and torch.isfinite(g.float()).all() for g in grads)
