@@ -5,7 +5,15 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from mtft.balancers.base import Balancer, BalancerConfig
-from mtft.balancers.static import StaticBalancer, StaticConfig, UniformBalancer, UniformConfig
+from mtft.balancers.coba import CoBaBalancer, CoBaConfig
+from mtft.balancers.static import (
+    DataBalancedBalancer,
+    DataBalancedConfig,
+    StaticBalancer,
+    StaticConfig,
+    UniformBalancer,
+    UniformConfig,
+)
 
 
 class BalancerMethod(NamedTuple):
@@ -15,7 +23,9 @@ class BalancerMethod(NamedTuple):
 
 BALANCERS: dict[str, BalancerMethod] = {
     "uniform": BalancerMethod(UniformConfig, UniformBalancer),
+    "data_balanced": BalancerMethod(DataBalancedConfig, DataBalancedBalancer),
     "static": BalancerMethod(StaticConfig, StaticBalancer),
+    "coba": BalancerMethod(CoBaConfig, CoBaBalancer),
 }
 
 

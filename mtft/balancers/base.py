@@ -1,7 +1,8 @@
 """The balancer interface: a balancer receives per-task losses and gives back per-task loss weights.
 
-The trainer calls `observe` after every optimizer step with that step's per-task training losses, and with
-per-task validation losses whenever it computed them (every `val_interval` steps if `needs_val_losses`).
+The trainer calls `observe(0, {}, L0)` once with the full validation pass before training, then after every
+optimizer step with that step's per-task training losses, and with per-task validation losses whenever it
+computed them (every `val_interval` steps on `val_batches` micro-batches if `needs_val_losses`).
 It never branches on which balancer it runs.
 """
 
@@ -24,6 +25,8 @@ class BalancerConfig:
 class Balancer:
     needs_val_losses: ClassVar[bool] = False
     val_interval: int = 0  # optimizer steps between validation losses, when needs_val_losses
+    val_batches: int = 0  # validation micro-batches per such round
+    token_weighted: ClassVar[bool] = False  # True: each weight is multiplied by the task's tokens in the step
 
     def __init__(self, cfg: BalancerConfig, task_names: list[str]):
         self.cfg = cfg

@@ -1,9 +1,12 @@
-"""Fixed weights: `uniform` (every task 1) and `static` (per-task weights from the config).
+"""Fixed weightings, three clearly different ones (MFTCoder's cases 1 and 3, and explicit weights).
 
-With the trainer's data-balanced reduction, Σ_t w_t·L_t / Σ_t w_t over the tasks present in the step, `uniform`
-gives each present task an equal share of the loss whatever its token count (MFTCoder's "data-balanced" case),
-and `static` scales those shares. A weight of 0 takes a task out of the gradient; it is
-still sampled, logged and validated.
+The trainer's reduction is Σ_t w_t·L_t / Σ_t w_t over the tasks present in the optimizer step, where L_t is
+task t's mean token loss over the step.
+- `uniform`: every completion token counts the same, whatever its task (w_t = N_t, the task's tokens in the
+  step), so the loss is the plain token mean and large or long-answer tasks dominate. MFTCoder case 1.
+- `data_balanced` (default): every task present in the step gets an equal share (w_t = 1). MFTCoder case 3.
+- `static`: the data-balanced reduction with per-task weights from the config. A weight of 0 takes a task out of
+  the gradient; it is still sampled, logged and validated.
 """
 
 from __future__ import annotations
@@ -20,6 +23,18 @@ class UniformConfig(BalancerConfig):
 
 
 class UniformBalancer(Balancer):
+    token_weighted = True
+
+    def weights(self) -> dict[str, float]:
+        return dict.fromkeys(self.task_names, 1.0)
+
+
+@dataclass
+class DataBalancedConfig(BalancerConfig):
+    name: str = "data_balanced"
+
+
+class DataBalancedBalancer(Balancer):
     def weights(self) -> dict[str, float]:
         return dict.fromkeys(self.task_names, 1.0)
 

@@ -8,7 +8,7 @@ from typing import Any
 from mtft.adapters import ADAPTERS, AdapterConfig
 from mtft.adapters.lora import LoraConfig
 from mtft.balancers import BALANCERS, BalancerConfig
-from mtft.balancers.static import UniformConfig
+from mtft.balancers.static import DataBalancedConfig
 from mtft.config.convert import from_dict
 from mtft.config.errors import ConfigError
 from mtft.config.schema import DataConfig, DeepSpeedConfig, LoggerConfig, ModelConfig, TrainerConfig
@@ -19,7 +19,7 @@ class TrainConfig:
     data: DataConfig
     model: ModelConfig = field(default_factory=ModelConfig)
     adapter: AdapterConfig = field(default_factory=LoraConfig)
-    balancer: BalancerConfig = field(default_factory=UniformConfig)
+    balancer: BalancerConfig = field(default_factory=DataBalancedConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)

@@ -74,3 +74,23 @@ def validation_batches(
         mine = task.val[rank::world_size]
         for start in range(0, len(mine), batch_size):
             yield collate(mine[start : start + batch_size], pad_token_id)
+
+
+class ValidationCycle:
+    """Validation micro-batches that mix the tasks and cycle forever: cheap, frequent per-task validation losses
+    for balancers such as CoBa. A seeded order over every task's validation samples; each rank keeps its slice
+    of every global batch; the position is a single integer, saved for exact resume."""
+
+    def __init__(
+        self, tasks: list[TaskData], batch_size: int, pad_token_id: int, seed: int, rank: int = 0, world_size: int = 1
+    ):
+        self.samples = [s for task in tasks for s in task.val]
+        self.order = np.random.default_rng([seed, 7]).permutation(len(self.samples))
+        self.global_batch = batch_size * world_size
+        self.pad_token_id, self.rank, self.world_size = pad_token_id, rank, world_size
+        self.cursor = 0
+
+    def next(self) -> dict[str, torch.Tensor]:
+        picked = [self.order[(self.cursor + i) % len(self.order)] for i in range(self.global_batch)]
+        self.cursor = (self.cursor + self.global_batch) % len(self.order)
+        return collate([self.samples[i] for i in picked[self.rank :: self.world_size]], self.pad_token_id)

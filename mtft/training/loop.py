@@ -24,7 +24,7 @@ from mtft.adapters.moe import ExpertLinear, after_optimizer_step, aux_loss, expe
 from mtft.balancers import build_balancer
 from mtft.config.errors import ConfigError
 from mtft.config.train import TrainConfig
-from mtft.data.batches import MixedBatches
+from mtft.data.batches import MixedBatches, ValidationCycle, validation_batches
 from mtft.data.collate import model_inputs, real_tokens
 from mtft.data.sampler import mixing_probabilities
 from mtft.data.tasks import load_tasks
@@ -68,8 +68,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     )
     logger = build_run_logger(cfg.logger, output_dir, dataclasses.asdict(cfg), rank)
 
-    def validate() -> dict[str, float]:
-        return validation_losses(engine, tasks, t.eval_batch_size, tokenizer.pad_token_id)
+    val_cycle = ValidationCycle(tasks, t.eval_batch_size, tokenizer.pad_token_id, t.seed, rank, world_size)
+
+    def validate() -> dict[str, float]:  # every task's whole validation split
+        batches = validation_batches(tasks, t.eval_batch_size, tokenizer.pad_token_id, rank, world_size)
+        return validation_losses(engine, batches, names)
+
+    def balancer_round() -> dict[str, float]:  # a few mixed micro-batches, as often as the balancer asks
+        return validation_losses(engine, (val_cycle.next() for _ in range(balancer.val_batches)), names)
 
     step, tokens_seen, initial_val = 0, 0, {}
     if resume_from is not None:
@@ -77,6 +83,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         step, tokens_seen, initial_val = state["step"], state["tokens"], state["initial_val_losses"]
         balancer.load_state_dict(state["balancer"])
         batches.load_state_dict(rank_state["batches"])
+        val_cycle.cursor = rank_state["val_cycle"]
     logger.drop_after(step)  # records a crashed run wrote past its last checkpoint, or an abandoned fresh start
     if rank == 0:
         (output_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
@@ -86,6 +93,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         print(f"mtft: {len(names)} tasks, {trainable:,} of {total:,} parameters trainable, {world_size} rank(s)")
     if not initial_val:
         initial_val = validate()
+        balancer.observe(0, {}, initial_val)  # L(0) for convergence-based balancers
 
     def checkpoint() -> None:
         mtft_state = {
@@ -94,9 +102,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             "initial_val_losses": initial_val,
             "balancer": balancer.state_dict(),
         }
-        save_checkpoint(
-            engine, output_dir, step, mtft_state, {"batches": batches.state_dict()}, cfg.adapter, tokenizer
-        )
+        rank_state = {"batches": batches.state_dict(), "val_cycle": val_cycle.cursor}
+        save_checkpoint(engine, output_dir, step, mtft_state, rank_state, cfg.adapter, tokenizer)
 
     # ---- loop -------------------------------------------------------------------------------------------------
     num_tasks = len(names)
@@ -108,7 +115,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         micro_batches = [_to(batches.next(), engine.device) for _ in range(t.grad_accum_steps)]
         weights_now = balancer.weights()
         weights = torch.tensor([weights_now[n] for n in names], device=engine.device)
-        result = optimizer_step(engine, micro_batches, weights, num_tasks, list(experts.values()))
+        result = optimizer_step(
+            engine, micro_batches, weights, num_tasks, list(experts.values()), balancer.token_weighted
+        )
         step += 1
         present = result.counts > 0
         train_losses = {n: float(result.sums[i] / result.counts[i]) for i, n in enumerate(names) if present[i]}
@@ -117,14 +126,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         tokens_seen += result.tokens
 
         evaluate = step % t.eval_steps == 0 or step == t.max_steps
-        if balancer.needs_val_losses and step % balancer.val_interval == 0:
-            evaluate = True
         val_losses = validate() if evaluate else {}
-        balancer.observe(step, train_losses, val_losses or None)
+        balancer_val = val_losses
+        if not balancer_val and balancer.needs_val_losses and step % balancer.val_interval == 0:
+            balancer_val = balancer_round()
+        balancer.observe(step, train_losses, balancer_val or None)
 
         if step % t.logging_steps == 0 or evaluate or step == t.max_steps:
             elapsed = time.perf_counter() - window_start
-            record = _record(step, names, window, weights_now, val_losses, engine, window_tokens / elapsed)
+            record = _record(
+                step, names, window, weights_now, val_losses, engine, window_tokens / elapsed, balancer.token_weighted
+            )
             record.update({f"balancer/{k}": v for k, v in balancer.metrics().items()})
             record.update(router_metrics(experts))
             logger.log(record)
@@ -160,6 +172,7 @@ def optimizer_step(
     weights: torch.Tensor,
     num_tasks: int,
     experts: list[ExpertLinear] = (),
+    token_weighted: bool = False,
 ) -> StepResult:
     """One optimizer step over `micro_batches` (the engine's gradient-accumulation count of them).
 
@@ -167,6 +180,8 @@ def optimizer_step(
     balanced loss is its exact share of the step loss (training/losses.py).
     """
     step_counts = all_reduce_sum(sum(label_counts(b["labels"], b["task_ids"], num_tasks) for b in micro_batches))
+    if token_weighted:  # every token counts the same: the plain token mean (balancer=uniform)
+        weights = weights * step_counts
     step_sums = torch.zeros(num_tasks, device=engine.device)
     for batch in micro_batches:
         set_instance_prior(engine.module, batch.get("instance_prior"))
@@ -195,12 +210,14 @@ def _record(
     val_losses: dict[str, float],
     engine,
     tokens_per_second: float,
+    token_weighted: bool = False,
 ) -> dict[str, Any]:
     """One metrics.jsonl line: the window's exact per-task means and the balanced loss built from them."""
     sums, counts = window
     task_losses = {n: float(sums[i] / counts[i]) for i, n in enumerate(names) if counts[i] > 0}
-    weight_sum = sum(weights[n] for n in task_losses)
-    loss = sum(weights[n] * task_losses[n] for n in task_losses) / weight_sum if weight_sum > 0 else 0.0
+    effective = {n: weights[n] * (float(counts[i]) if token_weighted else 1.0) for i, n in enumerate(names)}
+    weight_sum = sum(effective[n] for n in task_losses)
+    loss = sum(effective[n] * task_losses[n] for n in task_losses) / weight_sum if weight_sum > 0 else 0.0
     record: dict[str, Any] = {
         "step": step,
         "loss": loss,

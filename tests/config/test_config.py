@@ -36,7 +36,7 @@ def test_defaults_are_the_embedded_demo():
     assert [t.name for t in cfg.data.tasks] == ["add", "reverse", "sort", "sentiment"]
     assert all(t.path.endswith(f"mtft/data/demo/{t.name}.jsonl") for t in cfg.data.tasks)
     assert isinstance(cfg.adapter, LoraConfig) and cfg.adapter.target_modules == "all-linear"
-    assert cfg.balancer.name == "uniform" and cfg.deepspeed.stage == 0 and cfg.logger.name == "none"
+    assert cfg.balancer.name == "data_balanced" and cfg.deepspeed.stage == 0 and cfg.logger.name == "none"
     assert cfg.model.trust_remote_code is False
 
 
