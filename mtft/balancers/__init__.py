@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 from mtft.balancers.base import Balancer, BalancerConfig
 from mtft.balancers.coba import CoBaBalancer, CoBaConfig
+from mtft.balancers.dwa import DWABalancer, DWAConfig
 from mtft.balancers.static import (
     DataBalancedBalancer,
     DataBalancedConfig,
@@ -14,6 +15,7 @@ from mtft.balancers.static import (
     UniformBalancer,
     UniformConfig,
 )
+from mtft.balancers.uncertainty import UncertaintyBalancer, UncertaintyConfig
 
 
 class BalancerMethod(NamedTuple):
@@ -26,6 +28,8 @@ BALANCERS: dict[str, BalancerMethod] = {
     "data_balanced": BalancerMethod(DataBalancedConfig, DataBalancedBalancer),
     "static": BalancerMethod(StaticConfig, StaticBalancer),
     "coba": BalancerMethod(CoBaConfig, CoBaBalancer),
+    "dwa": BalancerMethod(DWAConfig, DWABalancer),
+    "uncertainty": BalancerMethod(UncertaintyConfig, UncertaintyBalancer),
 }
 
 

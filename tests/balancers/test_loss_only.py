@@ -1,0 +1,53 @@
+"""DWA and uncertainty weighting against hand computations, and every balancer through a short training run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from mtft.balancers import BALANCERS
+from mtft.balancers.dwa import DWABalancer, DWAConfig
+from mtft.balancers.uncertainty import UncertaintyBalancer, UncertaintyConfig
+from mtft.training.loop import train
+from tests.helpers import compose_config, small_data_overrides
+
+
+def test_dwa_by_hand():
+    balancer = DWABalancer(DWAConfig(window=2, temperature=2.0), ["a", "b"])
+    for step, (a, b) in enumerate([(4, 4), (4, 4), (2, 4), (2, 4)], start=1):  # a halves, b stays
+        assert balancer.weights() == {"a": 1.0, "b": 1.0}  # uniform until two windows are complete
+        balancer.observe(step, {"a": a, "b": b}, None)
+    ea, eb = math.exp(0.5 / 2), math.exp(1.0 / 2)
+    assert balancer.weights()["a"] == pytest.approx(2 * ea / (ea + eb))
+    assert balancer.weights()["b"] == pytest.approx(2 * eb / (ea + eb))  # the stalled task gets more
+
+
+def test_uncertainty_moves_toward_log_loss_and_downweights_noisy_tasks():
+    balancer = UncertaintyBalancer(UncertaintyConfig(lr=0.1), ["easy", "hard"])
+    balancer.observe(1, {"easy": 0.5, "hard": 2.0}, None)
+    assert balancer.log_variance["easy"] == pytest.approx(-0.1 * (1 - 0.5))
+    assert balancer.log_variance["hard"] == pytest.approx(-0.1 * (1 - 2.0))
+    for step in range(2, 500):
+        balancer.observe(step, {"easy": 0.5, "hard": 2.0}, None)
+    assert balancer.log_variance["hard"] == pytest.approx(math.log(2.0), abs=1e-3)  # the optimum s = log L
+    assert balancer.weights()["easy"] > balancer.weights()["hard"]
+
+
+@pytest.mark.parametrize("name", sorted(BALANCERS))
+def test_every_balancer_trains_and_logs_its_weights(name, dist_group, small_tasks, tmp_path):
+    extra = ["balancer.warmup_steps=2"] if name == "coba" else ["balancer.window=2"] if name == "dwa" else []
+    cfg = compose_config(
+        [f"balancer={name}", *extra, *small_data_overrides(small_tasks), "trainer.max_steps=6"]
+        + ["trainer.logging_steps=1", f"trainer.output_dir={tmp_path}"]
+    )
+    summary = train(cfg)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 6 and all("task/add/weight" in r and "task/sentiment/weight" in r for r in records)
+    assert all(math.isfinite(r["loss"]) for r in records)
+    assert summary["tasks"]["add"]["final_weight"] == records[-1]["task/add/weight"] or name in (
+        "dwa",
+        "uncertainty",
+        "coba",
+    )
