@@ -7,6 +7,7 @@ from typing import NamedTuple
 from mtft.balancers.base import Balancer, BalancerConfig
 from mtft.balancers.coba import CoBaBalancer, CoBaConfig
 from mtft.balancers.dwa import DWABalancer, DWAConfig
+from mtft.balancers.famo import FAMOBalancer, FAMOConfig
 from mtft.balancers.static import (
     DataBalancedBalancer,
     DataBalancedConfig,
@@ -29,6 +30,7 @@ BALANCERS: dict[str, BalancerMethod] = {
     "static": BalancerMethod(StaticConfig, StaticBalancer),
     "coba": BalancerMethod(CoBaConfig, CoBaBalancer),
     "dwa": BalancerMethod(DWAConfig, DWABalancer),
+    "famo": BalancerMethod(FAMOConfig, FAMOBalancer),
     "uncertainty": BalancerMethod(UncertaintyConfig, UncertaintyBalancer),
 }
 

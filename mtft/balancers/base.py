@@ -27,6 +27,7 @@ class Balancer:
     val_interval: int = 0  # optimizer steps between validation losses, when needs_val_losses
     val_batches: int = 0  # validation micro-batches per such round
     token_weighted: ClassVar[bool] = False  # True: each weight is multiplied by the task's tokens in the step
+    needs_post_step_losses: ClassVar[bool] = False  # True: after_step gets the step's batch re-evaluated
 
     def __init__(self, cfg: BalancerConfig, task_names: list[str]):
         self.cfg = cfg
@@ -37,6 +38,9 @@ class Balancer:
 
     def observe(self, step: int, train_losses: dict[str, float], val_losses: dict[str, float] | None) -> None:
         """Feed the losses of optimizer step `step`. Tasks absent from the step are absent from the dicts."""
+
+    def after_step(self, losses_after: dict[str, float]) -> None:
+        """The post-step hook: per-task losses of the step's own micro-batches after its update."""
 
     def metrics(self) -> dict[str, float]:
         """Internals to log under `balancer/...` (without the prefix)."""

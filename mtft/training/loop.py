@@ -131,6 +131,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if not balancer_val and balancer.needs_val_losses and step % balancer.val_interval == 0:
             balancer_val = balancer_round()
         balancer.observe(step, train_losses, balancer_val or None)
+        if balancer.needs_post_step_losses:  # e.g. FAMO: the same batch after the update (one more forward)
+            balancer.after_step(validation_losses(engine, micro_batches, names))
 
         if step % t.logging_steps == 0 or evaluate or step == t.max_steps:
             elapsed = time.perf_counter() - window_start
