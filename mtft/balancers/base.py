@@ -26,6 +26,7 @@ class Balancer:
     needs_val_losses: ClassVar[bool] = False
     val_interval: int = 0  # optimizer steps between validation losses, when needs_val_losses
     val_batches: int = 0  # validation micro-batches per such round
+    val_batch_size: int = 0  # their size in samples; 0 uses trainer.eval_batch_size
     token_weighted: ClassVar[bool] = False  # True: each weight is multiplied by the task's tokens in the step
     needs_post_step_losses: ClassVar[bool] = False  # True: after_step gets the step's batch re-evaluated
 

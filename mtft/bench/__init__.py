@@ -5,6 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from mtft.bench import adapters, data
+from mtft.bench import adapters, balancer, data
 
-SUITES: dict[str, Callable[[], dict[str, Any]]] = {"adapters": adapters.run, "data": data.run}
+SUITES: dict[str, Callable[[], dict[str, Any]]] = {
+    "adapters": adapters.run,
+    "balancer": balancer.run,
+    "data": data.run,
+}

@@ -68,7 +68,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     )
     logger = build_run_logger(cfg.logger, output_dir, dataclasses.asdict(cfg), rank)
 
-    val_cycle = ValidationCycle(tasks, t.eval_batch_size, tokenizer.pad_token_id, t.seed, rank, world_size)
+    cycle_batch = balancer.val_batch_size or t.eval_batch_size
+    val_cycle = ValidationCycle(tasks, cycle_batch, tokenizer.pad_token_id, t.seed, rank, world_size)
 
     def validate() -> dict[str, float]:  # every task's whole validation split
         batches = validation_batches(tasks, t.eval_batch_size, tokenizer.pad_token_id, rank, world_size)

@@ -1,0 +1,50 @@
+"""`mtft-bench balancer`: training step time of the adaptive balancers against the fixed ones, on the demo.
+
+Each balancer trains the embedded default for `STEPS` optimizer steps in this process (one evaluation, at the
+end); the time is the training loop's own, validation rounds included. CoBa runs at its configured defaults,
+so the ratio is what a user gets without tuning.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mtft.config.hydra import DEMO_DATA_DIR
+from mtft.config.schema import DataConfig, TaskSpec
+from mtft.config.train import TrainConfig
+from mtft.data.synthetic import TASKS
+from mtft.training.loop import train
+
+STEPS = 300
+ROUNDS = 3  # each balancer twice, alternating, keeping the faster run: less noise from a busy machine
+
+
+def _seconds(balancer: str, out: Path) -> float:
+    from mtft.balancers import BALANCERS
+
+    data = DataConfig(tasks=[TaskSpec(name=n, path=str(DEMO_DATA_DIR / f"{n}.jsonl")) for n in TASKS])
+    cfg = TrainConfig(data=data, balancer=BALANCERS[balancer].config())
+    cfg.trainer.max_steps, cfg.trainer.eval_steps, cfg.trainer.output_dir = STEPS, STEPS, str(out)
+    return train(cfg)["wall_seconds"]
+
+
+def run() -> dict[str, Any]:
+    names = ("uniform", "data_balanced", "coba", "famo")
+    seconds: dict[str, list[float]] = {n: [] for n in names}
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(ROUNDS):
+            for name in names:
+                seconds[name].append(_seconds(name, Path(tmp) / f"{name}-{round_}"))
+    best = {n: min(s) for n, s in seconds.items()}
+    return {
+        "suite": "balancer",
+        "steps": STEPS,
+        "seconds": seconds,
+        "ratios": {
+            "coba_over_uniform": best["coba"] / best["uniform"],
+            "coba_over_data_balanced": best["coba"] / best["data_balanced"],
+            "famo_over_uniform": best["famo"] / best["uniform"],
+        },
+    }
