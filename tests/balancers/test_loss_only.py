@@ -56,7 +56,13 @@ def test_famo_shifts_weight_to_the_task_that_improved_less():
 
 @pytest.mark.parametrize("name", sorted(BALANCERS))
 def test_every_balancer_trains_and_logs_its_weights(name, dist_group, small_tasks, tmp_path):
-    extra = ["balancer.warmup_steps=2"] if name == "coba" else ["balancer.window=2"] if name == "dwa" else []
+    extra = (
+        ["balancer.warmup_steps=2", "balancer.update_interval=1"]
+        if name == "coba"
+        else ["balancer.window=2"]
+        if name == "dwa"
+        else []
+    )
     cfg = compose_config(
         [f"balancer={name}", *extra, *small_data_overrides(small_tasks), "trainer.max_steps=6"]
         + ["trainer.logging_steps=1", f"trainer.output_dir={tmp_path}"]
