@@ -18,7 +18,6 @@ from typing import Any
 
 import safetensors.torch
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from mtft.adapters.base import ADAPTER_CONFIG_FILE, AdapterConfig
@@ -191,9 +190,3 @@ def router_metrics(layers: dict[str, ExpertLinear]) -> dict[str, Any]:
         metrics["router/mean_entropy"] = sum(entropies) / len(entropies)
         metrics["router/dead_experts"] = dead
     return metrics
-
-
-def all_reduce_(tensor: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(tensor)
-    return tensor

@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtft.adapters.moe import ExpertLinear, ExpertsConfig, all_reduce_, inject_experts, lora_pair, top_k_mask
+from mtft.adapters.moe import ExpertLinear, ExpertsConfig, inject_experts, lora_pair, top_k_mask
 from mtft.config.schema import check
+from mtft.distributed import all_reduce_sum
 
 
 @dataclass
@@ -58,7 +59,7 @@ class SMoRALinear(ExpertLinear):
     @torch.no_grad()
     def after_optimizer_step(self) -> None:
         if self.rate > 0:
-            load = all_reduce_(self.step_load.clone())
+            load = all_reduce_sum(self.step_load)
             if load.sum() > 0:
                 self.rank_bias += self.rate * torch.sign(load.mean() - load)
         super().after_optimizer_step()

@@ -88,20 +88,3 @@ def build_engine(model: nn.Module, cfg: TrainConfig, world_size: int):
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg, world_size)
     )
     return engine
-
-
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum over ranks (in place on a copy); a no-op cost with one process."""
-    out = tensor.detach().clone()
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(out)
-    return out
-
-
-def same_on_all_ranks(value: Any) -> Any:
-    """Rank 0's value, everywhere."""
-    if dist.get_world_size() == 1:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]

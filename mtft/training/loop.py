@@ -28,9 +28,10 @@ from mtft.data.batches import MixedBatches, ValidationCycle, validation_batches
 from mtft.data.collate import model_inputs, real_tokens
 from mtft.data.sampler import mixing_probabilities
 from mtft.data.tasks import load_tasks
+from mtft.distributed import all_reduce_sum, same_on_all_ranks
 from mtft.logging import build_run_logger
 from mtft.models import load_model_and_tokenizer
-from mtft.training.engine import all_reduce_sum, build_engine, init_distributed, same_on_all_ranks
+from mtft.training.engine import build_engine, init_distributed
 from mtft.training.losses import balanced_loss, label_counts, per_task_sums, token_losses
 from mtft.training.report import data_report, print_data_report, print_summary, summary
 from mtft.training.state import find_resume_checkpoint, load_checkpoint, save_checkpoint

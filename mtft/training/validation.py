@@ -8,7 +8,7 @@ import torch
 
 from mtft.adapters.intuition import set_instance_prior
 from mtft.data.collate import model_inputs
-from mtft.training.engine import all_reduce_sum
+from mtft.distributed import all_reduce_sum
 from mtft.training.losses import per_task_sums, token_losses
 
 
