@@ -11,12 +11,28 @@ from typing import NamedTuple
 
 from torch import nn
 
+from mtft.config.schema import check
+
 ADAPTER_CONFIG_FILE = "mtft_adapter.json"
 
 
 @dataclass
 class AdapterConfig:
     name: str = ""
+
+
+@dataclass
+class LowRankConfig(AdapterConfig):
+    """What LoRA and every mixture of LoRA experts share."""
+
+    alpha: float = 32.0
+    dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"  # module names, or every Linear except the output head
+
+    def __post_init__(self) -> None:
+        check(self.alpha > 0, "alpha", f"must be > 0, got {self.alpha}")
+        check(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
+        check(len(self.target_modules) > 0, "target_modules", "name at least one module, or 'all-linear'")
 
 
 class AdapterMethod(NamedTuple):

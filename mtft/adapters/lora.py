@@ -8,23 +8,18 @@ from pathlib import Path
 import peft
 from torch import nn
 
-from mtft.adapters.base import AdapterConfig
+from mtft.adapters.base import LowRankConfig
 from mtft.config.schema import check
 
 
 @dataclass
-class LoraConfig(AdapterConfig):
+class LoraConfig(LowRankConfig):
     name: str = "lora"
     rank: int = 16
-    alpha: float = 32.0
-    dropout: float = 0.0
-    target_modules: str | list[str] = "all-linear"  # module names, or every Linear except the output head
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check(self.rank > 0, "rank", f"must be > 0, got {self.rank}")
-        check(self.alpha > 0, "alpha", f"must be > 0, got {self.alpha}")
-        check(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
-        check(len(self.target_modules) > 0, "target_modules", "name at least one module, or 'all-linear'")
 
 
 def inject(model: nn.Module, cfg: LoraConfig) -> nn.Module:

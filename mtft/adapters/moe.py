@@ -12,7 +12,6 @@ import contextlib
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,23 +19,10 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from mtft.adapters.base import ADAPTER_CONFIG_FILE, AdapterConfig
+from mtft.adapters.base import ADAPTER_CONFIG_FILE, LowRankConfig
 from mtft.config.errors import ConfigError
-from mtft.config.schema import check
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-
-
-@dataclass
-class ExpertsConfig(AdapterConfig):
-    alpha: float = 32.0
-    dropout: float = 0.0
-    target_modules: str | list[str] = "all-linear"  # module names, or every Linear except the output head
-
-    def __post_init__(self) -> None:
-        check(self.alpha > 0, "alpha", f"must be > 0, got {self.alpha}")
-        check(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
-        check(len(self.target_modules) > 0, "target_modules", "name at least one module, or 'all-linear'")
 
 
 class ExpertLinear(nn.Module):
@@ -96,7 +82,7 @@ def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
 # ---- injection, save, load ------------------------------------------------------------------------------------
 
 
-def inject_experts(model: nn.Module, cfg: ExpertsConfig, make: Callable[[nn.Linear], ExpertLinear]) -> nn.Module:
+def inject_experts(model: nn.Module, cfg: LowRankConfig, make: Callable[[nn.Linear], ExpertLinear]) -> nn.Module:
     """Freeze the base and wrap every targeted Linear (never the output head)."""
     model.requires_grad_(False)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None

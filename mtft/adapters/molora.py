@@ -16,12 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtft.adapters.moe import ExpertLinear, ExpertsConfig, inject_experts, lora_pair, top_k_mask
+from mtft.adapters.base import LowRankConfig
+from mtft.adapters.moe import ExpertLinear, inject_experts, lora_pair, top_k_mask
 from mtft.config.schema import check
 
 
 @dataclass
-class MoLoRAConfig(ExpertsConfig):
+class MoLoRAConfig(LowRankConfig):
     name: str = "molora"
     num_experts: int = 4
     expert_rank: int = 4

@@ -21,14 +21,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtft.adapters import intuition
+from mtft.adapters.base import LowRankConfig
 from mtft.adapters.intuition import MODULE_NAME, IntuitionPrior
-from mtft.adapters.moe import ExpertLinear, ExpertsConfig, inject_experts, lora_pair, top_k_mask
+from mtft.adapters.moe import ExpertLinear, inject_experts, lora_pair, top_k_mask
 from mtft.config.schema import check
 from mtft.data.tasks import TaskData
 
 
 @dataclass
-class MoR1EConfig(ExpertsConfig):
+class MoR1EConfig(LowRankConfig):
     name: str = "mor1e"
     num_down: int = 8
     num_up: int = 8

@@ -20,13 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtft.adapters.moe import ExpertLinear, ExpertsConfig, inject_experts, lora_pair, top_k_mask
+from mtft.adapters.base import LowRankConfig
+from mtft.adapters.moe import ExpertLinear, inject_experts, lora_pair, top_k_mask
 from mtft.config.schema import check
 from mtft.distributed import all_reduce_sum
 
 
 @dataclass
-class SMoRAConfig(ExpertsConfig):
+class SMoRAConfig(LowRankConfig):
     name: str = "smora"
     rank: int = 16
     top_k: int = 4
