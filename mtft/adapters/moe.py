@@ -21,6 +21,7 @@ from torch import nn
 
 from mtft.adapters.base import ADAPTER_CONFIG_FILE, LowRankConfig
 from mtft.config.errors import ConfigError
+from mtft.distributed import all_reduce_sum
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
@@ -53,7 +54,8 @@ class ExpertLinear(nn.Module):
             self.window_load += counts
             self.step_load += counts
 
-    def after_optimizer_step(self) -> None:
+    def after_optimizer_step(self, step_load: torch.Tensor) -> None:
+        """`step_load`: this step's loads summed over all ranks."""
         self.step_load.zero_()
 
     def take_stats(self) -> dict[str, Any]:
@@ -158,8 +160,12 @@ def aux_loss(layers: list[ExpertLinear]) -> torch.Tensor | float:
 
 
 def after_optimizer_step(layers: list[ExpertLinear]) -> None:
-    for layer in layers:
-        layer.after_optimizer_step()
+    """Hand every layer its step's loads, summed over ranks in one all-reduce for all layers."""
+    if not layers:
+        return
+    loads = all_reduce_sum(torch.cat([layer.step_load for layer in layers]))
+    for layer, load in zip(layers, loads.split([layer.num_experts for layer in layers]), strict=True):
+        layer.after_optimizer_step(load)
 
 
 def router_metrics(layers: dict[str, ExpertLinear]) -> dict[str, Any]:

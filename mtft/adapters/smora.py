@@ -23,7 +23,6 @@ from torch import nn
 from mtft.adapters.base import LowRankConfig
 from mtft.adapters.moe import ExpertLinear, inject_experts, lora_pair, top_k_mask
 from mtft.config.schema import check
-from mtft.distributed import all_reduce_sum
 
 
 @dataclass
@@ -58,12 +57,10 @@ class SMoRALinear(ExpertLinear):
         return self.scaling * F.linear(gates * F.linear(x, self.lora_A), self.lora_B)
 
     @torch.no_grad()
-    def after_optimizer_step(self) -> None:
-        if self.rate > 0:
-            load = all_reduce_sum(self.step_load)
-            if load.sum() > 0:
-                self.rank_bias += self.rate * torch.sign(load.mean() - load)
-        super().after_optimizer_step()
+    def after_optimizer_step(self, step_load: torch.Tensor) -> None:
+        if self.rate > 0 and step_load.sum() > 0:
+            self.rank_bias += self.rate * torch.sign(step_load.mean() - step_load)
+        super().after_optimizer_step(step_load)
 
 
 def inject(model: nn.Module, cfg: SMoRAConfig) -> nn.Module:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mtft.adapters import ADAPTERS
-from mtft.adapters.moe import ExpertLinear, expert_layers, router_metrics
+from mtft.adapters.moe import ExpertLinear, after_optimizer_step, expert_layers, router_metrics
 from mtft.adapters.molora import MoLoRAConfig, MoLoRALinear
 from mtft.adapters.mor1e import MoR1EConfig, MoR1ELinear
 from mtft.adapters.smora import SMoRAConfig, SMoRALinear
@@ -96,7 +96,7 @@ def test_smora_bias_balancing_evens_out_a_skewed_router():
     def step_load() -> torch.Tensor:
         layer(torch.rand(64, 16))
         load = layer.step_load.clone()
-        layer.after_optimizer_step()
+        after_optimizer_step([layer])
         return load
 
     first = step_load()
@@ -111,7 +111,7 @@ def test_smora_bias_balancing_evens_out_a_skewed_router():
     frozen = SMoRALinear(torch.nn.Linear(16, 16), SMoRAConfig(rank=16, top_k=4, bias_update_rate=0)).train()
     frozen.router.weight.data.copy_(layer.router.weight)
     frozen(torch.rand(64, 16))
-    frozen.after_optimizer_step()
+    after_optimizer_step([frozen])
     assert frozen.rank_bias.abs().sum() == 0  # rate 0: balancing off
 
 
