@@ -104,7 +104,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             "initial_val_losses": initial_val,
             "balancer": balancer.state_dict(),
         }
-        rank_state = {"batches": batches.state_dict(), "val_cycle": val_cycle.cursor}
+        # the weights this rank trains with: every rank must agree, and a checkpoint makes that checkable
+        rank_state = {"batches": batches.state_dict(), "val_cycle": val_cycle.cursor, "weights": balancer.weights()}
         save_checkpoint(engine, output_dir, step, mtft_state, rank_state, cfg.adapter, tokenizer)
 
     # ---- loop -------------------------------------------------------------------------------------------------
