@@ -134,6 +134,7 @@ class TrainerConfig:
     eval_steps: int = 100  # per-task validation every N optimizer steps (and at start and end)
     eval_batch_size: int = 32
     save_steps: int = 0  # checkpoint every N steps; 0 saves only at the end
+    save_total_limit: int = 0  # keep only the newest N complete checkpoints (never the one resumed from); 0 keeps all
     logging_steps: int = 20
     seed: int = 42
     resume: str | None = None  # None, "auto" (newest checkpoint in output_dir) or a checkpoint path
@@ -147,6 +148,7 @@ class TrainerConfig:
         check(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
         check(self.max_grad_norm >= 0, "max_grad_norm", f"must be >= 0, got {self.max_grad_norm}")
         check(self.save_steps >= 0, "save_steps", f"must be >= 0, got {self.save_steps}")
+        check(self.save_total_limit >= 0, "save_total_limit", f"must be >= 0, got {self.save_total_limit}")
         check_choice(self.lr_scheduler, "lr_scheduler", tuple(s.value for s in SchedulerType))
 
 

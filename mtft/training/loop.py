@@ -33,8 +33,9 @@ from mtft.logging import build_run_logger
 from mtft.models import load_model_and_tokenizer
 from mtft.training.engine import build_engine, init_distributed
 from mtft.training.losses import balanced_loss, label_counts, per_task_sums, token_losses
+from mtft.training.preemption import Preemption
 from mtft.training.report import data_report, print_data_report, print_summary, summary
-from mtft.training.state import find_resume_checkpoint, load_checkpoint, save_checkpoint
+from mtft.training.state import find_resume_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from mtft.training.validation import validation_losses
 
 
@@ -107,6 +108,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         # the weights this rank trains with: every rank must agree, and a checkpoint makes that checkable
         rank_state = {"batches": batches.state_dict(), "val_cycle": val_cycle.cursor, "weights": balancer.weights()}
         save_checkpoint(engine, output_dir, step, mtft_state, rank_state, cfg.adapter, tokenizer)
+        prune_checkpoints(output_dir, t.save_total_limit, protect=resume_from)
 
     # ---- loop -------------------------------------------------------------------------------------------------
     num_tasks = len(names)
@@ -114,6 +116,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     window_tokens, window_start, run_start = 0, time.perf_counter(), time.perf_counter()
     val_losses: dict[str, float] = {}
     engine.train()
+    preemption = Preemption()
     while step < t.max_steps:
         micro_batches = [_to(batches.next(), engine.device) for _ in range(t.grad_accum_steps)]
         weights_now = balancer.weights()
@@ -149,10 +152,18 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 print(_console_line(record, t.max_steps), flush=True)
             window.zero_()
             window_tokens, window_start = 0, time.perf_counter()
-        if (t.save_steps and step % t.save_steps == 0) or step == t.max_steps:
+        preempted = preemption.requested()
+        if (t.save_steps and step % t.save_steps == 0) or step == t.max_steps or preempted:
             checkpoint()
+        if preempted and step < t.max_steps:
+            if rank == 0:
+                print(f"mtft: preempted; saved checkpoint-{step}. Resume with trainer.resume=auto", flush=True)
+            preemption.restore()
+            logger.finish()
+            return {"preempted_at": step}
 
     # ---- wrap up ----------------------------------------------------------------------------------------------
+    preemption.restore()
     final_val = val_losses or validate()
     elapsed = time.perf_counter() - run_start
     run_summary = summary(tasks, step, elapsed, tokens_seen, initial_val, final_val, balancer, trainable)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,25 @@ def save_checkpoint(
     return path
 
 
+def complete_checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    found = []
+    for path in output_dir.glob("checkpoint-*"):
+        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
+        if match and (path / COMPLETE_MARKER).is_file():
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def prune_checkpoints(output_dir: Path, keep: int, protect: Path | None) -> None:
+    """Delete all but the newest `keep` complete checkpoints, never `protect` (the one this run resumed from)."""
+    if keep <= 0 or dist.get_rank() != 0:
+        return
+    for path in complete_checkpoints(output_dir)[:-keep]:
+        if protect is None or path.resolve() != protect.resolve():
+            shutil.rmtree(path)
+
+
 def find_resume_checkpoint(output_dir: Path, resume: str) -> Path | None:
     """`auto`: the newest complete checkpoint in output_dir (None if there is none); otherwise the given path."""
     if resume != "auto":
@@ -62,9 +82,8 @@ def find_resume_checkpoint(output_dir: Path, resume: str) -> Path | None:
                 "trainer.resume", f"{resume} is not a complete mtft checkpoint (no {COMPLETE_MARKER} file)"
             )
         return path
-    complete = [p for p in output_dir.glob("checkpoint-*") if (p / COMPLETE_MARKER).is_file()]
-    steps = {p: int(m.group(1)) for p in complete if (m := re.fullmatch(r"checkpoint-(\d+)", p.name))}
-    return max(steps, key=steps.get) if steps else None
+    complete = complete_checkpoints(output_dir)
+    return complete[-1] if complete else None
 
 
 def load_checkpoint(engine, path: Path) -> tuple[dict[str, Any], dict[str, Any]]:

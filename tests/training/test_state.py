@@ -152,3 +152,17 @@ def test_adaptive_balancers_resume_exactly(dist_group, small_tasks, tmp_path, ba
         assert {k: v for k, v in resumed[step].items() if k != "tokens_per_second"} == {
             k: v for k, v in expected[step].items() if k != "tokens_per_second"
         }
+
+
+def test_save_total_limit_keeps_the_newest_and_the_resumed_one(dist_group, tmp_path):
+    from mtft.training.state import complete_checkpoints, prune_checkpoints
+
+    for step in (2, 4, 6, 8):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / COMPLETE_MARKER).write_text(f"{step}\n")
+    (tmp_path / "checkpoint-10").mkdir()  # unfinished: never counted, never deleted here
+    prune_checkpoints(tmp_path, keep=2, protect=tmp_path / "checkpoint-2")
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-6", "checkpoint-8"]
+    assert (tmp_path / "checkpoint-10").is_dir()
+    prune_checkpoints(tmp_path, keep=0, protect=None)  # 0 keeps everything
+    assert len(complete_checkpoints(tmp_path)) == 3
