@@ -32,7 +32,7 @@ from mtft.distributed import all_reduce_sum, same_on_all_ranks
 from mtft.logging import build_run_logger
 from mtft.models import load_model_and_tokenizer
 from mtft.training.engine import build_engine, init_distributed
-from mtft.training.losses import balanced_loss, label_counts, per_task_sums, token_losses
+from mtft.training.losses import balanced_loss, label_counts, per_task_sums, reduction_weights, token_losses
 from mtft.training.preemption import Preemption
 from mtft.training.report import data_report, print_data_report, print_summary, summary
 from mtft.training.state import find_resume_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
@@ -58,6 +58,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     method = ADAPTERS[cfg.adapter.name]
     model = method.inject(model, cfg.adapter)
     experts = expert_layers(model)  # empty unless a mixture-of-experts adapter
+    expert_list = list(experts.values())
     trainable, total = count_parameters(model)
     engine = build_engine(model, cfg, world_size)
     if method.prepare is not None:  # on the engine's device; deterministic, so a resumed run recomputes the same
@@ -74,8 +75,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     val_cycle = ValidationCycle(tasks, cycle_batch, tokenizer.pad_token_id, t.seed, rank, world_size)
 
     def validate() -> dict[str, float]:  # every task's whole validation split
-        batches = validation_batches(tasks, t.eval_batch_size, tokenizer.pad_token_id, rank, world_size)
-        return validation_losses(engine, batches, names)
+        splits = validation_batches(tasks, t.eval_batch_size, tokenizer.pad_token_id, rank, world_size)
+        return validation_losses(engine, splits, names)
 
     def balancer_round() -> dict[str, float]:  # a few mixed micro-batches, as often as the balancer asks
         return validation_losses(engine, (val_cycle.next() for _ in range(balancer.val_batches)), names)
@@ -121,9 +122,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         micro_batches = [_to(batches.next(), engine.device) for _ in range(t.grad_accum_steps)]
         weights_now = balancer.weights()
         weights = torch.tensor([weights_now[n] for n in names], device=engine.device)
-        result = optimizer_step(
-            engine, micro_batches, weights, num_tasks, list(experts.values()), balancer.token_weighted
-        )
+        result = optimizer_step(engine, micro_batches, weights, num_tasks, expert_list, balancer.token_weighted)
         step += 1
         present = result.counts > 0
         train_losses = {n: float(result.sums[i] / result.counts[i]) for i, n in enumerate(names) if present[i]}
@@ -196,8 +195,7 @@ def optimizer_step(
     balanced loss is its exact share of the step loss (training/losses.py).
     """
     step_counts = all_reduce_sum(sum(label_counts(b["labels"], b["task_ids"], num_tasks) for b in micro_batches))
-    if token_weighted:  # every token counts the same: the plain token mean (balancer=uniform)
-        weights = weights * step_counts
+    weights = reduction_weights(weights, step_counts, token_weighted)
     step_sums = torch.zeros(num_tasks, device=engine.device)
     for batch in micro_batches:
         set_instance_prior(engine.module, batch.get("instance_prior"))
@@ -231,12 +229,10 @@ def _record(
     """One metrics.jsonl line: the window's exact per-task means and the balanced loss built from them."""
     sums, counts = window
     task_losses = {n: float(sums[i] / counts[i]) for i, n in enumerate(names) if counts[i] > 0}
-    effective = {n: weights[n] * (float(counts[i]) if token_weighted else 1.0) for i, n in enumerate(names)}
-    weight_sum = sum(effective[n] for n in task_losses)
-    loss = sum(effective[n] * task_losses[n] for n in task_losses) / weight_sum if weight_sum > 0 else 0.0
+    weights_tensor = reduction_weights(torch.tensor([weights[n] for n in names]), counts, token_weighted)
     record: dict[str, Any] = {
         "step": step,
-        "loss": loss,
+        "loss": float(balanced_loss(sums, counts, weights_tensor)),
         "lr": engine.get_lr()[0],
         "tokens_per_second": tokens_per_second,
     }
