@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -23,3 +24,14 @@ def same_on_all_ranks(value: Any) -> Any:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+@contextlib.contextmanager
+def rank_zero_first():
+    """Rank 0 runs the block before the others (e.g. to fill a shared on-disk cache the others then read)."""
+    several = dist.is_initialized() and dist.get_world_size() > 1
+    if several and dist.get_rank() != 0:
+        dist.barrier()
+    yield
+    if several and dist.get_rank() == 0:
+        dist.barrier()

@@ -28,7 +28,7 @@ from mtft.data.batches import MixedBatches, ValidationCycle, validation_batches
 from mtft.data.collate import model_inputs, real_tokens
 from mtft.data.sampler import mixing_probabilities
 from mtft.data.tasks import load_tasks
-from mtft.distributed import all_reduce_sum, same_on_all_ranks
+from mtft.distributed import all_reduce_sum, rank_zero_first, same_on_all_ranks
 from mtft.logging import build_run_logger
 from mtft.models import load_model_and_tokenizer
 from mtft.training.engine import build_engine, init_distributed
@@ -53,7 +53,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     set_seed(t.seed)
 
     model, tokenizer = load_model_and_tokenizer(cfg.model)
-    tasks = load_tasks(cfg.data, tokenizer, t.seed)
+    with rank_zero_first():  # one rank tokenizes into the cache; the others read it
+        tasks = load_tasks(cfg.data, tokenizer, t.seed)
     names = [task.name for task in tasks]
     method = ADAPTERS[cfg.adapter.name]
     model = method.inject(model, cfg.adapter)
