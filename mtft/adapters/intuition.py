@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mtft.adapters.moe import base_only
 from mtft.data.collate import collate, model_inputs
 from mtft.data.tasks import TaskData
 
@@ -61,8 +62,6 @@ def kmeans(points: torch.Tensor, k: int, seed: int, iterations: int) -> torch.Te
 @torch.no_grad()
 def embed(model: nn.Module, batch: dict[str, torch.Tensor], layer: int) -> torch.Tensor:
     """Masked mean of hidden layer `layer` of the base model (adapters bypassed): one vector per row."""
-    from mtft.adapters.moe import base_only
-
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}
     with base_only(model):
