@@ -15,11 +15,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mtft.adapters.moe import base_only
+from mtft.adapters.moe import PRIOR_MODULE, base_only
 from mtft.data.collate import collate, model_inputs
 from mtft.data.tasks import TaskData
 
-MODULE_NAME = "mtft_intuition"
+MODULE_NAME = PRIOR_MODULE
 
 
 class IntuitionPrior(nn.Module):

@@ -24,6 +24,7 @@ from mtft.config.errors import ConfigError
 from mtft.distributed import all_reduce_sum
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+PRIOR_MODULE = "mtft_intuition"  # a model-level routing prior (adapters/intuition.py), saved with the adapter
 
 
 class ExpertLinear(nn.Module):
@@ -126,7 +127,7 @@ def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
     model-level routing prior if there is one."""
     state = {}
     for name, module in model.named_modules():
-        if isinstance(module, ExpertLinear) or name == "mtft_intuition":
+        if isinstance(module, ExpertLinear) or name == PRIOR_MODULE:
             for key, value in module.state_dict().items():
                 if not key.startswith("base."):
                     state[f"{name}.{key}"] = value.detach().contiguous()
