@@ -59,11 +59,11 @@ class ExpertLinear(nn.Module):
         """`step_load`: this step's loads summed over all ranks."""
         self.step_load.zero_()
 
-    def take_stats(self) -> dict[str, Any]:
-        """Load fraction per expert, normalised routing entropy and dead experts since the last call."""
-        load = self.window_load
+    def take_stats(self, load: torch.Tensor) -> dict[str, Any]:
+        """Load fraction per expert, normalised routing entropy and dead experts, from `load`: this window's
+        counts summed over ranks."""
+        self.window_load.zero_()
         total = float(load.sum())
-        self.window_load = torch.zeros_like(load)
         if total == 0:
             return {}
         fraction = load / total
@@ -170,11 +170,16 @@ def after_optimizer_step(layers: list[ExpertLinear]) -> None:
 
 
 def router_metrics(layers: dict[str, ExpertLinear]) -> dict[str, Any]:
-    """`router/<layer>/{load,entropy,dead}` plus means over layers, for metrics.jsonl."""
+    """`router/<layer>/{load,entropy,dead}` plus means over layers, for metrics.jsonl. Collective: the loads
+    are summed over ranks (one all-reduce), so an expert counts as dead only if no rank used it."""
+    if not layers:
+        return {}
+    modules = list(layers.values())
+    loads = all_reduce_sum(torch.cat([layer.window_load for layer in modules]))
     metrics: dict[str, Any] = {}
     entropies, dead = [], 0
-    for name, layer in layers.items():
-        stats = layer.take_stats()
+    for name, layer, load in zip(layers, modules, loads.split([m.num_experts for m in modules]), strict=True):
+        stats = layer.take_stats(load)
         if stats:
             metrics.update({f"router/{name}/{k}": v for k, v in stats.items()})
             entropies.append(stats["entropy"])

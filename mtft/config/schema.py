@@ -156,13 +156,15 @@ class TrainerConfig:
 class DeepSpeedConfig:
     stage: int = 0  # ZeRO stage
     precision: str = "fp32"  # fp32 | bf16 | fp16
+    offload_optimizer: bool = False  # optimizer state and step on the CPU (ZeRO-Offload; stage 1-3)
+    offload_params: bool = False  # parameters on the CPU between uses (ZeRO-Infinity; stage 3 only)
     config_file: str | None = None  # a user's own DeepSpeed JSON; batch sizes and clipping are still filled from ours
 
     def __post_init__(self) -> None:
         check(self.stage in (0, 1, 2, 3), "stage", f"ZeRO stage must be 0, 1, 2 or 3, got {self.stage}")
-        # Under ZeRO-3 each rank holds a shard of every weight: saving the adapter needs them gathered first.
-        check(self.stage != 3, "stage", "ZeRO-3 is not supported yet (adapter saving must gather shards first)")
         check_choice(self.precision, "precision", ("fp32", "bf16", "fp16"))
+        check(not self.offload_optimizer or self.stage > 0, "offload_optimizer", "needs ZeRO stage 1, 2 or 3")
+        check(not self.offload_params or self.stage == 3, "offload_params", "needs ZeRO stage 3")
 
 
 @dataclass

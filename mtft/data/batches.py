@@ -12,6 +12,7 @@ from mtft.data.collate import collate
 from mtft.data.packing import collate_rows, pack_rows
 from mtft.data.sampler import TaskSampler
 from mtft.data.tasks import Sample, TaskData
+from mtft.data.tokenize import IGNORE
 
 
 class MixedBatches:
@@ -69,11 +70,22 @@ class MixedBatches:
 def validation_batches(
     tasks: list[TaskData], batch_size: int, pad_token_id: int, rank: int = 0, world_size: int = 1
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Each rank's share of every task's validation samples, in fixed order."""
+    """Each rank's share of every task's validation samples, in fixed order.
+
+    Every rank yields the same number of batches, because under ZeRO-3 each forward is a collective: a rank
+    whose share runs out first gets filler batches whose labels are all ignored, so they count for nothing.
+    """
     for task in tasks:
         mine = task.val[rank::world_size]
-        for start in range(0, len(mine), batch_size):
-            yield collate(mine[start : start + batch_size], pad_token_id)
+        rounds = -(-len(task.val[0::world_size]) // batch_size)  # rank 0's share is the largest
+        for start in range(0, rounds * batch_size, batch_size):
+            chunk = mine[start : start + batch_size]
+            yield collate(chunk, pad_token_id) if chunk else _ignored(collate(task.val[:1], pad_token_id))
+
+
+def _ignored(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    batch["labels"].fill_(IGNORE)
+    return batch
 
 
 class ValidationCycle:

@@ -67,7 +67,13 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
         gradient_clipping=t.max_grad_norm,
         steps_per_print=10**9,
     )
-    ds.setdefault("zero_optimization", {})["stage"] = cfg.deepspeed.stage
+    zero = ds.setdefault("zero_optimization", {})
+    zero["stage"] = cfg.deepspeed.stage
+    offload = {"device": "cpu", "pin_memory": torch.cuda.is_available()}  # a user's JSON may refine either
+    if cfg.deepspeed.offload_optimizer:
+        zero["offload_optimizer"] = {**offload, **zero.get("offload_optimizer", {})}
+    if cfg.deepspeed.offload_params:
+        zero["offload_param"] = {**offload, **zero.get("offload_param", {})}
     ds["bf16"] = {**ds.get("bf16", {}), "enabled": cfg.deepspeed.precision == "bf16"}
     ds["fp16"] = {**ds.get("fp16", {}), "enabled": cfg.deepspeed.precision == "fp16"}
     ds["zero_allow_untested_optimizer"] = True  # our AdamW is a plain torch optimizer
@@ -75,12 +81,15 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
 
 
 def build_engine(model: nn.Module, cfg: TrainConfig, world_size: int):
-    """AdamW over the trainable parameters and a transformers LR schedule, handed to the DeepSpeed engine."""
+    """AdamW over the trainable parameters and a transformers LR schedule, handed to the DeepSpeed engine.
+    With the optimizer offloaded, DeepSpeed's vectorised CPU AdamW (JIT-compiled on first use) does the step."""
     import deepspeed
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
 
     t = cfg.trainer
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=t.lr, weight_decay=t.weight_decay)
+    adamw = DeepSpeedCPUAdam if cfg.deepspeed.offload_optimizer else torch.optim.AdamW
+    optimizer = adamw(trainable, lr=t.lr, weight_decay=t.weight_decay)
     scheduler = get_scheduler(
         t.lr_scheduler, optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=t.max_steps
     )

@@ -8,6 +8,7 @@ never leaves a half checkpoint that `resume=auto` would pick.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
 import shutil
@@ -20,6 +21,7 @@ import torch.distributed as dist
 from transformers import PreTrainedTokenizerBase
 
 from mtft.adapters import AdapterConfig, save_adapter
+from mtft.adapters.base import write_adapter_config
 from mtft.config.errors import ConfigError
 
 COMPLETE_MARKER = "COMPLETE"
@@ -39,19 +41,45 @@ def save_checkpoint(
     adapter_cfg: AdapterConfig,
     tokenizer: PreTrainedTokenizerBase,
 ) -> Path:
-    """Collective: every rank must call it."""
+    """Collective: every rank must call it. The frozen base is not saved: the run's model config rebuilds it."""
     path = checkpoint_dir(output_dir, step)
-    engine.save_checkpoint(str(output_dir), tag=path.name, client_state={"mtft": mtft_state})
+    engine.save_checkpoint(
+        str(output_dir), tag=path.name, client_state={"mtft": mtft_state}, exclude_frozen_parameters=True
+    )
     rank = dist.get_rank()
     torch.save({"rng": _rng_state(), **rank_state}, path / f"rank_state_{rank}.pt")
-    if rank == 0:
-        save_adapter(engine.module, adapter_cfg, path / ADAPTER_DIR)
-        tokenizer.save_pretrained(path / ADAPTER_DIR)
+    _save_adapter(engine, adapter_cfg, tokenizer, path / ADAPTER_DIR)
     dist.barrier()
     if rank == 0:
         (path / COMPLETE_MARKER).write_text(f"{step}\n")
     dist.barrier()
     return path
+
+
+def _save_adapter(engine, cfg: AdapterConfig, tokenizer: PreTrainedTokenizerBase, directory: Path) -> None:
+    """Rank 0 writes the trained weights as safetensors, beside the tokenizer.
+
+    Under ZeRO-3 every rank holds only a shard of each weight, so this is collective: an adapter's parameters
+    (small) are gathered first. A full fine-tune's are not (the whole model on every rank may not fit); they
+    stay in the engine's shards, and `mtft-export` consolidates them offline.
+    """
+    rank = dist.get_rank()
+    gather = contextlib.nullcontext()
+    if engine.zero_optimization_stage() == 3:
+        if cfg.name == "none":
+            if rank == 0:
+                directory.mkdir(parents=True, exist_ok=True)
+                write_adapter_config(cfg, directory)
+                tokenizer.save_pretrained(directory)
+            return
+        import deepspeed
+
+        trainable = [p for p in engine.module.parameters() if p.requires_grad]
+        gather = deepspeed.zero.GatheredParameters(trainable, modifier_rank=None)
+    with gather:
+        if rank == 0:
+            save_adapter(engine.module, cfg, directory)
+            tokenizer.save_pretrained(directory)
 
 
 def complete_checkpoints(output_dir: Path) -> list[Path]:
@@ -88,7 +116,8 @@ def find_resume_checkpoint(output_dir: Path, resume: str) -> Path | None:
 
 def load_checkpoint(engine, path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Restore the engine's state and this rank's RNG; returns (the run's mtft state, this rank's state)."""
-    _, client_state = engine.load_checkpoint(str(path.parent), tag=path.name)
+    # not strict: checkpoints leave out the frozen base parameters, which the engine's model already holds
+    _, client_state = engine.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=False)
     rank_state = torch.load(path / f"rank_state_{dist.get_rank()}.pt", weights_only=False)
     _set_rng_state(rank_state.pop("rng"))
     return client_state["mtft"], rank_state

@@ -88,7 +88,8 @@ def test_user_data_file_listing_only_tasks(tmp_path):
         (["data.tasks=[]"], "data.tasks", "at least one task"),
         (["model.attn_implementation=magic"], "model.attn_implementation", "must be one of"),
         (["deepspeed.stage=5"], "deepspeed.stage", "must be 0, 1, 2 or 3"),
-        (["deepspeed.stage=3"], "deepspeed.stage", "ZeRO-3 is not supported yet"),
+        (["deepspeed=zero2", "deepspeed.offload_params=true"], "deepspeed.offload_params", "needs ZeRO stage 3"),
+        (["deepspeed.offload_optimizer=true"], "deepspeed.offload_optimizer", "needs ZeRO stage 1, 2 or 3"),
         (["adapter.name=nosuch"], "adapter.name", "unknown adapter"),
     ],
 )

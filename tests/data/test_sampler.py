@@ -13,6 +13,7 @@ from mtft.config.schema import DataConfig, TaskSpec
 from mtft.data.batches import MixedBatches, validation_batches
 from mtft.data.sampler import TaskSampler, mixing_probabilities
 from mtft.data.tasks import Sample, TaskData
+from mtft.data.tokenize import IGNORE
 
 SIZES = [100, 400, 1600]
 WEIGHTS = [1.0, 3.0, 4.0]
@@ -256,7 +257,9 @@ def test_validation_batches_split_across_ranks():
     rank0 = [rows(b) for b in validation_batches(tasks, batch_size=2, pad_token_id=-1, rank=0, world_size=2)]
     rank1 = [rows(b) for b in validation_batches(tasks, batch_size=2, pad_token_id=-1, rank=1, world_size=2)]
     assert rank0 == [[(0, 0), (0, 2)], [(0, 4)], [(1, 0), (1, 2)]]
-    assert rank1 == [[(0, 1), (0, 3)], [(1, 1)]]
+    assert rank1 == [[(0, 1), (0, 3)], [(0, 0)], [(1, 1)]]  # the same count on every rank (ZeRO-3) ...
+    filler = list(validation_batches(tasks, batch_size=2, pad_token_id=-1, rank=1, world_size=2))[1]
+    assert (filler["labels"] == IGNORE).all()  # ... but the filler batch counts for nothing
 
 
 def test_resume_refuses_state_from_another_seed_or_data():

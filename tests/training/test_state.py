@@ -14,7 +14,7 @@ from mtft.adapters import ADAPTERS
 from mtft.models import load_model_and_tokenizer
 from mtft.training.engine import build_engine
 from mtft.training.loop import train
-from mtft.training.state import COMPLETE_MARKER, find_resume_checkpoint
+from mtft.training.state import COMPLETE_MARKER, find_resume_checkpoint, load_checkpoint
 from tests.helpers import compose_config, small_data_overrides
 
 
@@ -56,7 +56,7 @@ def test_checkpoint_loads_back_to_the_same_logits(dist_group, small_tasks, tmp_p
         base_logits = logits(fresh_base())
         # 1. the DeepSpeed engine state, loaded into a new engine
         engine = build_engine(ADAPTERS[adapter].inject(fresh_base(), cfg.adapter), cfg, world_size=1)
-        engine.load_checkpoint(str(tmp_path), tag="checkpoint-6")
+        load_checkpoint(engine, checkpoint)
         engine_logits = logits(engine.module)
         # 2. mtft's loader onto a fresh base model
         mtft_logits = logits(mtft.load_adapter(fresh_base(), checkpoint / "adapter"))
