@@ -38,6 +38,7 @@ class ExpertLinear(nn.Module):
         self.register_buffer("window_load", torch.zeros(num_experts), persistent=False)  # since the last log
         self.register_buffer("step_load", torch.zeros(num_experts), persistent=False)  # since the last step
         self.aux_loss: torch.Tensor | None = None
+        self.token_mask: torch.Tensor | None = None  # (batch, seq) real tokens of the next forward (set_token_mask)
         self.bypass = False  # True inside base_only(): the frozen layer alone
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -51,6 +52,8 @@ class ExpertLinear(nn.Module):
     def record_load(self, chosen: torch.Tensor) -> None:
         """`chosen` (..., experts): 1 where a token selected the expert (or its dense gate mass)."""
         if self.training:
+            if self.token_mask is not None:
+                chosen = chosen * self.token_mask.unsqueeze(-1).to(chosen.dtype)
             counts = chosen.detach().reshape(-1, self.num_experts).float().sum(0)
             self.window_load += counts
             self.step_load += counts
@@ -158,6 +161,13 @@ def load_experts(model: nn.Module, directory: Path, config_class: type, inject: 
 def aux_loss(layers: list[ExpertLinear]) -> torch.Tensor | float:
     """Sum of the layers' auxiliary losses from their last forward (MoLoRA's load balancing), or 0."""
     return sum((layer.aux_loss for layer in layers if layer.aux_loss is not None), 0.0)
+
+
+def set_token_mask(layers: list[ExpertLinear], mask: torch.Tensor | None) -> None:
+    """Mark the next batch's real tokens: padding must count neither towards an expert's load nor in the load
+    balancing built on it (SMoRA's biases). None when the step is over."""
+    for layer in layers:
+        layer.token_mask = mask
 
 
 def after_optimizer_step(layers: list[ExpertLinear]) -> None:

@@ -52,6 +52,9 @@ def _where_set(key: str) -> str:
 
 
 def main() -> None:
+    # The `deepspeed` launcher appends --local_rank=N (also in the environment, where mtft reads it); Hydra
+    # would take it for an override.
+    sys.argv = [arg for arg in sys.argv if not arg.startswith("--local_rank")]
     _main()
 
 

@@ -20,12 +20,19 @@ from transformers import set_seed
 from mtft.adapters import ADAPTERS
 from mtft.adapters.base import count_parameters
 from mtft.adapters.intuition import set_instance_prior
-from mtft.adapters.moe import ExpertLinear, after_optimizer_step, aux_loss, expert_layers, router_metrics
+from mtft.adapters.moe import (
+    ExpertLinear,
+    after_optimizer_step,
+    aux_loss,
+    expert_layers,
+    router_metrics,
+    set_token_mask,
+)
 from mtft.balancers import build_balancer
 from mtft.config.errors import ConfigError
 from mtft.config.train import TrainConfig
 from mtft.data.batches import MixedBatches, ValidationCycle, validation_batches
-from mtft.data.collate import model_inputs, real_tokens
+from mtft.data.collate import PAD_TASK, model_inputs, real_tokens
 from mtft.data.sampler import mixing_probabilities
 from mtft.data.tasks import load_tasks
 from mtft.distributed import all_reduce_sum, rank_zero_first, same_on_all_ranks
@@ -200,6 +207,7 @@ def optimizer_step(
     step_sums = torch.zeros(num_tasks, device=engine.device)
     for batch in micro_batches:
         set_instance_prior(engine.module, batch.get("instance_prior"))
+        set_token_mask(experts, batch["task_ids"] != PAD_TASK)
         logits = engine(**model_inputs(batch)).logits
         sums, _ = per_task_sums(token_losses(logits, batch["labels"]), batch["labels"], batch["task_ids"], num_tasks)
         loss = balanced_loss(sums, step_counts, weights) + aux_loss(experts) / len(micro_batches)
@@ -207,6 +215,7 @@ def optimizer_step(
         engine.backward(loss * engine.world_size, scale_wrt_gas=False)
         engine.step()
         step_sums += sums.detach()
+    set_token_mask(experts, None)
     after_optimizer_step(experts)  # e.g. SMoRA's per-rank bias update, from this step's loads
     tokens = float(sum(real_tokens(b) for b in micro_batches))
     reduced = all_reduce_sum(torch.cat([step_sums, torch.tensor([tokens], device=engine.device)])).cpu()

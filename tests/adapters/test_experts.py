@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mtft.adapters import ADAPTERS
-from mtft.adapters.moe import ExpertLinear, after_optimizer_step, expert_layers, router_metrics
+from mtft.adapters.moe import ExpertLinear, after_optimizer_step, expert_layers, router_metrics, set_token_mask
 from mtft.adapters.molora import MoLoRAConfig, MoLoRALinear
 from mtft.adapters.mor1e import MoR1EConfig, MoR1ELinear
 from mtft.adapters.smora import SMoRAConfig, SMoRALinear
@@ -146,6 +146,15 @@ def test_router_stats_by_hand():
     assert metrics["router/l/entropy"] == pytest.approx(float(expected))
     assert metrics["router/l/dead"] == 2 and metrics["router/dead_experts"] == 2
     assert router_metrics({"l": layer}) == {}  # the window was reset
+
+
+def test_padding_counts_toward_no_expert_load():
+    """Padding must not steer load balancing (SMoRA's biases) nor the router statistics."""
+    layer = ExpertLinear(torch.nn.Linear(2, 2), num_experts=2, dropout=0.0).train()
+    set_token_mask([layer], torch.tensor([[True, False]]))
+    layer.record_load(torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]))  # the padding position chose expert 1
+    set_token_mask([layer], None)
+    assert layer.step_load.tolist() == [1.0, 0.0]
 
 
 def test_molora_aux_loss_is_switch_loss():
