@@ -1,7 +1,11 @@
-"""`mtft-export checkpoint=RUN/checkpoint-N out=DIR [merge=true]`: a trained adapter, ready to ship.
+"""`mtft-export checkpoint=RUN/checkpoint-N out=DIR [merge=true] [from_shards=true]`: a trained adapter, ready
+to ship.
 
 merge=false (default) copies the adapter (safetensors, its JSON config, the tokenizer): load it with
 `mtft.load_adapter(base_model, DIR)`, or, for LoRA, `peft.PeftModel.from_pretrained`.
+from_shards=true rebuilds the weights from the DeepSpeed engine's ZeRO shards instead (DeepSpeed's zero_to_fp32,
+offline, on the CPU). A full fine-tune under ZeRO-3 always exports this way: its checkpoints do not gather the
+whole model, so the shards are the only copy.
 merge=true writes a whole Hugging Face model with LoRA folded into the base weights (`adapter=lora` or `none`).
 Mixture-of-experts adapters cannot be merged: each token picks its own experts, so no single weight matrix
 equals the adapted layer. Export them unmerged.
@@ -14,36 +18,72 @@ import shutil
 import sys
 from pathlib import Path
 
+from mtft.adapters.base import ADAPTER_CONFIG_FILE
 from mtft.config.errors import ConfigError, UserError
 
 MERGEABLE = ("lora", "none")
+USAGE = "mtft-export checkpoint=DIR out=DIR [merge=true] [from_shards=true]"
 
 
-def export(checkpoint: Path, out: Path, merge: bool) -> str:
+def export(checkpoint: Path, out: Path, merge: bool, from_shards: bool = False) -> str:
     adapter_dir = checkpoint / "adapter"
-    config_file = adapter_dir / "mtft_adapter.json"
+    config_file = adapter_dir / ADAPTER_CONFIG_FILE
     if not config_file.is_file():
-        raise ConfigError("checkpoint", f"{checkpoint} holds no adapter/mtft_adapter.json: not an mtft checkpoint")
+        raise ConfigError("checkpoint", f"{checkpoint} holds no adapter/{ADAPTER_CONFIG_FILE}: not an mtft checkpoint")
     name = json.loads(config_file.read_text())["name"]
     if out.exists() and any(out.iterdir()):
         raise ConfigError("out", f"{out} exists and is not empty")
-    if not merge:
-        shutil.copytree(adapter_dir, out, dirs_exist_ok=True)
-        return f"{name} adapter exported to {out}; load it with mtft.load_adapter(base_model, '{out}')"
-    if name not in MERGEABLE:
+    if merge and name not in MERGEABLE:
         raise ConfigError(
             "merge", f"a {name} adapter cannot be merged: routing is per token; export it with merge=false"
         )
+    from_shards = from_shards or not any(adapter_dir.glob("*.safetensors"))  # a ZeRO-3 full fine-tune
+    if not merge and not from_shards:
+        shutil.copytree(adapter_dir, out, dirs_exist_ok=True)
+        return f"{name} adapter exported to {out}; load it with mtft.load_adapter(base_model, '{out}')"
+
     import mtft
+    from mtft.adapters import save_adapter
     from mtft.models import load_model_and_tokenizer
 
-    model_cfg = _run_model_config(checkpoint)
-    base, tokenizer = load_model_and_tokenizer(model_cfg)
-    model = mtft.load_adapter(base, adapter_dir)
+    base, tokenizer = load_model_and_tokenizer(_run_model_config(checkpoint))
+    model = _from_shards(base, checkpoint) if from_shards else mtft.load_adapter(base, adapter_dir)
+    if not merge:
+        save_adapter(model, _adapter_config(config_file), out)
+        tokenizer.save_pretrained(out)
+        return f"{name} adapter consolidated from the ZeRO shards into {out}; load it with mtft.load_adapter"
     merged = model.merge_and_unload() if name == "lora" else model
     merged.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return f"merged {name} model exported to {out}; load it with AutoModelForCausalLM.from_pretrained('{out}')"
+
+
+def _adapter_config(config_file: Path):
+    from mtft.adapters import ADAPTERS
+
+    saved = json.loads(config_file.read_text())
+    return ADAPTERS[saved["name"]].config(**saved)
+
+
+def _from_shards(base, checkpoint: Path):
+    """The adapter method injected into `base`, its trained weights consolidated from the engine's ZeRO shards."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from mtft.adapters import ADAPTERS
+
+    cfg = _adapter_config(checkpoint / "adapter" / ADAPTER_CONFIG_FILE)
+    model = ADAPTERS[cfg.name].inject(base, cfg)
+    try:
+        state = get_fp32_state_dict_from_zero_checkpoint(
+            str(checkpoint.parent), tag=checkpoint.name, exclude_frozen_parameters=True
+        )
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError("from_shards", f"{checkpoint} holds no ZeRO shards to consolidate: {err}") from None
+    missing = {n for n, p in model.named_parameters() if p.requires_grad} - set(state)
+    if missing:
+        raise ConfigError("checkpoint", f"the ZeRO shards in {checkpoint} lack {sorted(missing)[:3]}: another model?")
+    model.load_state_dict(state, strict=False)
+    return model
 
 
 def _run_model_config(checkpoint: Path):
@@ -62,11 +102,11 @@ def _run_model_config(checkpoint: Path):
 def main(argv: list[str] | None = None) -> None:
     args = dict(arg.split("=", 1) for arg in (sys.argv[1:] if argv is None else argv) if "=" in arg)
     try:
-        unknown = sorted(set(args) - {"checkpoint", "out", "merge"})
+        unknown = sorted(set(args) - {"checkpoint", "out", "merge", "from_shards"})
         if unknown or "checkpoint" not in args or "out" not in args:
-            raise ConfigError("", f"usage: mtft-export checkpoint=DIR out=DIR [merge=true] (unknown: {unknown})")
-        merge = args.get("merge", "false").lower() in ("1", "true", "yes")
-        print(export(Path(args["checkpoint"]), Path(args["out"]), merge))
+            raise ConfigError("", f"usage: {USAGE} (unknown: {unknown})")
+        flags = {key: args.get(key, "false").lower() in ("1", "true", "yes") for key in ("merge", "from_shards")}
+        print(export(Path(args["checkpoint"]), Path(args["out"]), **flags))
     except UserError as err:
         print(f"mtft-export: error: {err}", file=sys.stderr)
         sys.exit(2)

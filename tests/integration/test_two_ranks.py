@@ -149,3 +149,18 @@ def test_zero3_survives_an_expert_starved_on_one_rank(small_tasks, tmp_path):
     _launch([*overrides, "trainer.max_steps=3", "trainer.save_steps=0"], 2, tmp_path, script=script)
     assert int((tmp_path / "starved.txt").read_text()) > 0
     assert (tmp_path / "run" / "summary.json").is_file()
+
+
+def test_mtft_export_consolidates_the_zero3_shards(runs, tmp_path):
+    """The same adapter, rebuilt offline from the two ranks' ZeRO-3 shards by DeepSpeed's zero_to_fp32."""
+    from safetensors.torch import load_file
+
+    from mtft.cli.export import main as export
+
+    checkpoint = runs["zero3"] / f"checkpoint-{STEPS}"
+    export([f"checkpoint={checkpoint}", f"out={tmp_path / 'out'}", "from_shards=true"])
+    gathered = load_file(checkpoint / "adapter" / "adapter_model.safetensors")
+    consolidated = load_file(tmp_path / "out" / "adapter_model.safetensors")
+    assert consolidated.keys() == gathered.keys()
+    for key, value in gathered.items():
+        assert torch.equal(consolidated[key], value), key
