@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Data-parallel mtft on one machine: NPROC processes, one per GPU (or CPU processes over gloo on a machine
-# without CUDA). Everything after the script name is passed to mtft-train as Hydra overrides.
-#   NPROC=8 scripts/launch/torchrun.sh trainer.output_dir=runs/exp1 model=hf model.name_or_path=/models/x
-# Give trainer.output_dir explicitly: the default holds a timestamp that each rank would resolve on its own.
+# One machine, NPROC processes: one per GPU (or CPU processes over gloo where there is no CUDA).
+# Everything after the script name goes to mtft-train as Hydra overrides.
+#   NPROC=8 scripts/launch/torchrun.sh model=hf model.name_or_path=/models/llama-3-8b deepspeed=zero2 \
+#       trainer.output_dir=runs/exp1
+# Stop with SIGTERM to torchrun: it forwards the signal, every rank finishes its step and the run saves a
+# checkpoint (resume with trainer.resume=auto). torchrun waits only 30 s for that before it kills the ranks.
 set -euo pipefail
 NPROC=${NPROC:-2}
 exec torchrun --standalone --nproc_per_node "$NPROC" -m mtft.cli.train "$@"
