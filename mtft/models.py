@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
@@ -55,19 +57,41 @@ def build_tiny_model(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerBase) -
         return LlamaForCausalLM(config)
 
 
-def load_model_and_tokenizer(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The same call for the tiny default and for a real checkpoint directory or hub id."""
+@contextlib.contextmanager
+def _sharded_loading(deepspeed_config: dict | None):
+    """transformers loads into ZeRO-3 shards while an HfDeepSpeedConfig object is alive (it keeps a weak
+    reference): only for this load, not for whatever is built later."""
+    if deepspeed_config is None or deepspeed_config.get("zero_optimization", {}).get("stage") != 3:
+        yield
+        return
+    from transformers.integrations import HfDeepSpeedConfig
+
+    alive = HfDeepSpeedConfig(deepspeed_config)
+    try:
+        yield
+    finally:
+        del alive
+
+
+def load_model_and_tokenizer(
+    cfg: ModelConfig, deepspeed_config: dict | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The same call for the tiny default and for a real checkpoint directory or hub id.
+
+    Given a ZeRO-3 `deepspeed_config`, a checkpoint loads straight into shards (transformers runs
+    deepspeed.zero.Init), so no rank ever holds the whole model in memory."""
     if cfg.name_or_path is None:
         tokenizer = build_byte_tokenizer()
         model = build_tiny_model(cfg.tiny, tokenizer)
     else:
         tokenizer = AutoTokenizer.from_pretrained(cfg.name_or_path, trust_remote_code=cfg.trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
-            cfg.name_or_path,
-            trust_remote_code=cfg.trust_remote_code,
-            attn_implementation=cfg.attn_implementation,
-            dtype=torch.float32,  # the DeepSpeed engine casts to the configured precision
-        )
+        with _sharded_loading(deepspeed_config):
+            model = AutoModelForCausalLM.from_pretrained(
+                cfg.name_or_path,
+                trust_remote_code=cfg.trust_remote_code,
+                attn_implementation=cfg.attn_implementation,
+                dtype=torch.float32,  # the DeepSpeed engine casts to the configured precision
+            )
         ensure_chat_template(tokenizer)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token

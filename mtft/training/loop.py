@@ -38,7 +38,7 @@ from mtft.data.tasks import load_tasks
 from mtft.distributed import all_reduce_sum, rank_zero_first, same_on_all_ranks
 from mtft.logging import build_run_logger
 from mtft.models import load_model_and_tokenizer
-from mtft.training.engine import build_engine, init_distributed
+from mtft.training.engine import build_engine, deepspeed_config, init_distributed
 from mtft.training.losses import balanced_loss, label_counts, per_task_sums, reduction_weights, token_losses
 from mtft.training.preemption import Preemption
 from mtft.training.report import data_report, print_data_report, print_summary, summary
@@ -59,7 +59,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     output_dir.mkdir(parents=True, exist_ok=True)
     set_seed(t.seed)
 
-    model, tokenizer = load_model_and_tokenizer(cfg.model)
+    model, tokenizer = load_model_and_tokenizer(cfg.model, deepspeed_config(cfg, world_size))
     with rank_zero_first():  # one rank tokenizes into the cache; the others read it
         tasks = load_tasks(cfg.data, tokenizer, t.seed)
     names = [task.name for task in tasks]
