@@ -25,8 +25,11 @@ warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", categ
 def _main(cfg: DictConfig) -> None:
     try:
         config = to_train_config(cfg)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:  # each sweep job gets its own directory
-            config.trainer.output_dir = HydraConfig.get().runtime.output_dir
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode == RunMode.MULTIRUN:  # each sweep job: its own directory, its W&B run in the sweep's group
+            config.trainer.output_dir = hydra_cfg.runtime.output_dir
+            config.logger.group = config.logger.group or Path(hydra_cfg.sweep.dir).name
+            config.logger.run_name = config.logger.run_name or f"{config.logger.group}-{hydra_cfg.job.num}"
         from mtft.training.loop import train  # heavy imports only once the config is known to be valid
 
         train(config)

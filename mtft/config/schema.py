@@ -133,6 +133,8 @@ class TrainerConfig:
     max_grad_norm: float = 1.0  # 0 turns clipping off
     eval_steps: int = 100  # per-task validation every N optimizer steps (and at start and end)
     eval_batch_size: int = 32
+    eval_generations: int = 2  # per task at each evaluation: greedy outputs beside prompt and reference; 0 = none
+    max_new_tokens: int = 64  # cap on each of those generations
     save_steps: int = 0  # checkpoint every N steps; 0 saves only at the end
     save_total_limit: int = 0  # keep only the newest N complete checkpoints (never the one resumed from); 0 keeps all
     logging_steps: int = 20
@@ -142,6 +144,8 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         for key in ("max_steps", "micro_batch_size", "grad_accum_steps", "eval_steps", "eval_batch_size"):
             check(getattr(self, key) > 0, key, f"must be > 0, got {getattr(self, key)}")
+        check(self.eval_generations >= 0, "eval_generations", f"must be >= 0, got {self.eval_generations}")
+        check(self.max_new_tokens > 0, "max_new_tokens", f"must be > 0, got {self.max_new_tokens}")
         check(self.logging_steps > 0, "logging_steps", f"must be > 0, got {self.logging_steps}")
         check(self.lr > 0, "lr", f"learning rate must be > 0, got {self.lr}")
         check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
@@ -169,14 +173,18 @@ class DeepSpeedConfig:
 
 @dataclass
 class LoggerConfig:
-    name: str = "none"  # none | wandb
-    project: str = "mtft"
-    entity: str | None = None
+    name: str = "none"  # none | wandb | tensorboard (metrics.jsonl is written whatever the choice)
+    project: str = "mtft"  # W&B project
+    entity: str | None = None  # W&B team or user
     run_name: str | None = None
-    group: str | None = None
+    group: str | None = None  # W&B group; a -m sweep sets it to the sweep's directory name when unset
     tags: list[str] = field(default_factory=list)
     mode: str = "online"  # online | offline | disabled (WANDB_MODE in the environment wins)
+    peak_tflops: float | None = None  # per device, for MFU; unset: looked up for known GPUs at bf16/fp16
+    progress: str = "auto"  # auto (a bar on a terminal, plain lines otherwise) | bar | lines
 
     def __post_init__(self) -> None:
-        check_choice(self.name, "name", ("none", "wandb"))
+        check_choice(self.name, "name", ("none", "wandb", "tensorboard"))
         check_choice(self.mode, "mode", ("online", "offline", "disabled"))
+        check_choice(self.progress, "progress", ("auto", "bar", "lines"))
+        check(self.peak_tflops is None or self.peak_tflops > 0, "peak_tflops", f"must be > 0, got {self.peak_tflops}")

@@ -55,3 +55,11 @@ def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def real_tokens(batch: dict[str, torch.Tensor]) -> int:
     return int((batch["task_ids"] != PAD_TASK).sum())
+
+
+def count_samples(batch: dict[str, torch.Tensor]) -> int:
+    """Samples in a batch: each starts at position 0 when packed; one per row with any real token otherwise."""
+    real = batch["task_ids"] != PAD_TASK
+    if "position_ids" in batch:
+        return int(((batch["position_ids"] == 0) & real).sum())
+    return int(real.any(dim=1).sum())

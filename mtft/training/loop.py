@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import datasets
 import torch
 import yaml
 from transformers import set_seed
@@ -32,16 +33,21 @@ from mtft.balancers import build_balancer
 from mtft.config.errors import ConfigError
 from mtft.config.train import TrainConfig
 from mtft.data.batches import MixedBatches, ValidationCycle, validation_batches
-from mtft.data.collate import PAD_TASK, model_inputs, real_tokens
+from mtft.data.collate import PAD_TASK, count_samples, model_inputs, real_tokens
 from mtft.data.sampler import mixing_probabilities
 from mtft.data.tasks import load_tasks
 from mtft.distributed import all_reduce_sum, rank_zero_first, same_on_all_ranks
+from mtft.eval.generation import COLUMNS as GENERATION_COLUMNS
+from mtft.eval.generation import sample_generations
 from mtft.logging import build_run_logger
+from mtft.logging.progress import Progress, use_bars
+from mtft.logging.secrets import redact
+from mtft.logging.throughput import ThroughputWindow, attended_positions, peak_flops
 from mtft.models import load_model_and_tokenizer
 from mtft.training.engine import build_engine, deepspeed_config, init_distributed
 from mtft.training.losses import balanced_loss, label_counts, per_task_sums, reduction_weights, token_losses
 from mtft.training.preemption import Preemption
-from mtft.training.report import data_report, print_data_report, print_summary, summary
+from mtft.training.report import data_report, data_report_table, print_data_report, print_summary, summary
 from mtft.training.state import find_resume_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from mtft.training.validation import validation_losses
 
@@ -58,6 +64,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         )
     output_dir.mkdir(parents=True, exist_ok=True)
     set_seed(t.seed)
+    if not use_bars(cfg.logger.progress, rank):  # tokenizing bars only where a person watches a terminal
+        datasets.disable_progress_bars()
 
     model, tokenizer = load_model_and_tokenizer(cfg.model, deepspeed_config(cfg, world_size))
     with rank_zero_first():  # one rank tokenizes into the cache; the others read it
@@ -77,14 +85,25 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     batches = MixedBatches(
         tasks, probabilities, t.micro_batch_size, tokenizer.pad_token_id, t.seed, rank, world_size, pack_to
     )
-    logger = build_run_logger(cfg.logger, output_dir, dataclasses.asdict(cfg), rank)
+    run_config = redact(dataclasses.asdict(cfg))  # no API key or token from the environment in any record
+    logger = build_run_logger(cfg.logger, output_dir, run_config, rank)
+    throughput = ThroughputWindow(
+        engine.module, world_size, peak_flops(cfg.logger.peak_tflops, cfg.deepspeed.precision)
+    )
 
     cycle_batch = balancer.val_batch_size or t.eval_batch_size
     val_cycle = ValidationCycle(tasks, cycle_batch, tokenizer.pad_token_id, t.seed, rank, world_size)
 
     def validate() -> dict[str, float]:  # every task's whole validation split
         splits = validation_batches(tasks, t.eval_batch_size, tokenizer.pad_token_id, rank, world_size)
-        return validation_losses(engine, splits, names)
+        total = sum(-(-len(task.val[0::world_size]) // t.eval_batch_size) for task in tasks)
+        return validation_losses(engine, progress.evaluating(splits, total), names)
+
+    def generations() -> None:  # collective under ZeRO-3: every rank generates, rank 0 logs
+        if t.eval_generations:
+            synced = engine.zero_optimization_stage() == 3 and world_size > 1
+            rows = sample_generations(engine.module, tasks, tokenizer, t.eval_generations, t.max_new_tokens, synced)
+            logger.table("generations", GENERATION_COLUMNS, rows, step, save=True)
 
     def balancer_round() -> dict[str, float]:  # a few mixed micro-batches, as often as the balancer asks
         return validation_losses(engine, (val_cycle.next() for _ in range(balancer.val_batches)), names)
@@ -97,12 +116,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         batches.load_state_dict(rank_state["batches"])
         val_cycle.cursor = rank_state["val_cycle"]
     logger.drop_after(step)  # records a crashed run wrote past its last checkpoint, or an abandoned fresh start
+    report = data_report(tasks, probabilities)
     if rank == 0:
-        (output_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
-        report = data_report(tasks, probabilities)
+        (output_dir / "config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
         (output_dir / "data_report.json").write_text(json.dumps(report, indent=2))
         print_data_report(report)
         print(f"mtft: {len(names)} tasks, {trainable:,} of {total:,} parameters trainable, {world_size} rank(s)")
+    logger.table("data_report", *data_report_table(report), step)
+    progress = Progress(cfg.logger.progress, rank, t.max_steps, step)
     if not initial_val:
         initial_val = validate()
         balancer.observe(0, {}, initial_val)  # L(0) for convergence-based balancers
@@ -122,9 +143,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     # ---- loop -------------------------------------------------------------------------------------------------
     num_tasks = len(names)
     window = torch.zeros(2, num_tasks)  # per-task loss sums and token counts since the last log record
-    window_tokens, window_start, run_start = 0, time.perf_counter(), time.perf_counter()
+    run_start = time.perf_counter()
     val_losses: dict[str, float] = {}
     engine.train()
+    throughput.reset()
     preemption = Preemption()
     while step < t.max_steps:
         micro_batches = [_to(batches.next(), engine.device) for _ in range(t.grad_accum_steps)]
@@ -135,8 +157,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         present = result.counts > 0
         train_losses = {n: float(result.sums[i] / result.counts[i]) for i, n in enumerate(names) if present[i]}
         window += torch.stack([result.sums, result.counts])
-        window_tokens += result.tokens
+        throughput.add(result.tokens, result.samples, result.attended)
         tokens_seen += result.tokens
+        progress.step(result.loss, train_losses)
 
         evaluate = step % t.eval_steps == 0 or step == t.max_steps
         val_losses = validate() if evaluate else {}
@@ -147,22 +170,23 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if balancer.needs_post_step_losses:  # e.g. FAMO: the same batch after the update (one more forward)
             balancer.after_step(validation_losses(engine, micro_batches, names))
 
+        if evaluate:
+            generations()
         if step % t.logging_steps == 0 or evaluate or step == t.max_steps:
-            elapsed = time.perf_counter() - window_start
-            record = _record(
-                step, names, window, weights_now, val_losses, engine, window_tokens / elapsed, balancer.token_weighted
-            )
+            record = _record(step, names, window, weights_now, val_losses, engine, balancer.token_weighted)
+            record.update(throughput.fields())
+            if result.grad_norm is not None:
+                record["grad_norm"] = result.grad_norm
             record.update({f"balancer/{k}": v for k, v in balancer.metrics().items()})
             record.update(router_metrics(experts))
             logger.log(record)
-            if rank == 0:
-                print(_console_line(record, t.max_steps), flush=True)
+            progress.logged(record)
             window.zero_()
-            window_tokens, window_start = 0, time.perf_counter()
         preempted = preemption.requested()
         if (t.save_steps and step % t.save_steps == 0) or step == t.max_steps or preempted:
             checkpoint()
         if preempted and step < t.max_steps:
+            progress.close()
             if rank == 0:
                 print(f"mtft: preempted; saved checkpoint-{step}. Resume with trainer.resume=auto", flush=True)
             preemption.restore()
@@ -170,6 +194,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             return {"preempted_at": step}
 
     # ---- wrap up ----------------------------------------------------------------------------------------------
+    progress.close()
     preemption.restore()
     final_val = val_losses or validate()
     elapsed = time.perf_counter() - run_start
@@ -186,7 +211,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 class StepResult:
     sums: torch.Tensor  # per-task loss sums over the step, all ranks (cpu)
     counts: torch.Tensor  # per-task completion-token counts, all ranks (cpu)
+    loss: float  # the step's balanced loss
     tokens: int  # non-padding tokens processed, all ranks
+    samples: int  # samples processed, all ranks
+    attended: int  # Σ (position + 1) over those tokens: the causal attention work (logging/throughput.py)
+    grad_norm: float | None  # before clipping; None where DeepSpeed keeps it to itself
 
 
 def optimizer_step(
@@ -205,7 +234,8 @@ def optimizer_step(
     step_counts = all_reduce_sum(sum(label_counts(b["labels"], b["task_ids"], num_tasks) for b in micro_batches))
     weights = reduction_weights(weights, step_counts, token_weighted)
     step_sums = torch.zeros(num_tasks, device=engine.device)
-    for batch in micro_batches:
+    grad_norm = None
+    for i, batch in enumerate(micro_batches):
         set_instance_prior(engine.module, batch.get("instance_prior"))
         set_token_mask(experts, batch["task_ids"] != PAD_TASK)
         logits = engine(**model_inputs(batch)).logits
@@ -213,13 +243,25 @@ def optimizer_step(
         loss = balanced_loss(sums, step_counts, weights) + aux_loss(experts) / len(micro_batches)
         # The loss is already normalised for the whole step: no 1/GAS; DeepSpeed averages over ranks, undo that.
         engine.backward(loss * engine.world_size, scale_wrt_gas=False)
+        if i == len(micro_batches) - 1 and engine.zero_optimization_stage() == 0:
+            grad_norm = _grad_norm(engine.module)  # all-reduced by now; DeepSpeed reports none without ZeRO
         engine.step()
         step_sums += sums.detach()
     set_token_mask(experts, None)
     after_optimizer_step(experts)  # e.g. SMoRA's per-rank bias update, from this step's loads
-    tokens = float(sum(real_tokens(b) for b in micro_batches))
-    reduced = all_reduce_sum(torch.cat([step_sums, torch.tensor([tokens], device=engine.device)])).cpu()
-    return StepResult(reduced[:num_tasks], step_counts.cpu(), int(reduced[num_tasks]))
+    if grad_norm is None and engine.get_global_grad_norm() is not None:
+        grad_norm = float(engine.get_global_grad_norm())
+    local = [sum(f(b) for b in micro_batches) for f in (real_tokens, count_samples, attended_positions)]
+    reduced = all_reduce_sum(torch.cat([step_sums, torch.tensor(local, device=engine.device, dtype=torch.float64)]))
+    sums, (tokens, samples, attended) = reduced[:num_tasks].float().cpu(), reduced[num_tasks:].tolist()
+    counts = step_counts.cpu()
+    step_loss = float(balanced_loss(sums, counts, weights.cpu()))
+    return StepResult(sums, counts, step_loss, int(tokens), int(samples), int(attended), grad_norm)
+
+
+def _grad_norm(model: torch.nn.Module) -> float:
+    norms = [p.grad.detach().float().norm() for p in model.parameters() if p.requires_grad and p.grad is not None]
+    return float(torch.stack(norms).norm()) if norms else 0.0
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -233,7 +275,6 @@ def _record(
     weights: dict[str, float],
     val_losses: dict[str, float],
     engine,
-    tokens_per_second: float,
     token_weighted: bool = False,
 ) -> dict[str, Any]:
     """One metrics.jsonl line: the window's exact per-task means and the balanced loss built from them."""
@@ -244,11 +285,7 @@ def _record(
         "step": step,
         "loss": float(balanced_loss(sums, counts, weights_tensor)),
         "lr": engine.get_lr()[0],
-        "tokens_per_second": tokens_per_second,
     }
-    grad_norm = engine.get_global_grad_norm()
-    if grad_norm is not None:
-        record["grad_norm"] = float(grad_norm)
     for name in names:
         if name in task_losses:
             record[f"task/{name}/loss"] = task_losses[name]
@@ -256,12 +293,3 @@ def _record(
         if name in val_losses:
             record[f"task/{name}/val_loss"] = val_losses[name]
     return record
-
-
-def _console_line(record: dict[str, Any], max_steps: int) -> str:
-    line = f"step {record['step']}/{max_steps}  loss {record['loss']:.4f}  lr {record['lr']:.2e}"
-    line += f"  {record['tokens_per_second']:,.0f} tok/s"
-    vals = {k.split("/")[1]: v for k, v in record.items() if k.endswith("/val_loss")}
-    if vals:
-        line += "  val " + " ".join(f"{n}={v:.3f}" for n, v in vals.items())
-    return line

@@ -20,6 +20,26 @@ def data_report(tasks: list[TaskData], probabilities: np.ndarray) -> dict[str, A
     }
 
 
+def data_report_table(report: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """(columns, rows) of the data report, for a logger's table."""
+    columns = ["task", "format", "lines_read", "train", "val", "dropped", "truncated", "mean_length", "p_mix"]
+    rows = [
+        [
+            name,
+            r["format"],
+            r["lines_read"],
+            r["train_samples"],
+            r["val_samples"],
+            sum(r["dropped"].values()),
+            r["truncated"],
+            r["mean_length"],
+            r["mixing_probability"],
+        ]
+        for name, r in report["tasks"].items()
+    ]
+    return columns, rows
+
+
 def print_data_report(report: dict[str, Any]) -> None:
     columns = f"{'task':<16}{'format':<17}{'lines':>7}{'train':>7}{'val':>6}{'dropped':>9}{'truncated':>11}"
     print(columns + f"{'mean len':>10}{'p(mix)':>8}")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import LAUNCH_VARS, small_data_overrides
+from tests.helpers import LAUNCH_VARS, computed, small_data_overrides
 
 pytestmark = pytest.mark.integration
 
@@ -53,9 +53,7 @@ def test_kill_during_save_then_resume_matches_the_unbroken_run(small_tasks, tmp_
     expected, got = _records(straight), _records(crashed)
     assert sorted(got) == list(range(1, 9))  # the records the killed run wrote past step 4 were replaced
     for step in range(5, 9):
-        assert {k: v for k, v in got[step].items() if k != "tokens_per_second"} == {
-            k: v for k, v in expected[step].items() if k != "tokens_per_second"
-        }, step
+        assert computed(got[step]) == computed(expected[step]), step
     assert expected[8]["task/add/weight"] != 1.0  # CoBa is really adapting
     final = "checkpoint-8/adapter/adapter_model.safetensors"
     assert (crashed / final).read_bytes() == (straight / final).read_bytes()

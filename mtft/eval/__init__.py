@@ -1,0 +1,1 @@
+"""Evaluation beyond the loss: sample generations per task."""

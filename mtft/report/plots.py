@@ -1,0 +1,156 @@
+"""The run's curves as PNGs, drawn with matplotlib from metrics.jsonl alone (no W&B, no network)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a window, even where a display exists
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+Records = list[dict[str, Any]]
+DPI = 110
+
+
+def series(records: Records, key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of every record that holds `key`."""
+    points = [(r["step"], r[key]) for r in records if key in r]
+    return [s for s, _ in points], [v for _, v in points]
+
+
+def task_names(records: Records) -> list[str]:
+    names: dict[str, None] = {}
+    for record in records:
+        for key in record:
+            if key.startswith("task/") and key.endswith("/weight"):
+                names[key.split("/")[1]] = None
+    return list(names)
+
+
+def _colors(names: list[str]) -> dict[str, Any]:
+    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    return {name: cmap(i % cmap.N) for i, name in enumerate(names)}
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def plot_losses(records: Records, path: Path) -> Path:
+    """Training loss (per logging window) and validation loss, one colour per task, side by side."""
+    names = task_names(records)
+    colors = _colors(names)
+    fig, (train_ax, val_ax) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for name in names:
+        train_ax.plot(*series(records, f"task/{name}/loss"), color=colors[name], label=name, linewidth=1.2)
+        val_ax.plot(*series(records, f"task/{name}/val_loss"), "o-", color=colors[name], label=name, markersize=3)
+    for ax, title in ((train_ax, "training loss"), (val_ax, "validation loss")):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    train_ax.set_ylabel("mean token cross-entropy")
+    val_ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_weights(records: Records, path: Path) -> Path:
+    """The balancer's task weights over time."""
+    names = task_names(records)
+    colors = _colors(names)
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    for name in names:
+        ax.step(*series(records, f"task/{name}/weight"), where="post", color=colors[name], label=name)
+    ax.set_title("task weights")
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def router_layers(records: Records) -> list[str]:
+    layers: dict[str, None] = {}
+    for record in records:
+        for key in record:
+            if key.startswith("router/") and key.endswith("/load"):
+                layers[key[len("router/") : -len("/load")]] = None
+    return list(layers)
+
+
+def plot_router_load(records: Records, path: Path) -> Path | None:
+    """One heatmap per router layer: the share of tokens each expert got (rows) in each logging window (columns).
+    Up to 48 layers are drawn, spread evenly over the model; None for a run without routers."""
+    layers = router_layers(records)
+    if not layers:
+        return None
+    shown = [layers[i] for i in np.linspace(0, len(layers) - 1, min(len(layers), 48)).round().astype(int)]
+    shown = list(dict.fromkeys(shown))
+    cols = min(4, len(shown))
+    rows = math.ceil(len(shown) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.4 * rows), squeeze=False)
+    image = None
+    for ax, layer in zip(axes.flat, shown, strict=False):
+        steps, loads = series(records, f"router/{layer}/load")
+        load = np.array(loads).T  # experts × windows
+        image = ax.imshow(load, aspect="auto", cmap="viridis", vmin=0, interpolation="nearest")
+        ax.set_title(_short(layer), fontsize=8)
+        ticks = np.linspace(0, len(steps) - 1, min(len(steps), 4)).round().astype(int)
+        ax.set_xticks(ticks, [str(steps[t]) for t in ticks], fontsize=7)
+        ax.set_ylabel("expert", fontsize=7)
+        ax.tick_params(axis="y", labelsize=7)
+    for ax in list(axes.flat)[len(shown) :]:
+        ax.axis("off")
+    fig.suptitle("router load per layer: share of tokens per expert, by step", fontsize=10)
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.6, label="load share")
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def plot_balancer(records: Records, path: Path) -> Path | None:
+    """The balancer's internals (CoBa: RCS, ACS per task and the divergence factor), or None if it has none."""
+    keys = sorted({k for r in records for k in r if k.startswith("balancer/")})
+    if not keys:
+        return None
+    groups: dict[str, list[str]] = {}
+    for key in keys:
+        parts = key.split("/")
+        groups.setdefault(parts[1] if len(parts) > 2 else "scalar", []).append(key)
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.4), squeeze=False)
+    for ax, (group, members) in zip(axes.flat, groups.items(), strict=True):
+        for key in members:
+            ax.plot(*series(records, key), label=key.split("/")[-1], linewidth=1.2)
+        ax.set_title(f"balancer: {group}" if group != "scalar" else "balancer", fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def _short(layer: str) -> str:
+    """model.layers.3.self_attn.q_proj -> 3.self_attn.q_proj"""
+    return layer.split("layers.", 1)[-1]
+
+
+def router_heatmap(record: dict[str, Any]):
+    """One logging window's load: router layers (rows) × experts (columns). Returns the matplotlib figure."""
+    layers = [
+        key[len("router/") : -len("/load")] for key in record if key.startswith("router/") and key.endswith("/load")
+    ]
+    load = np.array([record[f"router/{layer}/load"] for layer in layers])
+    fig, ax = plt.subplots(figsize=(1.2 + 0.35 * load.shape[1], 1.2 + 0.18 * len(layers)))
+    image = ax.imshow(load, aspect="auto", cmap="viridis", vmin=0, interpolation="nearest")
+    ax.set_yticks(range(len(layers)), [_short(layer) for layer in layers], fontsize=6)
+    ax.set_xlabel("expert")
+    ax.set_title(f"router load, step {record['step']}", fontsize=9)
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    return fig
