@@ -17,8 +17,11 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+DEMO_DIR ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
+
 demo: $(STAMP)
-	$(BIN)/mtft-train
+	$(BIN)/mtft-train trainer.output_dir=$(DEMO_DIR)
+	$(BIN)/mtft-report $(DEMO_DIR)
 
 test: $(STAMP)
 	$(BIN)/pytest -q

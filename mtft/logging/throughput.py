@@ -20,9 +20,10 @@ more work than this counts, which is what MFU is meant to show.
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import sys
-import time
+from time import perf_counter
 
 import torch
 from torch import nn
@@ -84,7 +85,8 @@ def peak_memory() -> dict[str, float]:
 
 
 class ThroughputWindow:
-    """Tokens, samples and FLOPs since the last log record, turned into rates when it is written."""
+    """Tokens, samples and FLOPs of the training steps since the last log record, turned into rates when it is
+    written."""
 
     def __init__(self, model: nn.Module, world_size: int, peak: float | None):
         self.params, self.trainable = matmul_parameters(model)
@@ -96,7 +98,17 @@ class ThroughputWindow:
     def reset(self) -> None:
         self.tokens = self.samples = 0
         self.flops = 0.0
-        self.start = time.perf_counter()
+        self.start = perf_counter()
+        self.excluded = 0.0
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Time spent in here (evaluation, generation, checkpoints) does not count: the rates are training's."""
+        start = perf_counter()
+        try:
+            yield
+        finally:
+            self.excluded += perf_counter() - start
 
     def add(self, tokens: int, samples: int, attended: int) -> None:
         """One step, summed over ranks."""
@@ -105,7 +117,7 @@ class ThroughputWindow:
         self.flops += step_flops(tokens, attended, self.params, self.trainable, self.layers, self.hidden)
 
     def fields(self) -> dict[str, float]:
-        elapsed = time.perf_counter() - self.start
+        elapsed = max(perf_counter() - self.start - self.excluded, 1e-9)
         per_device = self.flops / elapsed / self.world_size
         fields = {
             "tokens_per_second": self.tokens / elapsed,

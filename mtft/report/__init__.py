@@ -54,17 +54,16 @@ def summary_markdown(run_dir: Path, records: Records, summary: dict[str, Any] | 
         )
     else:
         lines.append(f"Unfinished: {last['step']} steps logged so far (no summary.json yet).")
-    lines += [
-        "",
-        "| task | val loss first | val loss last | change | weight now | train loss now |",
-        "|---|---|---|---|---|---|",
-    ]
+    header = "| task | val loss at start | val loss now | change | weight now | train loss now |"
+    lines += ["", header, "|---|---|---|---|---|---|"]
+    starts = {n: t["initial_val_loss"] for n, t in (summary or {}).get("tasks", {}).items()}
     changes = {}
     for name in task_names(records):
         _, val = series(records, f"task/{name}/val_loss")
         _, train = series(records, f"task/{name}/loss")
-        first, latest = (val[0], val[-1]) if val else (None, None)
-        if first:
+        first = starts.get(name, val[0] if val else None)  # step 0's, once the run has finished
+        latest = val[-1] if val else None
+        if first and latest is not None:
             changes[name] = (latest - first) / first
         lines.append(
             f"| {name} | {_num(first)} | {_num(latest)} | "
@@ -75,7 +74,7 @@ def summary_markdown(run_dir: Path, records: Records, summary: dict[str, Any] | 
         slowest = max(changes, key=changes.get)
         lines += [
             "",
-            f"Slowest task: **{slowest}** (validation loss {changes[slowest]:+.1%} since the first evaluation).",
+            f"Slowest task: **{slowest}** (validation loss {changes[slowest]:+.1%} since the start).",
         ]
     speed = [f"{last['tokens_per_second']:,.0f} tokens/s"]
     speed += [f"{last[k]:,.1f} {unit}" for k, unit in (("samples_per_second", "samples/s"),) if k in last]

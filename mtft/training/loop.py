@@ -162,16 +162,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         progress.step(result.loss, train_losses)
 
         evaluate = step % t.eval_steps == 0 or step == t.max_steps
-        val_losses = validate() if evaluate else {}
-        balancer_val = val_losses
-        if not balancer_val and balancer.needs_val_losses and step % balancer.val_interval == 0:
-            balancer_val = balancer_round()
+        with throughput.paused():
+            val_losses = validate() if evaluate else {}
+            balancer_val = val_losses
+            if not balancer_val and balancer.needs_val_losses and step % balancer.val_interval == 0:
+                balancer_val = balancer_round()
+            if evaluate:
+                generations()
         balancer.observe(step, train_losses, balancer_val or None)
         if balancer.needs_post_step_losses:  # e.g. FAMO: the same batch after the update (one more forward)
             balancer.after_step(validation_losses(engine, micro_batches, names))
 
-        if evaluate:
-            generations()
         if step % t.logging_steps == 0 or evaluate or step == t.max_steps:
             record = _record(step, names, window, weights_now, val_losses, engine, balancer.token_weighted)
             record.update(throughput.fields())
@@ -184,7 +185,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             window.zero_()
         preempted = preemption.requested()
         if (t.save_steps and step % t.save_steps == 0) or step == t.max_steps or preempted:
-            checkpoint()
+            with throughput.paused():
+                checkpoint()
         if preempted and step < t.max_steps:
             progress.close()
             if rank == 0:
