@@ -94,7 +94,7 @@ def plot_router_load(records: Records, path: Path) -> Path | None:
     shown = list(dict.fromkeys(shown))
     cols = min(4, len(shown))
     rows = math.ceil(len(shown) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.4 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.6 * rows), squeeze=False, layout="constrained")
     image = None
     for ax, layer in zip(axes.flat, shown, strict=False):
         steps, loads = series(records, f"router/{layer}/load")
@@ -124,11 +124,14 @@ def plot_balancer(records: Records, path: Path) -> Path | None:
     for key in keys:
         parts = key.split("/")
         groups.setdefault(parts[1] if len(parts) > 2 else "scalar", []).append(key)
+    colors = _colors(task_names(records))  # a task keeps its colour from the loss plot
     fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.4), squeeze=False)
     for ax, (group, members) in zip(axes.flat, groups.items(), strict=True):
         for key in members:
-            ax.plot(*series(records, key), label=key.split("/")[-1], linewidth=1.2)
-        ax.set_title(f"balancer: {group}" if group != "scalar" else "balancer", fontsize=10)
+            label = key.split("/")[-1]
+            ax.plot(*series(records, key), label=label, color=colors.get(label), linewidth=1.2)
+        title = group if group != "scalar" else ", ".join(k.split("/")[-1] for k in members)
+        ax.set_title(f"balancer: {title}", fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

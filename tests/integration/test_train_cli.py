@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mtft.config.schema import TinyModelConfig
 from mtft.models import build_byte_tokenizer, build_tiny_model
@@ -98,6 +99,8 @@ def test_multirun_sweep_gives_each_job_its_own_dir(tmp_path, small_tasks):
     assert proc.returncode == 0, proc.stderr[-3000:]
     for job in ("0", "1"):
         assert (tmp_path / "sweep" / job / "summary.json").is_file()
+        logger = yaml.safe_load((tmp_path / "sweep" / job / "config.yaml").read_text())["logger"]
+        assert logger["group"] == "sweep" and logger["run_name"] == f"sweep-{job}"  # one W&B group per sweep
     lrs = {
         float(json.loads((tmp_path / "sweep" / j / "metrics.jsonl").read_text().splitlines()[0])["lr"]) for j in "01"
     }
