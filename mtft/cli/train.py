@@ -19,6 +19,8 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 register()
 # PEFT still calls this transformers API; the warning is theirs to fix and only clutters every run's output.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+# DeepSpeed's ZeRO collectives use torch.distributed names torch has deprecated; the same: not the user's concern.
+warnings.filterwarnings("ignore", message=".*torch.distributed.* is deprecated.*", category=FutureWarning)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")

@@ -261,9 +261,10 @@ def optimizer_step(
     return StepResult(sums, counts, step_loss, int(tokens), int(samples), int(attended), grad_norm)
 
 
-def _grad_norm(model: torch.nn.Module) -> float:
+def _grad_norm(model: torch.nn.Module) -> float | None:
+    """None where the gradients are not in `.grad` (DeepSpeed's bf16 optimizer keeps its own, and reports it)."""
     norms = [p.grad.detach().float().norm() for p in model.parameters() if p.requires_grad and p.grad is not None]
-    return float(torch.stack(norms).norm()) if norms else 0.0
+    return float(torch.stack(norms).norm()) if norms else None
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

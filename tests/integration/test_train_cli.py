@@ -37,7 +37,8 @@ def test_thirty_steps_write_the_run_contract(tmp_path):
     records = _records(out)
     assert [r["step"] for r in records] == [5, 10, 15, 20, 25, 30]
     for record in records:
-        assert {"step", "loss", "lr", "tokens_per_second"} <= record.keys()
+        assert {"step", "loss", "lr", "grad_norm", "tokens_per_second", "samples_per_second"} <= record.keys()
+        assert {"throughput/tflops_per_device", "memory/peak_rss_gb"} <= record.keys()
         assert all(f"task/{t}/loss" in record and f"task/{t}/weight" in record for t in TASKS)
     assert all(f"task/{t}/val_loss" in records[-1] for t in TASKS)
     for task in TASKS:  # per-task training loss falls
