@@ -77,10 +77,14 @@ def validation_batches(
     """
     for task in tasks:
         mine = task.val[rank::world_size]
-        rounds = -(-len(task.val[0::world_size]) // batch_size)  # rank 0's share is the largest
-        for start in range(0, rounds * batch_size, batch_size):
+        for start in range(0, validation_rounds(task, batch_size, world_size) * batch_size, batch_size):
             chunk = mine[start : start + batch_size]
             yield collate(chunk, pad_token_id) if chunk else _ignored(collate(task.val[:1], pad_token_id))
+
+
+def validation_rounds(task: TaskData, batch_size: int, world_size: int) -> int:
+    """Batches per rank for `task`'s validation split: rank 0's share is the largest."""
+    return -(-len(task.val[0::world_size]) // batch_size)
 
 
 def _ignored(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -32,7 +32,7 @@ from mtft.adapters.moe import (
 from mtft.balancers import build_balancer
 from mtft.config.errors import ConfigError
 from mtft.config.train import TrainConfig
-from mtft.data.batches import MixedBatches, ValidationCycle, validation_batches
+from mtft.data.batches import MixedBatches, ValidationCycle, validation_batches, validation_rounds
 from mtft.data.collate import PAD_TASK, count_samples, model_inputs, real_tokens
 from mtft.data.sampler import mixing_probabilities
 from mtft.data.tasks import load_tasks
@@ -96,8 +96,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     def validate() -> dict[str, float]:  # every task's whole validation split
         splits = validation_batches(tasks, t.eval_batch_size, tokenizer.pad_token_id, rank, world_size)
-        total = sum(-(-len(task.val[0::world_size]) // t.eval_batch_size) for task in tasks)
-        return validation_losses(engine, progress.evaluating(splits, total), names)
+        count = sum(validation_rounds(task, t.eval_batch_size, world_size) for task in tasks)
+        return validation_losses(engine, progress.evaluating(splits, count), names)
 
     def generations() -> None:  # collective under ZeRO-3: every rank generates, rank 0 logs
         if t.eval_generations:
