@@ -3,9 +3,9 @@ to ship.
 
 merge=false (default) copies the adapter (safetensors, its JSON config, the tokenizer): load it with
 `mtft.load_adapter(base_model, DIR)`, or, for LoRA, `peft.PeftModel.from_pretrained`.
-from_shards=true rebuilds the weights from the DeepSpeed engine's ZeRO shards instead (DeepSpeed's zero_to_fp32,
-offline, on the CPU). A full fine-tune under ZeRO-3 always exports this way: its checkpoints do not gather the
-whole model, so the shards are the only copy.
+from_shards=true rebuilds the weights from the DeepSpeed engine's ZeRO-1/2/3 shards instead, with DeepSpeed's
+zero_to_fp32, offline, on the CPU: in full fp32 precision, e.g. from a bf16 run's optimizer master weights, or
+where the gathered copy is missing.
 merge=true writes a whole Hugging Face model with LoRA folded into the base weights (`adapter=lora` or `none`).
 Mixture-of-experts adapters cannot be merged: each token picks its own experts, so no single weight matrix
 equals the adapted layer. Export them unmerged.
@@ -37,7 +37,8 @@ def export(checkpoint: Path, out: Path, merge: bool, from_shards: bool = False) 
         raise ConfigError(
             "merge", f"a {name} adapter cannot be merged: routing is per token; export it with merge=false"
         )
-    from_shards = from_shards or not any(adapter_dir.glob("*.safetensors"))  # a ZeRO-3 full fine-tune
+    if not from_shards and not any(adapter_dir.glob("*.safetensors")):
+        raise ConfigError("checkpoint", f"{adapter_dir} holds no weights; from_shards=true rebuilds them from shards")
     if not merge and not from_shards:
         shutil.copytree(adapter_dir, out, dirs_exist_ok=True)
         return f"{name} adapter exported to {out}; load it with mtft.load_adapter(base_model, '{out}')"

@@ -59,19 +59,21 @@ def save_checkpoint(
 def _save_adapter(engine, cfg: AdapterConfig, tokenizer: PreTrainedTokenizerBase, directory: Path) -> None:
     """Rank 0 writes the trained weights as safetensors, beside the tokenizer.
 
-    Under ZeRO-3 every rank holds only a shard of each weight, so this is collective: an adapter's parameters
-    (small) are gathered first. A full fine-tune's are not (the whole model on every rank may not fit); they
-    stay in the engine's shards, and `mtft-export` consolidates them offline.
+    Under ZeRO-3 every rank holds only a shard of each weight, so this is collective. An adapter's parameters
+    (small) are gathered on every rank for the save. A full fine-tune's are consolidated one layer at a time into
+    rank 0's CPU memory (DeepSpeed's own consolidation), so no GPU ever holds the whole model.
     """
     rank = dist.get_rank()
+    if engine.zero_optimization_stage() == 3 and cfg.name == "none":
+        state = engine._zero3_consolidated_16bit_state_dict()  # None on ranks other than 0
+        if rank == 0:
+            directory.mkdir(parents=True, exist_ok=True)
+            engine.module.save_pretrained(directory, state_dict=state, safe_serialization=True)
+            write_adapter_config(cfg, directory)
+            tokenizer.save_pretrained(directory)
+        return
     gather = contextlib.nullcontext()
     if engine.zero_optimization_stage() == 3:
-        if cfg.name == "none":
-            if rank == 0:
-                directory.mkdir(parents=True, exist_ok=True)
-                write_adapter_config(cfg, directory)
-                tokenizer.save_pretrained(directory)
-            return
         import deepspeed
 
         trainable = [p for p in engine.module.parameters() if p.requires_grad]
