@@ -13,9 +13,12 @@ from mtft.data.tokenize import IGNORE
 COLUMNS = ["task", "prompt", "reference", "output"]
 
 
-def first_turn(sample: Sample) -> tuple[list[int], list[int]]:
-    """(prompt, reference): the tokens before the first trained token, and that first completion."""
+def first_turn(sample: Sample) -> tuple[list[int], list[int]] | None:
+    """(prompt, reference): the tokens before the first trained token, and that first completion; None if the
+    sample has no trained token left (truncated away)."""
     trained = [label != IGNORE for label in sample.labels]
+    if True not in trained:
+        return None
     start = trained.index(True)
     end = trained.index(False, start) if False in trained[start:] else len(trained)
     return sample.input_ids[:start], sample.input_ids[start:end]
@@ -32,7 +35,9 @@ def sample_generations(
     rows = []
     for task in tasks:
         for sample in task.val[:per_task]:
-            prompt, reference = first_turn(sample)
+            if (turn := first_turn(sample)) is None:
+                continue
+            prompt, reference = turn
             if sample.prior is not None:  # MoR1E's instance prior: one per sample, broadcast over its tokens
                 set_instance_prior(model, torch.tensor(sample.prior, device=device)[None, None])
             ids = torch.tensor([prompt], device=device)

@@ -42,11 +42,13 @@ class WandbBackend:
             else:
                 data[key] = value
         if any(key.endswith("/val_loss") for key in record) and any(key.endswith("/load") for key in record):
+            import matplotlib.pyplot as plt
+
             from mtft.report.plots import router_heatmap
 
             figure = router_heatmap(record)
-            data["router/load_heatmap"] = self.wandb.Image(figure)
-            figure.clf()
+            data["router/load_heatmap"] = self.wandb.Image(figure)  # rendered here, so the figure can go
+            plt.close(figure)
         self.run.log(data, step=step)
 
     def table(self, name: str, columns: list[str], rows: list[list[Any]], step: int) -> None:

@@ -1,0 +1,28 @@
+"""Sample generations: prompt and reference split at the first completion; greedy output from the model."""
+
+from __future__ import annotations
+
+from mtft.config.schema import TinyModelConfig
+from mtft.data.tasks import Sample, TaskData
+from mtft.data.tokenize import IGNORE
+from mtft.eval.generation import first_turn, sample_generations
+from mtft.models import build_byte_tokenizer, build_tiny_model
+
+
+def test_first_turn_splits_at_the_first_completion():
+    sample = Sample([1, 2, 3, 4, 5, 6, 7], [IGNORE, IGNORE, 3, 4, IGNORE, 6, 7], 0)
+    assert first_turn(sample) == ([1, 2], [3, 4])
+    assert first_turn(Sample([1, 2], [IGNORE, IGNORE], 0)) is None  # truncated away: nothing to compare with
+
+
+def test_greedy_generations_are_deterministic_and_bounded():
+    tokenizer = build_byte_tokenizer()
+    model = build_tiny_model(TinyModelConfig(), tokenizer)
+    prompt, answer = tokenizer.encode("12+3="), tokenizer.encode("15")
+    sample = Sample(prompt + answer, [IGNORE] * len(prompt) + answer, 0)
+    tasks = [TaskData("add", [], [sample, Sample([1], [IGNORE], 0)])]
+    rows = sample_generations(model, tasks, tokenizer, per_task=2, max_new_tokens=5, synced=False)
+    assert len(rows) == 1 and rows[0][:3] == ["add", "12+3=", "15"]
+    assert len(rows[0][3]) <= 5  # bytes: at most one character each
+    assert rows == sample_generations(model, tasks, tokenizer, per_task=2, max_new_tokens=5, synced=False)
+    assert model.training  # left as it was found
