@@ -22,8 +22,9 @@ SCRIPTS = Path(__file__).resolve().parents[2] / "scripts" / "launch"
 
 
 def _env(**extra: str) -> dict[str, str]:
-    """No launch variables from pytest; the venv's python, torchrun and deepspeed first on PATH."""
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    """No launch variables from pytest; the venv's python, torchrun and deepspeed first on PATH; one thread per
+    process, as a cluster's per-rank setting would give (two ranks on two cores otherwise fight for them)."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS} | {"OMP_NUM_THREADS": "1"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env | extra
 
