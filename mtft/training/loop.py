@@ -128,6 +128,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         initial_val = validate()
         balancer.observe(0, {}, initial_val)  # L(0) for convergence-based balancers
 
+    def logs_at(n: int) -> bool:  # a metrics record at step n
+        return n % t.logging_steps == 0 or n % t.eval_steps == 0 or n == t.max_steps
+
     def checkpoint() -> None:
         mtft_state = {
             "step": step,
@@ -152,7 +155,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         micro_batches = [_to(batches.next(), engine.device) for _ in range(t.grad_accum_steps)]
         weights_now = balancer.weights()
         weights = torch.tensor([weights_now[n] for n in names], device=engine.device)
-        result = optimizer_step(engine, micro_batches, weights, num_tasks, expert_list, balancer.token_weighted)
+        result = optimizer_step(
+            engine, micro_batches, weights, num_tasks, expert_list, balancer.token_weighted, logs_at(step + 1)
+        )
         step += 1
         present = result.counts > 0
         train_losses = {n: float(result.sums[i] / result.counts[i]) for i, n in enumerate(names) if present[i]}
@@ -173,7 +178,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if balancer.needs_post_step_losses:  # e.g. FAMO: the same batch after the update (one more forward)
             balancer.after_step(validation_losses(engine, micro_batches, names))
 
-        if step % t.logging_steps == 0 or evaluate or step == t.max_steps:
+        if logs_at(step):
             record = _record(step, names, window, weights_now, val_losses, engine, balancer.token_weighted)
             record.update(throughput.fields())
             if result.grad_norm is not None:
@@ -217,7 +222,7 @@ class StepResult:
     tokens: int  # non-padding tokens processed, all ranks
     samples: int  # samples processed, all ranks
     attended: int  # Σ (position + 1) over those tokens: the causal attention work (logging/throughput.py)
-    grad_norm: float | None  # before clipping; None where DeepSpeed keeps it to itself
+    grad_norm: float | None  # before clipping, on logging steps only (a pass over every gradient)
 
 
 def optimizer_step(
@@ -227,6 +232,7 @@ def optimizer_step(
     num_tasks: int,
     experts: list[ExpertLinear] = (),
     token_weighted: bool = False,
+    with_grad_norm: bool = False,
 ) -> StepResult:
     """One optimizer step over `micro_batches` (the engine's gradient-accumulation count of them).
 
@@ -245,13 +251,13 @@ def optimizer_step(
         loss = balanced_loss(sums, step_counts, weights) + aux_loss(experts) / len(micro_batches)
         # The loss is already normalised for the whole step: no 1/GAS; DeepSpeed averages over ranks, undo that.
         engine.backward(loss * engine.world_size, scale_wrt_gas=False)
-        if i == len(micro_batches) - 1 and engine.zero_optimization_stage() == 0:
+        if with_grad_norm and i == len(micro_batches) - 1 and engine.zero_optimization_stage() == 0:
             grad_norm = _grad_norm(engine.module)  # all-reduced by now; DeepSpeed reports none without ZeRO
         engine.step()
         step_sums += sums.detach()
     set_token_mask(experts, None)
     after_optimizer_step(experts)  # e.g. SMoRA's per-rank bias update, from this step's loads
-    if grad_norm is None and engine.get_global_grad_norm() is not None:
+    if with_grad_norm and grad_norm is None and engine.get_global_grad_norm() is not None:
         grad_norm = float(engine.get_global_grad_norm())
     local = [sum(f(b) for b in micro_batches) for f in (real_tokens, count_samples, attended_positions)]
     reduced = all_reduce_sum(torch.cat([step_sums, torch.tensor(local, device=engine.device, dtype=torch.float64)]))
