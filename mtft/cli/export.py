@@ -30,7 +30,8 @@ def export(checkpoint: Path, out: Path, merge: bool, from_shards: bool = False) 
     config_file = adapter_dir / ADAPTER_CONFIG_FILE
     if not config_file.is_file():
         raise ConfigError("checkpoint", f"{checkpoint} holds no adapter/{ADAPTER_CONFIG_FILE}: not an mtft checkpoint")
-    name = json.loads(config_file.read_text())["name"]
+    cfg = _adapter_config(config_file)
+    name = cfg.name
     if out.exists() and any(out.iterdir()):
         raise ConfigError("out", f"{out} exists and is not empty")
     if merge and name not in MERGEABLE:
@@ -48,9 +49,9 @@ def export(checkpoint: Path, out: Path, merge: bool, from_shards: bool = False) 
     from mtft.models import load_model_and_tokenizer
 
     base, tokenizer = load_model_and_tokenizer(_run_model_config(checkpoint))
-    model = _from_shards(base, checkpoint) if from_shards else mtft.load_adapter(base, adapter_dir)
+    model = _from_shards(base, cfg, checkpoint) if from_shards else mtft.load_adapter(base, adapter_dir)
     if not merge:
-        save_adapter(model, _adapter_config(config_file), out)
+        save_adapter(model, cfg, out)
         tokenizer.save_pretrained(out)
         return f"{name} adapter consolidated from the ZeRO shards into {out}; load it with mtft.load_adapter"
     merged = model.merge_and_unload() if name == "lora" else model
@@ -66,13 +67,12 @@ def _adapter_config(config_file: Path):
     return ADAPTERS[saved["name"]].config(**saved)
 
 
-def _from_shards(base, checkpoint: Path):
+def _from_shards(base, cfg, checkpoint: Path):
     """The adapter method injected into `base`, its trained weights consolidated from the engine's ZeRO shards."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     from mtft.adapters import ADAPTERS
 
-    cfg = _adapter_config(checkpoint / "adapter" / ADAPTER_CONFIG_FILE)
     model = ADAPTERS[cfg.name].inject(base, cfg)
     try:
         state = get_fp32_state_dict_from_zero_checkpoint(
