@@ -35,10 +35,11 @@ class ExpertLinear(nn.Module):
         self.base = base
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.num_experts = num_experts
-        self.register_buffer("window_load", torch.zeros(num_experts), persistent=False)  # since the last log
-        self.register_buffer("step_load", torch.zeros(num_experts), persistent=False)  # since the last step
+        # loads since the last log (summed over ranks, applied steps only) and since the last step (this rank)
+        self.register_buffer("window_load", torch.zeros(num_experts), persistent=False)
+        self.register_buffer("step_load", torch.zeros(num_experts), persistent=False)
         self.aux_loss: torch.Tensor | None = None
-        self.token_mask: torch.Tensor | None = None  # (batch, seq) real tokens of the next forward (set_token_mask)
+        self.token_mask: torch.Tensor | None = None  # (batch, seq) bool, real tokens of the next forward
         self.bypass = False  # True inside base_only(): the frozen layer alone
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -52,19 +53,30 @@ class ExpertLinear(nn.Module):
     def record_load(self, chosen: torch.Tensor) -> None:
         """`chosen` (..., experts): 1 where a token selected the expert (or its dense gate mass)."""
         if self.training:
-            if self.token_mask is not None:
-                chosen = chosen * self.token_mask.unsqueeze(-1).to(chosen.dtype)
-            counts = chosen.detach().reshape(-1, self.num_experts).float().sum(0)
-            self.window_load += counts
-            self.step_load += counts
+            self.step_load += self.at_real_tokens(chosen.detach()).reshape(-1, self.num_experts).float().sum(0)
+
+    def at_real_tokens(self, values: torch.Tensor) -> torch.Tensor:
+        """`values` (..., experts) with every padding position set to 0. By selection, not by a product, so
+        nothing at a padding position (even a NaN) reaches a statistic or an auxiliary loss, and no gradient
+        flows back to it."""
+        if self.token_mask is None:
+            return values
+        return torch.where(self.token_mask.unsqueeze(-1), values, 0.0)
+
+    def real_token_count(self, values: torch.Tensor) -> torch.Tensor:
+        """How many positions of `values` (..., experts) are real tokens (at least 1)."""
+        if self.token_mask is None:
+            return torch.tensor(float(values[..., 0].numel()), device=values.device)
+        return self.token_mask.sum().float().clamp_min(1)
 
     def after_optimizer_step(self, step_load: torch.Tensor) -> None:
-        """`step_load`: this step's loads summed over all ranks."""
-        self.step_load.zero_()
+        """`step_load`: this step's loads summed over all ranks, for an applied step."""
+        self.window_load += step_load
 
-    def take_stats(self, load: torch.Tensor) -> dict[str, Any]:
-        """Load fraction per expert, normalised routing entropy and dead experts, from `load`: this window's
-        counts summed over ranks."""
+    def take_stats(self) -> dict[str, Any]:
+        """Load fraction per expert, normalised routing entropy and dead experts over this window (its loads
+        summed over ranks); then a new window starts."""
+        load = self.window_load.clone()
         self.window_load.zero_()
         total = float(load.sum())
         if total == 0:
@@ -170,26 +182,25 @@ def set_token_mask(layers: list[ExpertLinear], mask: torch.Tensor | None) -> Non
         layer.token_mask = mask
 
 
-def after_optimizer_step(layers: list[ExpertLinear]) -> None:
-    """Hand every layer its step's loads, summed over ranks in one all-reduce for all layers."""
+def after_optimizer_step(layers: list[ExpertLinear], applied: bool = True) -> None:
+    """Hand every layer its step's loads, summed over ranks in one all-reduce for all layers. A skipped step
+    (training/guard.py) leaves no trace: its loads count nowhere and no balancing bias moves."""
     if not layers:
         return
     loads = all_reduce_sum(torch.cat([layer.step_load for layer in layers]))
     for layer, load in zip(layers, loads.split([layer.num_experts for layer in layers]), strict=True):
-        layer.after_optimizer_step(load)
+        if applied:
+            layer.after_optimizer_step(load)
+        layer.step_load.zero_()
 
 
 def router_metrics(layers: dict[str, ExpertLinear]) -> dict[str, Any]:
-    """`router/<layer>/{load,entropy,dead}` plus means over layers, for metrics.jsonl. Collective: the loads
-    are summed over ranks (one all-reduce), so an expert counts as dead only if no rank used it."""
-    if not layers:
-        return {}
-    modules = list(layers.values())
-    loads = all_reduce_sum(torch.cat([layer.window_load for layer in modules]))
+    """`router/<layer>/{load,entropy,dead}` plus means over layers, for metrics.jsonl. The window's loads are
+    already summed over ranks, so an expert counts as dead only if no rank used it."""
     metrics: dict[str, Any] = {}
     entropies, dead = [], 0
-    for name, layer, load in zip(layers, modules, loads.split([m.num_experts for m in modules]), strict=True):
-        stats = layer.take_stats(load)
+    for name, layer in layers.items():
+        stats = layer.take_stats()
         if stats:
             metrics.update({f"router/{name}/{k}": v for k, v in stats.items()})
             entropies.append(stats["entropy"])

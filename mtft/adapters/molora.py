@@ -5,7 +5,9 @@ Hyperparameters: `num_experts` E, `expert_rank` r_e, `top_k`, `alpha` (scaling �
 
 Computed as one LoRA of rank E·r_e whose rank blocks are scaled by the token's gates: no loop over experts, no
 tokens × k × hidden tensor, and every expert is in every step's graph. Auxiliary loss (Switch eq. 4):
-coef · E · Σ_e f_e·P_e, with f_e the fraction of routed slots that chose e and P_e its mean router probability.
+coef · E · Σ_e f_e·P_e, with f_e the fraction of routed slots that chose e and P_e its mean router probability,
+both over real tokens only and in fp32. Padding takes no part and gets no gradient from it: the Switch loss over
+every position once sent gradients into the padding of packed bf16 rows, and gave NaN gradients at scale.
 """
 
 from __future__ import annotations
@@ -54,12 +56,16 @@ class MoLoRALinear(ExpertLinear):
         gates = chosen * probs
         gates = (gates / gates.sum(-1, keepdim=True)).to(x.dtype)
         if self.training and self.aux_coef > 0:
-            routed = chosen.reshape(-1, self.num_experts).mean(0) / self.top_k
-            self.aux_loss = (
-                self.aux_coef * self.num_experts * (routed * probs.reshape(-1, self.num_experts).mean(0)).sum()
-            )
+            self.aux_loss = self.switch_loss(probs, chosen)
         hidden = F.linear(x, self.lora_A).unflatten(-1, (self.num_experts, self.expert_rank))
         return self.scaling * F.linear((hidden * gates.unsqueeze(-1)).flatten(-2), self.lora_B)
+
+    def switch_loss(self, probs: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+        """coef · E · Σ_e f_e·P_e over the real tokens; `probs` (fp32) and `chosen` are (..., experts)."""
+        tokens = self.real_token_count(probs)
+        fraction = self.at_real_tokens(chosen).reshape(-1, self.num_experts).sum(0) / (tokens * self.top_k)
+        mean_probs = self.at_real_tokens(probs).reshape(-1, self.num_experts).sum(0) / tokens
+        return self.aux_coef * self.num_experts * (fraction * mean_probs).sum()
 
 
 def inject(model: nn.Module, cfg: MoLoRAConfig) -> nn.Module:

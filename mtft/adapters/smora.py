@@ -58,7 +58,7 @@ class SMoRALinear(ExpertLinear):
 
     @torch.no_grad()
     def after_optimizer_step(self, step_load: torch.Tensor) -> None:
-        if self.rate > 0 and step_load.sum() > 0:
+        if self.rate > 0 and step_load.sum() > 0:  # balance from real tokens only: padding counts no load
             self.rank_bias += self.rate * torch.sign(step_load.mean() - step_load)
         super().after_optimizer_step(step_load)
 

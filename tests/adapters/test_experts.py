@@ -138,6 +138,8 @@ def test_every_adapter_parameter_is_in_the_graph_even_for_unused_experts(layer):
 def test_router_stats_by_hand():
     layer = ExpertLinear(torch.nn.Linear(2, 2), num_experts=4, dropout=0.0).train()
     layer.record_load(torch.tensor([[1.0, 0, 0, 0], [1.0, 1, 0, 0], [1.0, 0, 0, 0]]))
+    assert router_metrics({"l": layer}) == {}  # counted once the step is applied
+    after_optimizer_step([layer])
     metrics = router_metrics({"l": layer})
     assert metrics["router/l/load"] == [0.75, 0.25, 0.0, 0.0]
     expected = -(0.75 * torch.log(torch.tensor(0.75)) + 0.25 * torch.log(torch.tensor(0.25))) / torch.log(
