@@ -1,23 +1,28 @@
 """MoR1E's "intuition": an instance-level routing prior from semantic clusters (arXiv 2404.08985, sec. 3.2).
 
-Before training, every sample is embedded once by the frozen base model (the masked mean of one layer's hidden
-states) and k-means groups the training embeddings into `clusters` centroids. A sample's prior is its soft
+Before training, every sample's prompt (Sample.prompt: everything before the first assistant turn, never the
+answer) is embedded once by the frozen base model (the masked mean of one layer's hidden states), the ranks
+sharing the work, and k-means groups the training embeddings into `clusters` centroids. A sample's prior is its soft
 affinity to the centroids, softmax(−‖e − c_k‖² / τ), with τ the mean squared distance of training embeddings to
 their nearest centroid, so the temperature does not depend on the embedding's scale. Each MoR1E layer maps the
 prior to logits over its expert pairs and blends them into its token router with a learned mixing weight.
 
 The centroids live in the model (`mtft_intuition`) and are saved with the adapter, so a new input's prior is
-computed the same way at inference: `prior_for(model, input_ids, attention_mask)`.
+computed the same way at inference from the prompt alone: `prior_for(model, input_ids, attention_mask)`. Training,
+validation and generation use the prior stored on each sample, which equals `prior_for(sample.prompt())`.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from mtft.adapters.moe import PRIOR_MODULE, base_only
 from mtft.data.collate import collate, model_inputs
-from mtft.data.tasks import TaskData
+from mtft.data.tasks import Sample, TaskData
+from mtft.data.tokenize import IGNORE
+from mtft.distributed import all_reduce_sum
 
 MODULE_NAME = PRIOR_MODULE
 
@@ -42,13 +47,15 @@ class IntuitionPrior(nn.Module):
 
 
 def kmeans(points: torch.Tensor, k: int, seed: int, iterations: int) -> torch.Tensor:
-    """Lloyd's algorithm from a k-means++ start; seeded, so the same data gives the same centroids."""
-    generator = torch.Generator().manual_seed(seed)
+    """Lloyd's algorithm from a k-means++ start; seeded, so the same data gives the same centroids. Every random
+    draw uses a generator on the points' own device (a CPU generator cannot drive a CUDA tensor)."""
+    device = points.device
+    generator = torch.Generator(device=device).manual_seed(seed)
     k = min(k, len(points))
-    centroids = points[torch.randint(len(points), (1,), generator=generator)]
+    centroids = points[torch.randint(len(points), (1,), generator=generator, device=device)]
     while len(centroids) < k:
         weights = (torch.cdist(points, centroids) ** 2).min(dim=1).values
-        weights = weights if weights.sum() > 0 else torch.ones(len(points))  # all points already centroids
+        weights = weights if weights.sum() > 0 else torch.ones(len(points), device=device)  # all are centroids
         centroids = torch.cat([centroids, points[torch.multinomial(weights, 1, generator=generator)]])
     for _ in range(iterations):
         assignment = torch.cdist(points, centroids).argmin(dim=1)
@@ -71,25 +78,44 @@ def embed(model: nn.Module, batch: dict[str, torch.Tensor], layer: int) -> torch
 
 
 def prepare(model: nn.Module, tasks: list[TaskData], pad_token_id: int, seed: int, batch_size: int = 64) -> None:
-    """Fit the centroids on the training samples and give every sample (train and validation) its prior."""
+    """Fit the centroids on the training prompts and give every sample (train and validation) its prior."""
     prior: IntuitionPrior = getattr(model, MODULE_NAME)
     was_training = model.training
     model.eval()
-    embeddings = {}
-    for split in ("train", "val"):
-        samples = [s for task in tasks for s in getattr(task, split)]
-        chunks = [samples[i : i + batch_size] for i in range(0, len(samples), batch_size)]
-        embeddings[split] = torch.cat([embed(model, collate(c, pad_token_id), prior.layer) for c in chunks])
+    samples = {split: [s for task in tasks for s in getattr(task, split)] for split in ("train", "val")}
+    embeddings = {
+        split: embed_prompts(model, group, pad_token_id, prior.layer, batch_size) for split, group in samples.items()
+    }
     prior.fit(embeddings["train"], seed)
     for split, vectors in embeddings.items():
-        samples = [s for task in tasks for s in getattr(task, split)]
-        for sample, affinity in zip(samples, prior.affinities(vectors).tolist(), strict=True):
+        for sample, affinity in zip(samples[split], prior.affinities(vectors).tolist(), strict=True):
             sample.prior = affinity
     model.train(was_training)
 
 
+def embed_prompts(model: nn.Module, samples: list[Sample], pad_token_id: int, layer: int, batch_size: int):
+    """(samples, hidden) embeddings of the samples' prompts, every rank getting all of them. Rank r embeds batches
+    r, r + W, ...; every rank runs the same number of forwards (ZeRO-3's are collective), then one sum over
+    ranks puts each embedding everywhere."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    prompts = [Sample(s.prompt(), [IGNORE] * len(s.prompt()), s.task_id) for s in samples]
+    starts = range(0, len(prompts), batch_size)
+    rounds = -(-len(starts) // world)
+    out = None
+    for turn in range(rounds):
+        index = turn * world + rank
+        start = starts[index] if index < len(starts) else 0  # no batch left for this rank: a discarded forward
+        vectors = embed(model, collate(prompts[start : start + batch_size], pad_token_id), layer)
+        if out is None:
+            out = vectors.new_zeros(len(prompts), vectors.shape[-1])
+        if index < len(starts):
+            out[start : start + len(vectors)] = vectors
+    return all_reduce_sum(out)
+
+
 def prior_for(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> None:
-    """At inference: compute a new input's prior from the saved centroids and set it for the next forward."""
+    """At inference: compute the prior of a prompt (everything before the answer, as Sample.prompt) from the
+    saved centroids and set it for the next forward."""
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
     prior: IntuitionPrior = getattr(model, MODULE_NAME)
     vectors = embed(model, {"input_ids": input_ids, "attention_mask": attention_mask}, prior.layer)

@@ -26,7 +26,7 @@ from mtft.data.formats import detect_format, rename_fields, to_example
 from mtft.data.sources import Location, read_records, resolve
 from mtft.data.tokenize import TemplateError, tokenize_example
 
-PREPROCESS_VERSION = 1
+PREPROCESS_VERSION = 2  # 2: prompt_length
 PARALLEL_FROM = 20_000  # records; below this, worker start-up costs more than it saves
 
 
@@ -37,7 +37,8 @@ def cache_dir() -> Path:
 def tokenized_records(
     path: str, spec: TaskSpec, tokenizer: PreTrainedTokenizerBase, train_on_prompt: bool, num_proc: int
 ) -> datasets.Dataset:
-    """One row per record read: `input_ids`, `labels`, `format`, and for a rejected record its DataError fields."""
+    """One row per record read: `input_ids`, `labels`, `prompt_length`, `format`, and for a rejected record its
+    DataError fields."""
     sources = resolve(path)
     target = cache_dir() / _cache_key(sources, spec, tokenizer, train_on_prompt)
     if (target / "dataset_info.json").is_file():
@@ -78,7 +79,7 @@ def _raw_row(where: Location, item: dict | DataError) -> dict[str, Any]:
 
 
 def _tokenize_row(row: dict, tokenizer, fmt: str, fields: dict[str, str], train_on_prompt: bool) -> dict[str, Any]:
-    out = {"input_ids": [], "labels": [], "format": ""}
+    out = {"input_ids": [], "labels": [], "prompt_length": 0, "format": ""}
     if row["reason"]:
         return out
     where = Location(row["path"], row["line"], row["unit"])
@@ -87,7 +88,8 @@ def _tokenize_row(row: dict, tokenizer, fmt: str, fields: dict[str, str], train_
         out["format"] = detect_format(record, where) if fmt == "auto" else fmt
         example = to_example(record, out["format"], where)
         try:
-            out["input_ids"], out["labels"] = tokenize_example(tokenizer, example, train_on_prompt)
+            tokenized = tokenize_example(tokenizer, example, train_on_prompt)
+            out["input_ids"], out["labels"], out["prompt_length"] = tokenized
         except TemplateError as err:
             raise where.error("messages", str(err), "template") from None
     except DataError as err:

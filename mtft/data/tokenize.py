@@ -54,22 +54,34 @@ def render_segments(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str,
 def tokenize_messages(
     tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], train_on_prompt: bool = False
 ) -> tuple[list[int], list[int]]:
+    return tokenize_conversation(tokenizer, messages, train_on_prompt)[:2]
+
+
+def tokenize_conversation(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], train_on_prompt: bool = False
+) -> tuple[list[int], list[int], int]:
+    """(input_ids, labels, prompt_length): the prompt is everything before the first assistant turn's answer
+    (the generation prompt included), what a model sees when it is asked to answer (see Sample.prompt)."""
     input_ids: list[int] = []
     labels: list[int] = []
+    prompt_length = None
     for text, is_answer in render_segments(tokenizer, messages):
+        if is_answer and prompt_length is None:
+            prompt_length = len(input_ids)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         input_ids += ids
         labels += ids if (is_answer or train_on_prompt) else [IGNORE] * len(ids)
-    return input_ids, labels
+    return input_ids, labels, len(input_ids) if prompt_length is None else prompt_length
 
 
 def tokenize_example(
     tokenizer: PreTrainedTokenizerBase, example: Example, train_on_prompt: bool = False
-) -> tuple[list[int], list[int]]:
-    """A chat through the template (labels on answers), or plain text trained on every token, ending in EOS."""
+) -> tuple[list[int], list[int], int]:
+    """A chat through the template (labels on answers), or plain text trained on every token, ending in EOS.
+    Returns (input_ids, labels, prompt_length); plain text has no assistant turn, so all of it is prompt."""
     if example.text is None:
-        return tokenize_messages(tokenizer, example.messages, train_on_prompt)
+        return tokenize_conversation(tokenizer, example.messages, train_on_prompt)
     input_ids = tokenizer(example.text)["input_ids"]
     if tokenizer.eos_token_id is not None and (not input_ids or input_ids[-1] != tokenizer.eos_token_id):
         input_ids.append(tokenizer.eos_token_id)
-    return input_ids, list(input_ids)
+    return input_ids, list(input_ids), len(input_ids)

@@ -14,14 +14,15 @@ COLUMNS = ["task", "prompt", "reference", "output"]
 
 
 def first_turn(sample: Sample) -> tuple[list[int], list[int]] | None:
-    """(prompt, reference): the tokens before the first trained token, and that first completion; None if the
-    sample has no trained token left (truncated away)."""
-    trained = [label != IGNORE for label in sample.labels]
-    if True not in trained:
+    """(prompt, reference): the sample's prompt (Sample.prompt) and the first completion after it; None if there
+    is no prompt or no trained completion left (truncated away, or plain text)."""
+    prompt = sample.prompt()
+    trained = [label != IGNORE for label in sample.labels[len(prompt) :]]
+    if not prompt or True not in trained:
         return None
     start = trained.index(True)
     end = trained.index(False, start) if False in trained[start:] else len(trained)
-    return sample.input_ids[:start], sample.input_ids[start:end]
+    return prompt, sample.input_ids[len(prompt) + start : len(prompt) + end]
 
 
 @torch.no_grad()

@@ -49,14 +49,55 @@ def test_clusters_separate_the_tasks_and_every_sample_has_a_prior(prepared):
     assert dominant["add"] != dominant["sentiment"]
 
 
-def test_inference_prior_equals_the_training_prior(prepared):
-    model, tasks, tokenizer = prepared
-    sample = tasks[1].val[0]
-    batch = collate([sample], tokenizer.pad_token_id, multiple_of=1)
-    prior_for(model, batch["input_ids"], batch["attention_mask"])
-    current = getattr(model, MODULE_NAME).current
-    assert current.shape == (1, len(sample.input_ids), 2)
-    torch.testing.assert_close(current[0, 0], torch.tensor(sample.prior), atol=1e-5, rtol=0)
+def test_the_training_prior_is_prior_for_the_prompt_alone(small_tasks):
+    """The stored prior (used in training, validation and generation) is what `prior_for` gives at inference
+    from the prompt alone: the answer never shapes it. Four clusters keep the affinities soft enough that an
+    embedding of prompt and answer together would give a measurably different prior."""
+    cfg = compose_config([*small_data_overrides(small_tasks), "adapter=mor1e", "adapter.intuition_clusters=4"])
+    model, tokenizer = load_model_and_tokenizer(cfg.model)
+    tasks = load_tasks(cfg.data, tokenizer, seed=0)
+    model = ADAPTERS["mor1e"].inject(model, cfg.adapter)
+    ADAPTERS["mor1e"].prepare(model, cfg.adapter, tasks, tokenizer.pad_token_id, 0)
+    model.eval()
+
+    def inference_prior(ids: list[int]) -> torch.Tensor:
+        input_ids = torch.tensor([ids])
+        prior_for(model, input_ids)
+        current = getattr(model, MODULE_NAME).current
+        assert current.shape == (1, len(ids), 4)
+        return current[0, -1]
+
+    samples = [s for task in tasks for s in task.train[:6] + task.val[:6]]
+    gaps = []
+    for sample in samples:
+        assert 0 < len(sample.prompt()) < len(sample.input_ids)  # a real prompt, then the answer
+        stored = torch.tensor(sample.prior)
+        torch.testing.assert_close(inference_prior(sample.prompt()), stored, atol=1e-5, rtol=0)
+        gaps.append(float((inference_prior(sample.input_ids) - stored).abs().max()))
+    assert max(gaps) > 1e-3  # prompt and answer together would route differently
+
+
+def test_kmeans_draws_on_the_points_device(monkeypatch):
+    """The generator lives on the data's device: a CPU generator with CUDA points crashed torch.multinomial."""
+    made = []
+    real_generator = torch.Generator
+
+    def recording_generator(*args, **kwargs):
+        made.append(kwargs.get("device"))
+        return real_generator(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "Generator", recording_generator)
+    points = torch.randn(20, 3)
+    kmeans(points, 3, seed=0, iterations=2)
+    assert made == [points.device]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_kmeans_runs_on_cuda():
+    points = torch.randn(200, 8, device="cuda")
+    centroids = kmeans(points, 4, seed=0, iterations=5)
+    assert centroids.device.type == "cuda" and torch.equal(centroids, kmeans(points, 4, seed=0, iterations=5))
 
 
 def test_the_prior_steers_routing(prepared):
@@ -82,3 +123,33 @@ def test_without_clusters_there_is_no_prior():
     model = ADAPTERS["mor1e"].inject(model, cfg)
     assert not hasattr(model, MODULE_NAME)
     assert all(not hasattr(layer, "prior_router") for layer in expert_layers(model).values())
+
+
+def test_ranks_share_the_prompt_embeddings(prepared, monkeypatch):
+    """Two ranks (simulated: the sum over ranks is done by hand) embed disjoint batches, run the same number of
+    forwards (ZeRO-3's forwards are collective), and together give exactly the one-process embeddings."""
+    import mtft.adapters.intuition as intuition
+
+    model, tasks, tokenizer = prepared
+    samples = tasks[0].train[:20]
+    alone = intuition.embed_prompts(model, samples, tokenizer.pad_token_id, -1, batch_size=3)  # 7 batches
+
+    forwards = {0: 0, 1: 0}
+    real_embed = intuition.embed
+    parts = []
+    for rank in (0, 1):
+
+        def counting_embed(*args, rank=rank, **kwargs):
+            forwards[rank] += 1
+            return real_embed(*args, **kwargs)
+
+        fake_dist = type("FakeDist", (), {"is_initialized": staticmethod(lambda: True)})
+        fake_dist.get_rank, fake_dist.get_world_size = staticmethod(lambda r=rank: r), staticmethod(lambda: 2)
+        monkeypatch.setattr(intuition, "dist", fake_dist)
+        monkeypatch.setattr(intuition, "embed", counting_embed)
+        monkeypatch.setattr(intuition, "all_reduce_sum", lambda tensor: tensor)  # this rank's share only
+        parts.append(intuition.embed_prompts(model, samples, tokenizer.pad_token_id, -1, batch_size=3))
+    assert forwards == {0: 4, 1: 4}  # 7 batches over 2 ranks: rank 1's fourth forward is a discarded filler
+    filled = [set(part.abs().sum(1).nonzero().flatten().tolist()) for part in parts]
+    assert filled[0].isdisjoint(filled[1]) and filled[0] | filled[1] == set(range(20))
+    torch.testing.assert_close(parts[0] + parts[1], alone, atol=1e-6, rtol=0)

@@ -14,6 +14,8 @@ from mtft.data.tokenize import (
     TemplateError,
     ensure_chat_template,
     render_segments,
+    tokenize_conversation,
+    tokenize_example,
     tokenize_messages,
 )
 from mtft.models import build_byte_tokenizer
@@ -129,6 +131,23 @@ def test_train_on_prompt_labels_everything(tok):
     assert labels == input_ids
     assert IGNORE not in labels
     assert tokenize_messages(tok, messages, train_on_prompt=False)[0] == input_ids
+
+
+@pytest.mark.parametrize("train_on_prompt", [False, True])
+def test_the_prompt_ends_where_the_first_answer_begins(tok, train_on_prompt):
+    """System turn, user turn and the assistant header "<|im_start|>assistant\\n" (ChatML, one token a byte),
+    whatever the labels say."""
+    messages = [turn("system", "s"), turn("user", "q"), turn("assistant", "a"), turn("user", "q2")]
+    input_ids, _, prompt_length = tokenize_conversation(tok, messages, train_on_prompt)
+    assert prompt_length == (len("system") + 1 + 4) + (len("user") + 1 + 4) + (1 + len("assistant") + 1) == 31
+    assert tok.decode(input_ids[prompt_length:]).startswith("a")
+
+
+def test_plain_text_is_all_prompt(tok):
+    from mtft.data.formats import Example
+
+    input_ids, labels, prompt_length = tokenize_example(tok, Example(messages=[], text="hello"))
+    assert prompt_length == len(input_ids) == len("hello") + 1  # and its EOS
 
 
 def test_render_segments_concatenate_to_the_full_render(tok):
