@@ -140,6 +140,8 @@ class TrainerConfig:
     logging_steps: int = 20
     seed: int = 42
     resume: str | None = None  # None, "auto" (newest checkpoint in output_dir) or a checkpoint path
+    # resume even though the data config or seed changed: weights, optimizer and step kept; sampler, balancer restart
+    resume_allow_changes: bool = False
 
     def __post_init__(self) -> None:
         for key in ("max_steps", "micro_batch_size", "grad_accum_steps", "eval_steps", "eval_batch_size"):
@@ -153,6 +155,7 @@ class TrainerConfig:
         check(self.max_grad_norm >= 0, "max_grad_norm", f"must be >= 0, got {self.max_grad_norm}")
         check(self.save_steps >= 0, "save_steps", f"must be >= 0, got {self.save_steps}")
         check(self.save_total_limit >= 0, "save_total_limit", f"must be >= 0, got {self.save_total_limit}")
+        check(not self.resume_allow_changes or self.resume, "resume_allow_changes", "applies only with trainer.resume")
         check_choice(self.lr_scheduler, "lr_scheduler", tuple(s.value for s in SchedulerType))
 
 

@@ -48,7 +48,16 @@ from mtft.training.engine import build_engine, deepspeed_config, init_distribute
 from mtft.training.losses import balanced_loss, label_counts, per_task_sums, reduction_weights, token_losses
 from mtft.training.preemption import Preemption
 from mtft.training.report import data_report, data_report_table, print_data_report, print_summary, summary
-from mtft.training.state import find_resume_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
+from mtft.training.state import (
+    find_resume_checkpoint,
+    input_changes,
+    load_checkpoint,
+    prepare_output_dir,
+    prune_checkpoints,
+    refuse_changes,
+    sample_changes,
+    save_checkpoint,
+)
 from mtft.training.validation import validation_losses
 
 
@@ -58,11 +67,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     rank, world_size = init_distributed()
     output_dir = Path(same_on_all_ranks(t.output_dir))  # the default holds a timestamp each rank resolved alone
     resume_from = find_resume_checkpoint(output_dir, t.resume) if t.resume else None
+    run_inputs = {"data": dataclasses.asdict(cfg.data), "trainer": {"seed": t.seed}}  # what the data stream follows
+    changes = input_changes(resume_from, run_inputs) if resume_from is not None else []
+    refuse_changes(resume_from, changes, t.resume_allow_changes)  # before the model loads
     if resume_from is None and (output_dir / "metrics.jsonl").exists() and t.resume != "auto":
         raise ConfigError(
             "trainer.output_dir", f"{output_dir} already holds a run; set trainer.resume=auto or pick a new directory"
         )
-    output_dir.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(output_dir)  # unwritable: an error now, not at the first checkpoint
     set_seed(t.seed)
     if not use_bars(cfg.logger.progress, rank):  # tokenizing bars only where a person watches a terminal
         datasets.disable_progress_bars()
@@ -111,10 +123,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     step, tokens_seen, initial_val = 0, 0, {}
     if resume_from is not None:
         state, rank_state = load_checkpoint(engine, resume_from)
-        step, tokens_seen, initial_val = state["step"], state["tokens"], state["initial_val_losses"]
-        balancer.load_state_dict(state["balancer"])
-        batches.load_state_dict(rank_state["batches"])
-        val_cycle.cursor = rank_state["val_cycle"]
+        step, tokens_seen = state["step"], state["tokens"]
+        sizes = [len(task.train) for task in tasks]
+        more = [c for c in sample_changes(rank_state["batches"]["sampler"], names, sizes, t.seed) if c not in changes]
+        refuse_changes(resume_from, more, t.resume_allow_changes)
+        if not changes and not more:  # the same data: continue the stream exactly where it stopped
+            initial_val = state["initial_val_losses"]
+            balancer.load_state_dict(state["balancer"])
+            batches.load_state_dict(rank_state["batches"])
+            val_cycle.cursor = rank_state["val_cycle"]
     logger.drop_after(step)  # records a crashed run wrote past its last checkpoint, or an abandoned fresh start
     report = data_report(tasks, probabilities)
     if rank == 0:
@@ -140,7 +157,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         }
         # the weights this rank trains with: every rank must agree, and a checkpoint makes that checkable
         rank_state = {"batches": batches.state_dict(), "val_cycle": val_cycle.cursor, "weights": balancer.weights()}
-        save_checkpoint(engine, output_dir, step, mtft_state, rank_state, cfg.adapter, tokenizer)
+        save_checkpoint(engine, output_dir, step, mtft_state, rank_state, cfg.adapter, tokenizer, run_inputs)
         prune_checkpoints(output_dir, t.save_total_limit, protect=resume_from)
 
     # ---- loop -------------------------------------------------------------------------------------------------
