@@ -7,7 +7,7 @@ import types
 import typing
 from typing import Any, TypeVar, Union
 
-from mtft.config.errors import ConfigError
+from mtft.config.errors import ConfigError, unknown_key
 
 T = TypeVar("T")
 
@@ -20,7 +20,7 @@ def from_dict(cls: type[T], data: Any, key: str = "") -> T:
     fields = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - fields)
     if unknown:
-        raise ConfigError(_join(key, unknown[0]), f"unknown key; {cls.__name__} has: {', '.join(sorted(fields))}")
+        raise unknown_key(_join(key, str(unknown[0])), fields)
     kwargs = {name: _coerce(hints[name], value, _join(key, name)) for name, value in data.items()}
     try:
         return cls(**kwargs)

@@ -1,5 +1,10 @@
 """User-facing errors: raised for bad config or bad data, reported by the CLI as one paragraph, never a traceback."""
 
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
 
 class UserError(Exception):
     """A mistake in what the user gave us. The message must name where (key, or file and line) and what."""
@@ -13,8 +18,18 @@ class ConfigError(UserError):
         self.problem = problem
         super().__init__(f"{key}: {problem}" if key else problem)
 
-    def under(self, prefix: str) -> "ConfigError":
+    def under(self, prefix: str) -> ConfigError:
         return ConfigError(f"{prefix}.{self.key}" if self.key else prefix, self.problem)
+
+
+def unknown_key(key: str, valid: Iterable[str]) -> ConfigError:
+    """`key` (dotted) names no field: suggest the closest sibling (a typo is the usual cause), else list them all."""
+    prefix, _, name = key.rpartition(".")
+    valid = sorted(valid)
+    close = difflib.get_close_matches(name, valid, n=1)
+    if close:
+        return ConfigError(key, f"unknown key; did you mean {prefix + '.' if prefix else ''}{close[0]}?")
+    return ConfigError(key, f"unknown key; the keys here are {', '.join(valid)}")
 
 
 class DataError(UserError):
