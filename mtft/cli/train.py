@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from mtft.config.errors import ConfigError, UserError
-from mtft.config.hydra import register, to_train_config
+from mtft.config.hydra import config_error, register, to_train_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
@@ -48,7 +51,8 @@ def _covers(name: str, key: str) -> bool:
 def _where_set(key: str) -> str:
     """Point at the command-line override or the group's YAML file that set `key`."""
     hydra_cfg = HydraConfig.get()
-    matches = [o for o in hydra_cfg.overrides.task if _covers(o.split("=", 1)[0].lstrip("+~"), key)]
+    overrides = OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False)  # as typed: `${...}` unresolved
+    matches = [o for o in overrides if _covers(o.split("=", 1)[0].lstrip("+~"), key)]
     if matches:  # the most specific override, e.g. balancer.weights=... rather than balancer=static
         return f" (set on the command line: {max(matches, key=lambda o: len(o.split('=', 1)[0]))})"
     group = key.split(".", 1)[0]
@@ -60,7 +64,18 @@ def main() -> None:
     # The `deepspeed` launcher appends --local_rank=N (also in the environment, where mtft reads it); Hydra
     # would take it for an override.
     sys.argv = [arg for arg in sys.argv if not arg.startswith("--local_rank")]
-    _main()
+    # Hydra prints a composition error (unknown option or key) in several lines with its search path, and exits 1.
+    # Its documented HYDRA_FULL_ERROR switch passes the exception on instead, so it gets our one line and exit 2;
+    # a user who set the switch still gets the full traceback they asked for.
+    wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        _main()
+    except (HydraException, OmegaConfBaseException) as err:
+        if wants_traceback:
+            raise
+        print(f"mtft-train: error: {config_error(err)}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

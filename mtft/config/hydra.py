@@ -4,6 +4,9 @@ The schema gives every typed section its defaults before the YAML groups are mer
 `data/mine.yaml` may list only `tasks:` and `data.max_seq_len=512` works as an override without a `+`.
 Adapter and balancer options differ in their fields, so they stay untyped here and are checked by the
 registry's dataclass on conversion.
+
+Hydra reports a bad override in several lines (and its search path); `config_error` turns those errors into
+the one-line ConfigError every other config mistake gets: the key, the allowed options or the nearest key.
 """
 
 from __future__ import annotations
@@ -13,8 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from hydra.errors import MissingConfigException
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from mtft.config.errors import ConfigError, unknown_key
 from mtft.config.schema import DataConfig, DeepSpeedConfig, LoggerConfig, ModelConfig, TrainerConfig
 from mtft.config.train import TrainConfig, build_train_config
 
@@ -40,6 +46,35 @@ def register() -> None:
 
 
 def to_train_config(cfg: DictConfig) -> TrainConfig:
-    raw = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    try:
+        raw = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    except OmegaConfBaseException as err:  # e.g. an interpolation that does not resolve
+        raise config_error(err) from None
     raw.pop("hydra", None)
     return build_train_config(raw)
+
+
+def config_error(err: Exception) -> ConfigError:
+    """Hydra's or OmegaConf's error about the composed config as one ConfigError naming the key."""
+    if isinstance(err, MissingConfigException) and "/" in (err.missing_cfg_file or ""):
+        group, _, option = err.missing_cfg_file.rpartition("/")  # "adapter/nosuch" from `adapter=nosuch`
+        if not err.options:
+            return ConfigError(group, f"no config group '{group}' (asked for its option '{option}')")
+        return ConfigError(group, f"no option '{option}'; the options are {', '.join(err.options)}")
+    cause = err if isinstance(err, OmegaConfBaseException) else err.__cause__
+    if isinstance(cause, OmegaConfBaseException) and cause.full_key:
+        parent = cause.parent_node
+        missing = isinstance(parent, DictConfig) and cause.key not in parent
+        if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and missing:  # a misspelled `trainer.lrr=...`
+            return unknown_key(cause.full_key, [str(k) for k in parent if k != "hydra"])
+        return ConfigError(cause.full_key, _one_line(cause.msg))
+    return ConfigError("", _one_line(str(err)))
+
+
+def _one_line(message: str) -> str:
+    """Hydra's message without its search path, pointers to docs and OmegaConf's node details, in one line."""
+    lines = [line.strip() for line in message.split("Config search path:")[0].splitlines()]
+    return "; ".join(line for line in lines if line and not line.startswith(_DETAILS))
+
+
+_DETAILS = ("See https://", "Set the environment", "full_key:", "reference_type=", "object_type=")
