@@ -39,10 +39,17 @@ class TinyModelConfig:
     init_seed: int = 0  # the base weights are a function of this seed, so a checkpoint can be reloaded exactly
 
     def __post_init__(self) -> None:
-        for key in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size"):
+        sizes = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size")
+        for key in (*sizes, "max_position_embeddings"):
             check(getattr(self, key) > 0, key, f"must be > 0, got {getattr(self, key)}")
         check(self.hidden_size % self.num_heads == 0, "num_heads", "must divide hidden_size")
+        head_dim = self.hidden_size // self.num_heads
+        # rotary embeddings rotate pairs of dimensions: an odd head size fails at the first forward
+        check(head_dim % 2 == 0, "num_heads", f"hidden_size / num_heads must be even (rotary), got {head_dim}")
         check(self.num_heads % self.num_kv_heads == 0, "num_kv_heads", "must divide num_heads")
+        # a standard deviation: 0 gives all-zero weights that cannot break symmetry; transformers rejects > 1
+        check(0 < self.initializer_range <= 1, "initializer_range", f"must be in (0, 1], got {self.initializer_range}")
+        check(self.init_seed >= 0, "init_seed", f"must be >= 0, got {self.init_seed}")
 
 
 @dataclass
