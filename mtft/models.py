@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -16,8 +17,9 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from mtft.config.schema import ModelConfig, TinyModelConfig
-from mtft.data.tokenize import ensure_chat_template
+from mtft.config.errors import ConfigError
+from mtft.config.schema import DataConfig, ModelConfig, TinyModelConfig
+from mtft.data.tokenize import ensure_chat_template, tokenize_messages
 
 
 def build_byte_tokenizer() -> PreTrainedTokenizerFast:
@@ -73,27 +75,90 @@ def _sharded_loading(deepspeed_config: dict | None):
         del alive
 
 
-def load_model_and_tokenizer(
-    cfg: ModelConfig, deepspeed_config: dict | None = None
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def model_source(name_or_path: str) -> str:
+    """What transformers should load `name_or_path` from: an existing directory, or else a hub id.
+
+    Checked before anything loads. A string that looks like a path (absolute, starting with `.` or `~`, or with more
+    than one `/`) and is no directory is a mistyped path: transformers would report it as a malformed repo id."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ConfigError("model.name_or_path", f"{name_or_path}: no config.json in it; not a model directory")
+        return str(path) if name_or_path.startswith("~") else name_or_path  # transformers does not expand `~`
+    if name_or_path.startswith((".", "~", "/")) or name_or_path.count("/") > 1:
+        raise ConfigError("model.name_or_path", f"{name_or_path}: no such directory, and not a hub id")
+    return name_or_path
+
+
+def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
+    """The tokenizer alone, before the model, so the data config can be checked against it first (it is cheap;
+    the weights may not be)."""
+    if cfg.name_or_path is None:
+        return build_byte_tokenizer()
+    source = model_source(cfg.name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as err:  # not on the hub or offline, or a directory without tokenizer files
+        raise ConfigError("model.name_or_path", f"{cfg.name_or_path}: {_cannot_load(source, err)}") from None
+    ensure_chat_template(tokenizer)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, deepspeed_config: dict | None = None
+) -> PreTrainedModel:
     """The same call for the tiny default and for a real checkpoint directory or hub id.
 
     Given a ZeRO-3 `deepspeed_config`, a checkpoint loads straight into shards (transformers runs
     deepspeed.zero.Init), so no rank ever holds the whole model in memory."""
     if cfg.name_or_path is None:
-        tokenizer = build_byte_tokenizer()
         model = build_tiny_model(cfg.tiny, tokenizer)
     else:
-        tokenizer = AutoTokenizer.from_pretrained(cfg.name_or_path, trust_remote_code=cfg.trust_remote_code)
-        with _sharded_loading(deepspeed_config):
-            model = AutoModelForCausalLM.from_pretrained(
-                cfg.name_or_path,
-                trust_remote_code=cfg.trust_remote_code,
-                attn_implementation=cfg.attn_implementation,
-                dtype=torch.float32,  # the DeepSpeed engine casts to the configured precision
-            )
-        ensure_chat_template(tokenizer)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        source = model_source(cfg.name_or_path)
+        try:
+            with _sharded_loading(deepspeed_config):
+                model = AutoModelForCausalLM.from_pretrained(
+                    source,
+                    trust_remote_code=cfg.trust_remote_code,
+                    attn_implementation=cfg.attn_implementation,
+                    dtype=torch.float32,  # the DeepSpeed engine casts to the configured precision
+                )
+        except OSError as err:  # e.g. a directory with a tokenizer but no weights
+            raise ConfigError("model.name_or_path", f"{cfg.name_or_path}: {_cannot_load(source, err)}") from None
     model.config.use_cache = False  # training only; a cache would also break packed-sequence isolation
-    return model, tokenizer
+    return model
+
+
+def load_model_and_tokenizer(
+    cfg: ModelConfig, deepspeed_config: dict | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    tokenizer = load_tokenizer(cfg)
+    return load_model(cfg, tokenizer, deepspeed_config), tokenizer
+
+
+def _cannot_load(source: str, err: Exception) -> str:
+    where = "the directory" if Path(source).is_dir() else "not a local directory, and the hub"
+    return f"{where} could not provide it: {str(err).strip().splitlines()[0]}"
+
+
+def chat_template_overhead(tokenizer: PreTrainedTokenizerBase) -> int:
+    """Tokens the chat template adds to a one-turn conversation whose user and assistant turns are empty."""
+    empty_turn = [{"role": "user", "content": ""}, {"role": "assistant", "content": ""}]
+    return len(tokenize_messages(tokenizer, empty_turn)[0])
+
+
+def check_max_seq_len(data: DataConfig, tokenizer: PreTrainedTokenizerBase) -> None:
+    """A data.max_seq_len that the template's own tokens fill leaves no room for any sample: every one would be
+    dropped or truncated to nothing to learn from, which the data report would only tell after tokenizing it all.
+    Tasks given as plain text (format: text) use no template."""
+    if all(task.format == "text" for task in data.tasks):
+        return
+    overhead = chat_template_overhead(tokenizer)
+    if data.max_seq_len <= overhead:
+        raise ConfigError(
+            "data.max_seq_len",
+            f"{data.max_seq_len} leaves no room for text: the chat template alone takes {overhead} tokens "
+            f"(a one-turn conversation with empty user and assistant turns); use more than {overhead}",
+        )

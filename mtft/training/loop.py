@@ -43,7 +43,7 @@ from mtft.logging import build_run_logger
 from mtft.logging.progress import Progress, use_bars
 from mtft.logging.secrets import redact
 from mtft.logging.throughput import ThroughputWindow, attended_positions, peak_flops
-from mtft.models import load_model_and_tokenizer
+from mtft.models import check_max_seq_len, load_model, load_tokenizer
 from mtft.training.engine import build_engine, deepspeed_config, init_distributed
 from mtft.training.losses import balanced_loss, label_counts, per_task_sums, reduction_weights, token_losses
 from mtft.training.preemption import Preemption
@@ -79,7 +79,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if not use_bars(cfg.logger.progress, rank):  # tokenizing bars only where a person watches a terminal
         datasets.disable_progress_bars()
 
-    model, tokenizer = load_model_and_tokenizer(cfg.model, deepspeed_config(cfg, world_size))
+    tokenizer = load_tokenizer(cfg.model)
+    check_max_seq_len(cfg.data, tokenizer)  # a config error, reported before any weights load
+    model = load_model(cfg.model, tokenizer, deepspeed_config(cfg, world_size))
     with rank_zero_first():  # one rank tokenizes into the cache; the others read it
         tasks = load_tasks(cfg.data, tokenizer, t.seed)
     names = [task.name for task in tasks]
