@@ -45,7 +45,7 @@ def _main(cfg: DictConfig) -> None:
 
 
 def _covers(name: str, key: str) -> bool:
-    return key == name or key.startswith(name + ".")
+    return key == name or key.startswith((name + ".", name + "["))  # data.tasks covers data.tasks[0].path
 
 
 def _where_set(key: str) -> str:

@@ -199,6 +199,14 @@ def test_val_fraction_outside_zero_one(fraction):
     assert str(err) == f"data.tasks[1].val_fraction: must be in (0, 1), got {float(fraction)}"
 
 
+def test_a_task_fields_error_points_at_the_data_tasks_override():
+    """mtft-train appends where a key was set; `data.tasks=[...]` on the command line sets data.tasks[1].*."""
+    from mtft.cli.train import _covers
+
+    assert _covers("data.tasks", "data.tasks[1].val_fraction") and _covers("data", "data.tasks[1].val_fraction")
+    assert not _covers("data.task", "data.tasks[1].val_fraction")
+
+
 # ---- 8. CoBa (any validation-driven balancer) always has validation data ------------------------------------------
 
 
