@@ -35,9 +35,14 @@ def _main(cfg: DictConfig) -> None:
             config.trainer.output_dir = hydra_cfg.runtime.output_dir
             config.logger.group = config.logger.group or Path(hydra_cfg.sweep.dir).name
             config.logger.run_name = config.logger.run_name or f"{config.logger.group}-{hydra_cfg.job.num}"
-        from mtft.training.loop import train  # heavy imports only once the config is known to be valid
+        from mtft.training.guard import TrainingDiverged  # heavy imports only once the config is known to be valid
+        from mtft.training.loop import train
 
-        train(config)
+        try:
+            train(config)
+        except TrainingDiverged as err:  # non-finite losses or weights: exit 3, never a "successful" run
+            print(f"mtft-train: error: {err}", file=sys.stderr)
+            sys.exit(3)
     except UserError as err:
         where = _where_set(err.key) if isinstance(err, ConfigError) else ""
         print(f"mtft-train: error: {err}{where}", file=sys.stderr)

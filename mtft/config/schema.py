@@ -145,6 +145,7 @@ class TrainerConfig:
     save_steps: int = 0  # checkpoint every N steps; 0 saves only at the end
     save_total_limit: int = 0  # keep only the newest N complete checkpoints (never the one resumed from); 0 keeps all
     logging_steps: int = 20
+    max_bad_steps: int = 5  # skipped steps (non-finite loss or gradient) in a row before the run stops
     seed: int = 42
     resume: str | None = None  # None, "auto" (newest checkpoint in output_dir) or a checkpoint path
     # resume even though the data config or seed changed: weights, optimizer and step kept; sampler, balancer restart
@@ -156,6 +157,7 @@ class TrainerConfig:
         check(self.eval_generations >= 0, "eval_generations", f"must be >= 0, got {self.eval_generations}")
         check(self.max_new_tokens > 0, "max_new_tokens", f"must be > 0, got {self.max_new_tokens}")
         check(self.logging_steps > 0, "logging_steps", f"must be > 0, got {self.logging_steps}")
+        check(self.max_bad_steps > 0, "max_bad_steps", f"must be > 0, got {self.max_bad_steps}")
         check(self.lr > 0, "lr", f"learning rate must be > 0, got {self.lr}")
         check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         check(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")

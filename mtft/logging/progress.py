@@ -32,6 +32,18 @@ class Progress:
             slowest = self.slowest()
             self.bar.set_postfix(loss=f"{loss:.4f}", **({"slowest": slowest} if slowest else {}), refresh=False)
 
+    def skipped(self, step: int, cause: str, tasks: list[str], in_a_row: int, total: int) -> None:
+        """A step whose update was skipped: said at once, with a bar or without, never only in a file."""
+        if self.rank != 0:
+            return
+        line = f"step {step}/{self.max_steps}  SKIPPED ({in_a_row} in a row, {total} in all): {cause}"
+        line += f"; tasks in the batch: {', '.join(tasks)}"
+        if self.bar is None:
+            print(line, flush=True)
+        else:
+            self.bar.update(1)
+            self.bar.write(line)
+
     def slowest(self) -> str | None:
         """The task whose training loss has fallen least, relative to where it started."""
         ratios = {n: self.latest[n] / self.first[n] for n in self.latest if self.first[n] > 0}

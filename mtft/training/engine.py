@@ -16,6 +16,7 @@ from transformers import get_scheduler
 
 from mtft.config.errors import ConfigError
 from mtft.config.train import TrainConfig
+from mtft.training.guard import FiniteCheckedAdamW
 
 
 def init_distributed() -> tuple[int, int]:
@@ -64,7 +65,8 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
         train_micro_batch_size_per_gpu=t.micro_batch_size,
         gradient_accumulation_steps=t.grad_accum_steps,
         train_batch_size=t.micro_batch_size * t.grad_accum_steps * world_size,
-        gradient_clipping=t.max_grad_norm,
+        # where DeepSpeed has no overflow check, FiniteCheckedAdamW clips and checks with the one norm (guard.py)
+        gradient_clipping=0.0 if _unchecked_by_deepspeed(cfg) else t.max_grad_norm,
         steps_per_print=10**9,
     )
     zero = ds.setdefault("zero_optimization", {})
@@ -80,16 +82,25 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
     return ds
 
 
+def _unchecked_by_deepspeed(cfg: TrainConfig) -> bool:
+    """Plain fp32 without ZeRO: the one setup where DeepSpeed steps the optimizer without an overflow check."""
+    return cfg.deepspeed.stage == 0 and cfg.deepspeed.precision == "fp32"
+
+
 def build_engine(model: nn.Module, cfg: TrainConfig, world_size: int):
     """AdamW over the trainable parameters and a transformers LR schedule, handed to the DeepSpeed engine.
-    With the optimizer offloaded, DeepSpeed's vectorised CPU AdamW (JIT-compiled on first use) does the step."""
+    With the optimizer offloaded, DeepSpeed's vectorised CPU AdamW (JIT-compiled on first use) does the step.
+    In plain fp32 without ZeRO, an AdamW that skips non-finite steps itself (training/guard.py)."""
     import deepspeed
     from deepspeed.ops.adam import DeepSpeedCPUAdam
 
     t = cfg.trainer
     trainable = [p for p in model.parameters() if p.requires_grad]
-    adamw = DeepSpeedCPUAdam if cfg.deepspeed.offload_optimizer else torch.optim.AdamW
-    optimizer = adamw(trainable, lr=t.lr, weight_decay=t.weight_decay)
+    if _unchecked_by_deepspeed(cfg):
+        optimizer = FiniteCheckedAdamW(trainable, t.max_grad_norm, lr=t.lr, weight_decay=t.weight_decay)
+    else:
+        adamw = DeepSpeedCPUAdam if cfg.deepspeed.offload_optimizer else torch.optim.AdamW
+        optimizer = adamw(trainable, lr=t.lr, weight_decay=t.weight_decay)
     scheduler = get_scheduler(
         t.lr_scheduler, optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=t.max_steps
     )

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import datasets
 import torch
@@ -20,35 +21,34 @@ from transformers import set_seed
 
 from mtft.adapters import ADAPTERS
 from mtft.adapters.base import count_parameters
-from mtft.adapters.intuition import set_instance_prior
-from mtft.adapters.moe import (
-    ExpertLinear,
-    after_optimizer_step,
-    aux_loss,
-    expert_layers,
-    router_metrics,
-    set_token_mask,
-)
+from mtft.adapters.moe import expert_layers, router_metrics
 from mtft.balancers import build_balancer
 from mtft.config.errors import ConfigError
 from mtft.config.train import TrainConfig
 from mtft.data.batches import MixedBatches, ValidationCycle, validation_batches, validation_rounds
-from mtft.data.collate import PAD_TASK, count_samples, model_inputs, real_tokens
 from mtft.data.sampler import mixing_probabilities
 from mtft.data.tasks import load_tasks
-from mtft.distributed import all_reduce_sum, rank_zero_first, same_on_all_ranks
+from mtft.distributed import rank_zero_first, same_on_all_ranks
 from mtft.eval.generation import COLUMNS as GENERATION_COLUMNS
 from mtft.eval.generation import sample_generations
 from mtft.logging import build_run_logger
 from mtft.logging.progress import Progress, use_bars
 from mtft.logging.secrets import redact
-from mtft.logging.throughput import ThroughputWindow, attended_positions, peak_flops
+from mtft.logging.throughput import ThroughputWindow, peak_flops
 from mtft.models import check_max_seq_len, load_model, load_tokenizer
 from mtft.training.engine import build_engine, deepspeed_config, init_distributed
-from mtft.training.losses import balanced_loss, label_counts, per_task_sums, reduction_weights, token_losses
+from mtft.training.guard import (
+    NumericalGuard,
+    TrainingDiverged,
+    nonfinite_losses,
+    nonfinite_weights_problem,
+    skip_cause,
+)
+from mtft.training.losses import balanced_loss, reduction_weights
 from mtft.training.preemption import Preemption
 from mtft.training.report import data_report, data_report_table, print_data_report, print_summary, summary
 from mtft.training.state import (
+    complete_checkpoints,
     find_resume_checkpoint,
     input_changes,
     load_checkpoint,
@@ -58,6 +58,7 @@ from mtft.training.state import (
     sample_changes,
     save_checkpoint,
 )
+from mtft.training.step import first_nonfinite, optimizer_step
 from mtft.training.validation import validation_losses
 
 
@@ -94,6 +95,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if method.prepare is not None:  # on the engine's device; deterministic, so a resumed run recomputes the same
         method.prepare(engine.module, cfg.adapter, tasks, tokenizer.pad_token_id, t.seed)
     balancer = build_balancer(cfg.balancer, names)
+    guard = NumericalGuard(t.max_bad_steps)
     probabilities = mixing_probabilities([len(task.train) for task in tasks], cfg.data)
     pack_to = cfg.data.max_seq_len if cfg.data.packing else None
     batches = MixedBatches(
@@ -126,6 +128,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if resume_from is not None:
         state, rank_state = load_checkpoint(engine, resume_from)
         step, tokens_seen = state["step"], state["tokens"]
+        guard.load_state_dict(state["guard"])
         sizes = [len(task.train) for task in tasks]
         more = [c for c in sample_changes(rank_state["batches"]["sampler"], names, sizes, t.seed) if c not in changes]
         refuse_changes(resume_from, more, t.resume_allow_changes)
@@ -156,11 +159,30 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             "tokens": tokens_seen,
             "initial_val_losses": initial_val,
             "balancer": balancer.state_dict(),
+            "guard": guard.state_dict(),
         }
         # the weights this rank trains with: every rank must agree, and a checkpoint makes that checkable
         rank_state = {"batches": batches.state_dict(), "val_cycle": val_cycle.cursor, "weights": balancer.weights()}
         save_checkpoint(engine, output_dir, step, mtft_state, rank_state, cfg.adapter, tokenizer, run_inputs)
         prune_checkpoints(output_dir, t.save_total_limit, protect=resume_from)
+
+    def write_record(step: int, weights: dict[str, float], val_losses: dict[str, float], grad_norm: float | None):
+        record = _record(step, names, window, weights, val_losses, engine, balancer.token_weighted)
+        record.update(throughput.fields())
+        if grad_norm is not None:
+            record["grad_norm"] = grad_norm
+        record["train/skipped_steps"] = guard.skipped
+        record.update({f"balancer/{k}": v for k, v in balancer.metrics().items()})
+        record.update(router_metrics(experts))
+        logger.log(record)
+        progress.logged(record)
+        window.zero_()
+
+    def stop_run(message: str) -> NoReturn:  # the run cannot go on (training/guard.py): close up, fail loudly
+        progress.close()
+        preemption.restore()
+        logger.finish()
+        raise TrainingDiverged(message)
 
     # ---- loop -------------------------------------------------------------------------------------------------
     num_tasks = len(names)
@@ -174,42 +196,50 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         micro_batches = [_to(batches.next(), engine.device) for _ in range(t.grad_accum_steps)]
         weights_now = balancer.weights()
         weights = torch.tensor([weights_now[n] for n in names], device=engine.device)
-        result = optimizer_step(
-            engine, micro_batches, weights, num_tasks, expert_list, balancer.token_weighted, logs_at(step + 1)
-        )
+        result = optimizer_step(engine, micro_batches, weights, num_tasks, expert_list, balancer.token_weighted)
         step += 1
-        present = result.counts > 0
-        train_losses = {n: float(result.sums[i] / result.counts[i]) for i, n in enumerate(names) if present[i]}
-        window += torch.stack([result.sums, result.counts])
         throughput.add(result.tokens, result.samples, result.attended)
         tokens_seen += result.tokens
-        progress.step(result.loss, train_losses)
+        if result.applied:
+            guard.step_applied()
+            present = result.counts > 0
+            train_losses = {n: float(result.sums[i] / result.counts[i]) for i, n in enumerate(names) if present[i]}
+            window += torch.stack([result.sums, result.counts])
+            progress.step(result.loss, train_losses)
+        else:  # nothing learnt from this step: counted, shown, and the run stops after too many in a row
+            stop = guard.step_skipped(step)
+            in_batch = [n for i, n in enumerate(names) if result.counts[i] > 0]
+            cause = skip_cause(nonfinite_losses(result.sums, names), result.grad_norm)
+            progress.skipped(step, cause, in_batch, guard.in_a_row, guard.skipped)
+            if stop:
+                cause = first_nonfinite(
+                    engine, result, micro_batches, weights, names, expert_list, balancer.token_weighted
+                )
+                write_record(step, weights_now, {}, result.grad_norm)  # the skipped steps, in metrics.jsonl too
+                stop_run(guard.stop_message(step, cause, _last_checkpoint(output_dir, resume_from)))
 
         evaluate = step % t.eval_steps == 0 or step == t.max_steps
         with throughput.paused():
             val_losses = validate() if evaluate else {}
-            balancer_val = val_losses
-            if not balancer_val and balancer.needs_val_losses and step % balancer.val_interval == 0:
-                balancer_val = balancer_round()
             if evaluate:
                 generations()
-        balancer.observe(step, train_losses, balancer_val or None)
-        if balancer.needs_post_step_losses:  # e.g. FAMO: the same batch after the update (one more forward)
-            balancer.after_step(validation_losses(engine, micro_batches, names))
+        if result.applied:  # a skipped step leaves the balancer as it was
+            with throughput.paused():
+                balancer_val = val_losses
+                if not balancer_val and balancer.needs_val_losses and step % balancer.val_interval == 0:
+                    balancer_val = balancer_round()
+            balancer.observe(step, train_losses, balancer_val or None)
+            if balancer.needs_post_step_losses:  # e.g. FAMO: the same batch after the update (one more forward)
+                balancer.after_step(validation_losses(engine, micro_batches, names))
 
         if logs_at(step):
-            record = _record(step, names, window, weights_now, val_losses, engine, balancer.token_weighted)
-            record.update(throughput.fields())
-            if result.grad_norm is not None:
-                record["grad_norm"] = result.grad_norm
-            record.update({f"balancer/{k}": v for k, v in balancer.metrics().items()})
-            record.update(router_metrics(experts))
-            logger.log(record)
-            progress.logged(record)
-            window.zero_()
+            write_record(step, weights_now, val_losses, result.grad_norm)
         preempted = preemption.requested()
         if (t.save_steps and step % t.save_steps == 0) or step == t.max_steps or preempted:
             with throughput.paused():
+                last = _last_checkpoint(output_dir, resume_from)
+                if problem := nonfinite_weights_problem(engine.module, step, last):
+                    stop_run(problem)
                 checkpoint()
         if preempted and step < t.max_steps:
             progress.close()
@@ -224,7 +254,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     preemption.restore()
     final_val = val_losses or validate()
     elapsed = time.perf_counter() - run_start
-    run_summary = summary(tasks, step, elapsed, tokens_seen, initial_val, final_val, balancer, trainable)
+    run_summary = summary(
+        tasks, step, elapsed, tokens_seen, initial_val, final_val, balancer, trainable, guard.skipped
+    )
     if rank == 0:
         (output_dir / "summary.json").write_text(json.dumps(run_summary, indent=2))
         print_summary(run_summary)
@@ -233,63 +265,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     return run_summary
 
 
-@dataclasses.dataclass
-class StepResult:
-    sums: torch.Tensor  # per-task loss sums over the step, all ranks (cpu)
-    counts: torch.Tensor  # per-task completion-token counts, all ranks (cpu)
-    loss: float  # the step's balanced loss
-    tokens: int  # non-padding tokens processed, all ranks
-    samples: int  # samples processed, all ranks
-    attended: int  # Σ (position + 1) over those tokens: the causal attention work (logging/throughput.py)
-    grad_norm: float | None  # before clipping, on logging steps only (a pass over every gradient)
-
-
-def optimizer_step(
-    engine,
-    micro_batches: list[dict[str, torch.Tensor]],
-    weights: torch.Tensor,
-    num_tasks: int,
-    experts: list[ExpertLinear] = (),
-    token_weighted: bool = False,
-    with_grad_norm: bool = False,
-) -> StepResult:
-    """One optimizer step over `micro_batches` (the engine's gradient-accumulation count of them).
-
-    Per-task token counts are taken over the whole step on all ranks before any forward, so each micro-batch's
-    balanced loss is its exact share of the step loss (training/losses.py).
-    """
-    step_counts = all_reduce_sum(sum(label_counts(b["labels"], b["task_ids"], num_tasks) for b in micro_batches))
-    weights = reduction_weights(weights, step_counts, token_weighted)
-    step_sums = torch.zeros(num_tasks, device=engine.device)
-    grad_norm = None
-    for i, batch in enumerate(micro_batches):
-        set_instance_prior(engine.module, batch.get("instance_prior"))
-        set_token_mask(experts, batch["task_ids"] != PAD_TASK)
-        logits = engine(**model_inputs(batch)).logits
-        sums, _ = per_task_sums(token_losses(logits, batch["labels"]), batch["labels"], batch["task_ids"], num_tasks)
-        loss = balanced_loss(sums, step_counts, weights) + aux_loss(experts) / len(micro_batches)
-        # The loss is already normalised for the whole step: no 1/GAS; DeepSpeed averages over ranks, undo that.
-        engine.backward(loss * engine.world_size, scale_wrt_gas=False)
-        if with_grad_norm and i == len(micro_batches) - 1 and engine.zero_optimization_stage() == 0:
-            grad_norm = _grad_norm(engine.module)  # all-reduced by now; DeepSpeed reports none without ZeRO
-        engine.step()
-        step_sums += sums.detach()
-    set_token_mask(experts, None)
-    after_optimizer_step(experts)  # e.g. SMoRA's per-rank bias update, from this step's loads
-    if with_grad_norm and grad_norm is None and engine.get_global_grad_norm() is not None:
-        grad_norm = float(engine.get_global_grad_norm())
-    local = [sum(f(b) for b in micro_batches) for f in (real_tokens, count_samples, attended_positions)]
-    reduced = all_reduce_sum(torch.cat([step_sums, torch.tensor(local, device=engine.device, dtype=torch.float64)]))
-    sums, (tokens, samples, attended) = reduced[:num_tasks].float().cpu(), reduced[num_tasks:].tolist()
-    counts = step_counts.cpu()
-    step_loss = float(balanced_loss(sums, counts, weights.cpu()))
-    return StepResult(sums, counts, step_loss, int(tokens), int(samples), int(attended), grad_norm)
-
-
-def _grad_norm(model: torch.nn.Module) -> float | None:
-    """None where the gradients are not in `.grad` (DeepSpeed's bf16 optimizer keeps its own, and reports it)."""
-    norms = [p.grad.detach().float().norm() for p in model.parameters() if p.requires_grad and p.grad is not None]
-    return float(torch.stack(norms).norm()) if norms else None
+def _last_checkpoint(output_dir: Path, resumed_from: Path | None) -> Path | None:
+    found = complete_checkpoints(output_dir)
+    return found[-1] if found else resumed_from
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -309,9 +287,10 @@ def _record(
     sums, counts = window
     task_losses = {n: float(sums[i] / counts[i]) for i, n in enumerate(names) if counts[i] > 0}
     weights_tensor = reduction_weights(torch.tensor([weights[n] for n in names]), counts, token_weighted)
+    trained = counts.sum() > 0  # not if every step since the last record was skipped
     record: dict[str, Any] = {
         "step": step,
-        "loss": float(balanced_loss(sums, counts, weights_tensor)),
+        "loss": float(balanced_loss(sums, counts, weights_tensor)) if trained else math.nan,
         "lr": engine.get_lr()[0],
     }
     for name in names:

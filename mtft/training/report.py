@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -61,10 +62,12 @@ def summary(
     final_val: dict[str, float],
     balancer: Balancer,
     trainable_parameters: int,
+    skipped_steps: int = 0,
 ) -> dict[str, Any]:
     weights = balancer.weights()
     return {
         "steps": steps,
+        "skipped_steps": skipped_steps,  # steps whose update the numerical guard skipped (training/guard.py)
         "trainable_parameters": trainable_parameters,
         "wall_seconds": round(wall_seconds, 3),
         "tokens": tokens,
@@ -84,12 +87,23 @@ def summary(
 
 
 def print_summary(result: dict[str, Any]) -> None:
-    print(f"\n{result['steps']} steps in {result['wall_seconds']:.1f}s, {result['tokens']:,} tokens")
+    skipped = result.get("skipped_steps", 0)
+    note = f" ({skipped} skipped: non-finite)" if skipped else ""
+    print(f"\n{result['steps']} steps{note} in {result['wall_seconds']:.1f}s, {result['tokens']:,} tokens")
     print(f"{'task':<16}{'train':>7}{'val':>6}{'val loss start':>16}{'end':>8}{'weight':>8}")
     for name, t in result["tasks"].items():
         start, end = t["initial_val_loss"], t["final_val_loss"]
-        trend = "lower" if end < start else "NOT lower"
+        trend = _trend(start, end, learnt=result["steps"] > skipped)
         print(
             f"{name:<16}{t['train_samples']:>7}{t['val_samples']:>6}{start:>16.4f}{end:>8.4f}"
             f"{t['final_weight']:>8.2f}  {trend}"
         )
+
+
+def _trend(start: float | None, end: float | None, learnt: bool) -> str:
+    """Only a run that applied at least one update, with finite losses, can call a task's loss lower."""
+    if not learnt:
+        return "unchanged (no update applied)"
+    if start is None or end is None or not math.isfinite(start) or not math.isfinite(end):
+        return "NOT finite"
+    return "lower" if end < start else "NOT lower"

@@ -9,7 +9,7 @@ from mtft.data.collate import collate
 from mtft.data.tasks import load_tasks
 from mtft.models import load_model_and_tokenizer
 from mtft.training.engine import build_engine
-from mtft.training.loop import optimizer_step
+from mtft.training.step import optimizer_step
 from tests.helpers import compose_config, small_data_overrides
 
 

@@ -1,0 +1,115 @@
+"""One optimizer step on the DeepSpeed engine, and what it tells the numerical guard (training/guard.py).
+
+Per-task token counts are taken over the whole step on all ranks before any forward, so each micro-batch's
+balanced loss is its exact share of the step loss (training/losses.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from mtft.adapters.intuition import set_instance_prior
+from mtft.adapters.moe import ExpertLinear, after_optimizer_step, aux_loss, set_token_mask
+from mtft.data.collate import PAD_TASK, count_samples, model_inputs, real_tokens
+from mtft.distributed import all_reduce_sum
+from mtft.logging.throughput import attended_positions
+from mtft.training.guard import gather_names, nonfinite_gradients, nonfinite_losses, poison_if_nonfinite
+from mtft.training.losses import balanced_loss, label_counts, per_task_sums, reduction_weights, token_losses
+
+
+@dataclasses.dataclass
+class StepResult:
+    sums: torch.Tensor  # per-task loss sums over the step, all ranks (cpu)
+    counts: torch.Tensor  # per-task completion-token counts, all ranks (cpu)
+    loss: float  # the step's balanced loss
+    tokens: int  # non-padding tokens processed, all ranks
+    samples: int  # samples processed, all ranks
+    attended: int  # Σ (position + 1) over those tokens: the causal attention work (logging/throughput.py)
+    applied: bool  # False: the update was skipped (a non-finite loss or gradient)
+    grad_norm: float | None  # before clipping, as the engine computed it (None where it computes none)
+
+
+def optimizer_step(
+    engine,
+    micro_batches: list[dict[str, torch.Tensor]],
+    weights: torch.Tensor,
+    num_tasks: int,
+    experts: list[ExpertLinear] = (),
+    token_weighted: bool = False,
+) -> StepResult:
+    """One optimizer step over `micro_batches` (the engine's gradient-accumulation count of them).
+
+    A step whose loss or gradient is not finite is skipped by the engine's overflow check (training/guard.py);
+    then the routers' loads and balancing biases do not move either.
+    """
+    step_counts = all_reduce_sum(sum(label_counts(b["labels"], b["task_ids"], num_tasks) for b in micro_batches))
+    weights = reduction_weights(weights, step_counts, token_weighted)
+    step_sums = torch.zeros(num_tasks, device=engine.device)
+    for batch in micro_batches:
+        loss, sums = micro_batch_loss(engine, batch, step_counts, weights, experts, len(micro_batches))
+        # The loss is already normalised for the whole step: no 1/GAS; DeepSpeed averages over ranks, undo that.
+        engine.backward(poison_if_nonfinite(loss) * engine.world_size, scale_wrt_gas=False)
+        engine.step()
+        step_sums += sums.detach()
+    set_token_mask(experts, None)
+    applied = engine.was_step_applied()
+    after_optimizer_step(experts, applied)  # e.g. SMoRA's bias update, from this step's loads over all ranks
+    norm = engine.get_global_grad_norm()
+    local = [sum(f(b) for b in micro_batches) for f in (real_tokens, count_samples, attended_positions)]
+    reduced = all_reduce_sum(torch.cat([step_sums, torch.tensor(local, device=engine.device, dtype=torch.float64)]))
+    sums, (tokens, samples, attended) = reduced[:num_tasks].float().cpu(), reduced[num_tasks:].tolist()
+    counts = step_counts.cpu()
+    step_loss = float(balanced_loss(sums, counts, weights.cpu()))
+    grad_norm = None if norm is None else float(norm)
+    return StepResult(sums, counts, step_loss, int(tokens), int(samples), int(attended), applied, grad_norm)
+
+
+def micro_batch_loss(
+    model,
+    batch: dict[str, torch.Tensor],
+    step_counts: torch.Tensor,
+    weights: torch.Tensor,
+    experts: list[ExpertLinear],
+    micro_batches: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(this micro-batch's share of the balanced step loss plus the routers' auxiliary loss, its per-task sums)."""
+    set_instance_prior(getattr(model, "module", model), batch.get("instance_prior"))
+    set_token_mask(experts, batch["task_ids"] != PAD_TASK)
+    logits = model(**model_inputs(batch)).logits
+    losses = token_losses(logits, batch["labels"])
+    sums, _ = per_task_sums(losses, batch["labels"], batch["task_ids"], len(step_counts))
+    return balanced_loss(sums, step_counts, weights) + aux_loss(experts) / micro_batches, sums
+
+
+def first_nonfinite(
+    engine,
+    result: StepResult,
+    micro_batches: list[dict[str, torch.Tensor]],
+    weights: torch.Tensor,
+    names: list[str],
+    experts: list[ExpertLinear],
+    token_weighted: bool,
+) -> str:
+    """What made a skipped step non-finite, in words: a task's loss, or the first parameters whose gradient is
+    not finite. Collective; recomputes the step's gradients once, only when the run is about to stop."""
+    losses = nonfinite_losses(result.sums, names)
+    if losses:
+        return f"the loss of task{'s' if len(losses) > 1 else ''} " + ", ".join(losses)
+    norm = f"the gradient norm ({result.grad_norm})" if result.grad_norm is not None else "the gradients"
+    if engine.zero_optimization_stage() == 3:
+        return f"{norm}; parameter names are not available under ZeRO-3 (deepspeed=zero2 shows them)"
+    weights = reduction_weights(weights, result.counts.to(engine.device), token_weighted)
+    bad: list[str] = []
+    for batch in micro_batches:
+        loss, _ = micro_batch_loss(engine.module, batch, result.counts.to(engine.device), weights, experts, 1)
+        bad += [name for name in nonfinite_gradients(engine.module, loss) if name not in bad]
+    set_token_mask(experts, None)
+    bad = gather_names(bad)
+    if bad:
+        return f"{norm}: non-finite gradients of {', '.join(bad[:5])}"
+    if not math.isfinite(result.grad_norm or 0.0):
+        return f"{norm}, though no single gradient is non-finite when recomputed without loss scaling (fp16?)"
+    return f"{norm}: DeepSpeed's overflow check skipped the update"

@@ -1,0 +1,229 @@
+"""The numerical guard: a step with a non-finite loss or gradient is skipped (no update, no LR step, no balancer
+change), counted and shown; too many in a row stop the run loudly; non-finite weights are never saved."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+import mtft.training.loop as loop
+import mtft.training.step as step_module
+from mtft.training.guard import (
+    FiniteCheckedAdamW,
+    NumericalGuard,
+    TrainingDiverged,
+    poison_if_nonfinite,
+    skip_cause,
+)
+from mtft.training.loop import train
+from mtft.training.state import COMPLETE_MARKER
+from tests.helpers import compose_config, computed, small_data_overrides
+
+# ---- the pieces ----------------------------------------------------------------------------------------------
+
+
+def test_poison_leaves_a_finite_loss_exactly_alone_and_spoils_a_non_finite_one():
+    w = torch.tensor([1.5, -2.0], requires_grad=True)
+    finite = (w * 3).sum()
+    poisoned = poison_if_nonfinite(finite)
+    assert float(poisoned.detach()) == float(finite.detach())
+    (grad,) = torch.autograd.grad(poisoned, w)
+    assert grad.tolist() == [3.0, 3.0]
+
+    # an infinite cross-entropy has a finite gradient: without the poison, the update would go through
+    logits = torch.tensor([[0.0, -math.inf]], requires_grad=True)
+    ce = torch.nn.functional.cross_entropy(logits, torch.tensor([1]))
+    assert math.isinf(float(ce)) and torch.isfinite(torch.autograd.grad(ce, logits, retain_graph=True)[0][0, 0])
+    (grad,) = torch.autograd.grad(poison_if_nonfinite(ce), logits)
+    assert torch.isnan(grad).all()
+
+
+def test_finite_checked_adamw_skips_a_nan_step_and_clips_a_finite_one():
+    params = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))]
+    optimizer = FiniteCheckedAdamW(params, max_grad_norm=1.0, lr=0.1)
+    params[0].grad, params[1].grad = torch.tensor([3.0, 0.0, 4.0]), torch.tensor([0.0, math.nan])
+    optimizer.step()
+    assert optimizer.overflow and math.isnan(optimizer._global_grad_norm)
+    assert all(p.tolist() == [1.0] * len(p) for p in params) and not optimizer.state  # no update, no moments
+
+    params[0].grad, params[1].grad = torch.tensor([3.0, 0.0, 4.0]), torch.zeros(2)  # the engine zeroes them
+    optimizer.step()
+    assert not optimizer.overflow and optimizer._global_grad_norm == pytest.approx(5.0)  # before clipping
+    assert params[0].grad.norm() == pytest.approx(1.0)  # clipped to max_grad_norm
+    assert params[0][0] < 1.0 and len(optimizer.state) == 2
+
+
+def test_guard_counts_in_a_row_and_in_all():
+    guard = NumericalGuard(max_bad_steps=2)
+    assert not guard.step_skipped(3)
+    guard.step_applied()
+    assert not guard.step_skipped(5)
+    assert guard.step_skipped(6)  # the second in a row
+    assert guard.state_dict() == {"skipped": 3, "in_a_row": 2, "first_bad_step": 5}
+    restored = NumericalGuard(2)
+    restored.load_state_dict(guard.state_dict())
+    message = restored.stop_message(6, "the loss of task add (nan)", None)
+    assert "step 6" in message and "since step 5" in message and "add (nan)" in message
+    assert "no checkpoint was written" in message
+
+
+def test_skip_cause_names_the_task_or_the_norm():
+    assert skip_cause(["add (nan)"], 1.0) == "non-finite loss of task add (nan)"
+    assert skip_cause([], math.inf) == "non-finite gradient norm (inf)"
+
+
+# ---- in a run ------------------------------------------------------------------------------------------------
+
+BAD_STEPS = {4, 5}
+
+
+def inject_nan_into_add(monkeypatch, bad_steps=BAD_STEPS) -> None:
+    """Task 'add' (index 0) gets a NaN loss, and NaN gradients, on the optimizer steps `bad_steps`. The step
+    number is the engine's own counter, which a resumed run restores, so the injection lands on the same steps."""
+    now = {"step": 0}
+    original_step, original_sums = loop.optimizer_step, step_module.per_task_sums
+
+    def counting_step(engine, *args, **kwargs):
+        now["step"] = engine.global_steps + 1
+        return original_step(engine, *args, **kwargs)
+
+    def poisoned_sums(losses, labels, task_ids, num_tasks):
+        sums, counts = original_sums(losses, labels, task_ids, num_tasks)
+        if now["step"] in bad_steps:
+            sums = sums * torch.tensor([math.nan] + [1.0] * (num_tasks - 1), device=sums.device)
+        return sums, counts
+
+    monkeypatch.setattr(loop, "optimizer_step", counting_step)
+    monkeypatch.setattr(step_module, "per_task_sums", poisoned_sums)
+
+
+def _config(out, small_tasks, *extra):
+    return compose_config(
+        [
+            *small_data_overrides(small_tasks),
+            f"trainer.output_dir={out}",
+            "trainer.micro_batch_size=4",
+            "trainer.logging_steps=1",
+            "trainer.eval_steps=100",
+            "trainer.warmup_steps=0",
+            "trainer.max_steps=8",
+            "balancer=coba",  # its weights move with every observed step
+            "balancer.warmup_steps=2",
+            "balancer.update_interval=1",
+            *extra,
+        ]
+    )
+
+
+def _records(out) -> dict[int, dict]:
+    return {r["step"]: r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
+
+
+def _weights(record: dict) -> dict[str, float]:
+    return {k: v for k, v in record.items() if k.endswith("/weight")}
+
+
+def test_nan_steps_are_skipped_counted_and_training_goes_on(dist_group, small_tasks, tmp_path, monkeypatch, capsys):
+    train(_config(tmp_path / "clean", small_tasks))
+    expected = _records(tmp_path / "clean")
+    inject_nan_into_add(monkeypatch)
+    summary = train(_config(tmp_path / "nan", small_tasks))
+
+    got = _records(tmp_path / "nan")
+    assert summary["steps"] == 8 and summary["skipped_steps"] == 2
+    assert [got[s]["train/skipped_steps"] for s in range(1, 9)] == [0, 0, 0, 1, 2, 2, 2, 2]
+    for s in BAD_STEPS:  # nothing was trained in those windows: no per-task loss, and no number posing as one
+        assert math.isnan(got[s]["loss"]) and not [k for k in got[s] if k.startswith("task/") and k.endswith("/loss")]
+    # the LR schedule did not step on the skipped steps: step 6 runs at the clean run's step-4 rate
+    assert got[6]["lr"] == expected[4]["lr"] != expected[6]["lr"]
+    # the balancer observed nothing: the weights in effect stay those of step 4 until an applied step is seen
+    assert _weights(got[4]) == _weights(got[5]) == _weights(got[6]) != _weights(expected[6])
+    assert all(math.isfinite(got[s]["loss"]) for s in (6, 7, 8))  # and training went on
+    out = capsys.readouterr().out
+    assert "step 4/8  SKIPPED (1 in a row, 1 in all): non-finite loss of task add (nan)" in out
+    assert "step 5/8  SKIPPED (2 in a row, 2 in all)" in out
+
+
+def test_resume_across_skipped_steps_is_exact(dist_group, small_tasks, tmp_path, monkeypatch):
+    """Checkpoint 4 is written between the two skipped steps (one in a row so far): the resumed run must count on
+    from there and end exactly as the unbroken one."""
+    inject_nan_into_add(monkeypatch)
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    train(_config(straight, small_tasks, "trainer.save_steps=4", "adapter=smora"))
+    train(_config(broken, small_tasks, "trainer.save_steps=4", "adapter=smora"))
+    shutil.rmtree(broken / "checkpoint-8")  # as if it had crashed after checkpoint-4
+    summary = train(_config(broken, small_tasks, "trainer.save_steps=4", "adapter=smora", "trainer.resume=auto"))
+
+    expected, resumed = _records(straight), _records(broken)
+    assert summary["skipped_steps"] == 2 and resumed[5]["train/skipped_steps"] == 2
+    for s in range(5, 9):
+        assert json.dumps(computed(resumed[s])) == json.dumps(computed(expected[s])), s  # NaN == NaN as text
+    final = "checkpoint-8/adapter/adapter_model.safetensors"
+    assert (straight / final).read_bytes() == (broken / final).read_bytes()
+
+
+def test_too_many_bad_steps_in_a_row_stop_the_run(dist_group, small_tasks, tmp_path, monkeypatch):
+    inject_nan_into_add(monkeypatch)
+    out = tmp_path / "stopped"
+    with pytest.raises(TrainingDiverged) as stopped:
+        train(_config(out, small_tasks, "trainer.max_bad_steps=2", "trainer.save_steps=2"))
+    message = str(stopped.value)
+    assert "stopped at step 5" in message and "since step 4" in message and "trainer.max_bad_steps=2" in message
+    assert "the loss of task add (nan)" in message
+    assert f"the last good checkpoint is {out / 'checkpoint-4'}" in message
+    assert not (out / "checkpoint-6").exists() and not (out / "summary.json").exists()
+    assert _records(out)[5]["train/skipped_steps"] == 2  # the stopping step is on record too
+
+
+def test_a_non_finite_gradient_is_named_by_parameter(dist_group, small_tasks, tmp_path, monkeypatch):
+    """The loss is finite, one adapter weight's gradient is not (as MoLoRA's once were): the stop names it."""
+    original_inject = loop.ADAPTERS["lora"].inject
+
+    def inject_with_a_bad_gradient(model, cfg):
+        model = original_inject(model, cfg)
+        name, param = next(
+            (n, p) for n, p in model.named_parameters() if n.endswith("layers.1.mlp.up_proj.lora_A.default.weight")
+        )
+        param.register_hook(lambda grad: grad * math.nan)
+        return model
+
+    monkeypatch.setattr(
+        loop, "ADAPTERS", {**loop.ADAPTERS, "lora": loop.ADAPTERS["lora"]._replace(inject=inject_with_a_bad_gradient)}
+    )
+    with pytest.raises(TrainingDiverged) as stopped:
+        train(_config(tmp_path / "grad", small_tasks, "trainer.max_bad_steps=3"))
+    message = str(stopped.value)
+    assert "stopped at step 3" in message and "since step 1" in message
+    assert "non-finite gradients of" in message and "layers.1.mlp.up_proj.lora_A" in message
+
+
+def test_deepspeeds_own_overflow_skip_counts_the_same(dist_group, small_tasks, tmp_path, monkeypatch):
+    """Under ZeRO-2 the skip is DeepSpeed's (its optimizer's overflow check), not ours: counted all the same."""
+    inject_nan_into_add(monkeypatch)
+    summary = train(_config(tmp_path / "zero2", small_tasks, "deepspeed=zero2", "trainer.max_steps=6"))
+    got = _records(tmp_path / "zero2")
+    assert summary["skipped_steps"] == 2 and got[6]["train/skipped_steps"] == 2
+    assert math.isfinite(got[6]["loss"]) and got[4]["grad_norm"] == math.inf
+
+
+def test_non_finite_weights_are_never_saved(dist_group, small_tasks, tmp_path, monkeypatch):
+    """An update that leaves a weight infinite (as an absurd learning rate can): the checkpoint is refused."""
+    original_step = loop.optimizer_step
+
+    def overflowing_step(engine, *args, **kwargs):
+        result = original_step(engine, *args, **kwargs)
+        with torch.no_grad():
+            next(p for p in engine.module.parameters() if p.requires_grad).fill_(math.inf)
+        return result
+
+    monkeypatch.setattr(loop, "optimizer_step", overflowing_step)
+    out = tmp_path / "inf"
+    with pytest.raises(TrainingDiverged) as stopped:
+        train(_config(out, small_tasks, "trainer.save_steps=1"))
+    assert "non-finite values (base_model.model.model.layers.0" in str(stopped.value)
+    assert "checkpoint-1 was not written; no checkpoint was written" in str(stopped.value)
+    assert not list(out.glob(f"checkpoint-*/{COMPLETE_MARKER}"))
