@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from mtft.bench import adapters, balancer, data
+from mtft.bench import adapters, balancer, data, gpu_smoke
 
 SUITES: dict[str, Callable[[], dict[str, Any]]] = {
     "adapters": adapters.run,
     "balancer": balancer.run,
     "data": data.run,
 }
+# Suites with their own options and checks: `mtft-bench gpu-smoke --help`; each returns the exit status.
+COMMANDS: dict[str, Callable[[list[str]], int]] = {"gpu-smoke": gpu_smoke.main}

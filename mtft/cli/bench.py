@@ -9,10 +9,13 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> None:
-    from mtft.bench import SUITES
+    from mtft.bench import COMMANDS, SUITES
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in COMMANDS:  # its own options, table and exit status
+        sys.exit(COMMANDS[argv[0]](argv[1:]))
     parser = argparse.ArgumentParser(prog="mtft-bench", description=__doc__)
-    parser.add_argument("suite", choices=sorted(SUITES))
+    parser.add_argument("suite", choices=sorted([*SUITES, *COMMANDS]))
     parser.add_argument("--out", type=Path, help="write the measured times and ratios here as JSON")
     args = parser.parse_args(argv)
     result = SUITES[args.suite]()
