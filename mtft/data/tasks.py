@@ -135,7 +135,7 @@ def _read_samples(
 
 def _rows(rows: Dataset, batch_size: int = 1024) -> Iterator[dict[str, Any]]:
     """The rows as dicts, converted from Arrow a batch at a time: `for row in dataset` decodes each row through
-    its features one by one, which took 26 of the 30 seconds of a cached load of 200k short samples."""
+    its features one by one, and a cached load of 200k short samples took 14 s that way, 6 s in batches."""
     for batch in rows.with_format("arrow").iter(batch_size=batch_size):
         yield from batch.to_pylist()
 
