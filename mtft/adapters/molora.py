@@ -6,8 +6,9 @@ Hyperparameters: `num_experts` E, `expert_rank` r_e, `top_k`, `alpha` (scaling �
 Computed as one LoRA of rank E·r_e whose rank blocks are scaled by the token's gates: no loop over experts, no
 tokens × k × hidden tensor, and every expert is in every step's graph. Auxiliary loss (Switch eq. 4):
 coef · E · Σ_e f_e·P_e, with f_e the fraction of routed slots that chose e and P_e its mean router probability,
-both over real tokens only and in fp32. Padding takes no part and gets no gradient from it: the Switch loss over
-every position once sent gradients into the padding of packed bf16 rows, and gave NaN gradients at scale.
+both over real tokens only and in fp32. Padding takes no part and gets no gradient from it. (Averaged over every
+position, it was the one term that sent gradients into padding, and on an H100 with packed bf16 rows MoLoRA's
+gradients were NaN with it and finite without it: issue 11.)
 """
 
 from __future__ import annotations
