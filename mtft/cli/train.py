@@ -17,7 +17,8 @@ from omegaconf.errors import OmegaConfBaseException
 from mtft.config.errors import ConfigError, UserError
 from mtft.config.hydra import config_error, register, to_train_config
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+# Inside the package, so a wheel or a non-editable install ships the configs with the code.
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 register()
 # PEFT still calls this transformers API; the warning is theirs to fix and only clutters every run's output.
@@ -62,7 +63,18 @@ def _where_set(key: str) -> str:
         return f" (set on the command line: {max(matches, key=lambda o: len(o.split('=', 1)[0]))})"
     group = key.split(".", 1)[0]
     choice = hydra_cfg.runtime.choices.get(group)
-    return f" (set in {CONFIG_DIR / group / choice}.yaml or its defaults)" if choice else ""
+    if not choice:
+        return ""
+    return f" (set in {_group_file(hydra_cfg.runtime.config_sources, group, choice)} or its defaults)"
+
+
+def _group_file(config_sources: list, group: str, choice: str) -> Path:
+    """The YAML file Hydra composed `group=choice` from: the search path in order, so a `--config-dir` file (which
+    Hydra puts first) is named rather than a packaged file of the same name, or a packaged path that does not exist."""
+    for source in config_sources:
+        if source.schema == "file" and (path := Path(source.path) / group / f"{choice}.yaml").is_file():
+            return path
+    return CONFIG_DIR / group / f"{choice}.yaml"
 
 
 def main() -> None:

@@ -136,7 +136,7 @@ def test_tasks_are_mostly_distinct(suite):
 
 
 def test_shipped_suite_fits_the_demo_max_seq_len():
-    # configs/data/demo.yaml uses max_seq_len 128: nothing should be dropped or truncated
+    # mtft/configs/data/demo.yaml uses max_seq_len 128: nothing should be dropped or truncated
     specs = [TaskSpec(name=name, path=str(DEMO / f"{name}.jsonl")) for name in COUNTS]
     tasks = load_tasks(DataConfig(tasks=specs, max_seq_len=128), build_byte_tokenizer(), seed=0)
     for task in tasks:
