@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,9 +18,60 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from mtft.config.errors import ConfigError
-from mtft.config.schema import DataConfig, ModelConfig, TinyModelConfig
-from mtft.data.tokenize import ensure_chat_template, tokenize_messages
+from mtft.errors import ConfigError, check, check_choice
+
+# Used when a tokenizer has no chat template of its own (ChatML, as in Qwen and many others).
+BUILTIN_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def ensure_chat_template(tokenizer: PreTrainedTokenizerBase) -> None:
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = BUILTIN_CHAT_TEMPLATE
+
+
+@dataclass
+class TinyModelConfig:
+    """A Llama-architecture model with random weights, built from this config when no checkpoint is given."""
+
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 256
+    max_position_embeddings: int = 1024
+    # Larger than the usual 0.02: the embedding is tied and frozen under LoRA, and at 0.02 its norm caps the
+    # logits so low that no adapter can fit the demo tasks.
+    initializer_range: float = 0.1
+    init_seed: int = 0  # the base weights are a function of this seed, so a checkpoint can be reloaded exactly
+
+    def __post_init__(self) -> None:
+        sizes = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size")
+        for key in (*sizes, "max_position_embeddings"):
+            check(getattr(self, key) > 0, key, f"must be > 0, got {getattr(self, key)}")
+        check(self.hidden_size % self.num_heads == 0, "num_heads", "must divide hidden_size")
+        head_dim = self.hidden_size // self.num_heads
+        # rotary embeddings rotate pairs of dimensions: an odd head size fails at the first forward
+        check(head_dim % 2 == 0, "num_heads", f"hidden_size / num_heads must be even (rotary), got {head_dim}")
+        check(self.num_heads % self.num_kv_heads == 0, "num_kv_heads", "must divide num_heads")
+        # a standard deviation: 0 gives all-zero weights that cannot break symmetry; transformers rejects > 1
+        check(0 < self.initializer_range <= 1, "initializer_range", f"must be in (0, 1], got {self.initializer_range}")
+        check(self.init_seed >= 0, "init_seed", f"must be >= 0, got {self.init_seed}")
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str | None = None  # local directory or hub id; None builds the tiny random model below
+    trust_remote_code: bool = False
+    attn_implementation: str = "sdpa"  # eager | sdpa | flash_attention_2
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+
+    def __post_init__(self) -> None:
+        check_choice(self.attn_implementation, "attn_implementation", ("eager", "sdpa", "flash_attention_2"))
 
 
 def build_byte_tokenizer() -> PreTrainedTokenizerFast:
@@ -141,24 +193,3 @@ def load_model_and_tokenizer(
 def _cannot_load(source: str, err: Exception) -> str:
     where = "the directory" if Path(source).is_dir() else "not a local directory, and the hub"
     return f"{where} could not provide it: {str(err).strip().splitlines()[0]}"
-
-
-def chat_template_overhead(tokenizer: PreTrainedTokenizerBase) -> int:
-    """Tokens the chat template adds to a one-turn conversation whose user and assistant turns are empty."""
-    empty_turn = [{"role": "user", "content": ""}, {"role": "assistant", "content": ""}]
-    return len(tokenize_messages(tokenizer, empty_turn)[0])
-
-
-def check_max_seq_len(data: DataConfig, tokenizer: PreTrainedTokenizerBase) -> None:
-    """A data.max_seq_len that the template's own tokens fill leaves no room for any sample: every one would be
-    dropped or truncated to nothing to learn from, which the data report would only tell after tokenizing it all.
-    Tasks given as plain text (format: text) use no template."""
-    if all(task.format == "text" for task in data.tasks):
-        return
-    overhead = chat_template_overhead(tokenizer)
-    if data.max_seq_len <= overhead:
-        raise ConfigError(
-            "data.max_seq_len",
-            f"{data.max_seq_len} leaves no room for text: the chat template alone takes {overhead} tokens "
-            f"(a one-turn conversation with empty user and assistant turns); use more than {overhead}",
-        )

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 import mtft
-from mtft.config.errors import ConfigError
-from mtft.config.schema import ModelConfig
 from mtft.data import synthetic
+from mtft.errors import ConfigError
+from mtft.models import ModelConfig
 from mtft.training.loop import train
 from mtft.training.state import load_rank_state
 from tests.helpers import compose_config, compose_raw, small_data_overrides
@@ -63,8 +63,7 @@ def test_trust_remote_code_is_off_unless_set():
 def test_trust_remote_code_reaches_every_from_pretrained(monkeypatch, trust):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mtft.config.schema import TinyModelConfig
-    from mtft.models import build_byte_tokenizer, build_tiny_model, load_model_and_tokenizer
+    from mtft.models import TinyModelConfig, build_byte_tokenizer, build_tiny_model, load_model_and_tokenizer
 
     seen = {}
 

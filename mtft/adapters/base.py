@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 from torch import nn
 
-from mtft.config.schema import check
+from mtft.errors import check
 
 ADAPTER_CONFIG_FILE = "mtft_adapter.json"
 

@@ -9,7 +9,7 @@ import peft
 from torch import nn
 
 from mtft.adapters.base import LowRankConfig
-from mtft.config.schema import check
+from mtft.errors import check
 
 
 @dataclass

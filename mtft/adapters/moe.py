@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from mtft.adapters.base import ADAPTER_CONFIG_FILE, LowRankConfig
-from mtft.config.errors import ConfigError
 from mtft.distributed import all_reduce_sum
+from mtft.errors import ConfigError
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PRIOR_MODULE = "mtft_intuition"  # a model-level routing prior (adapters/intuition.py), saved with the adapter

@@ -24,8 +24,8 @@ from mtft.adapters import intuition
 from mtft.adapters.base import LowRankConfig
 from mtft.adapters.intuition import MODULE_NAME, IntuitionPrior
 from mtft.adapters.moe import ExpertLinear, inject_experts, lora_pair, top_k_mask
-from mtft.config.schema import check
 from mtft.data.tasks import TaskData
+from mtft.errors import check
 
 
 @dataclass

@@ -22,7 +22,7 @@ from torch import nn
 
 from mtft.adapters.base import LowRankConfig
 from mtft.adapters.moe import ExpertLinear, inject_experts, lora_pair, top_k_mask
-from mtft.config.schema import check
+from mtft.errors import check
 
 
 @dataclass

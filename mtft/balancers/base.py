@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from mtft.config.errors import ConfigError
+from mtft.errors import ConfigError
 
 
 @dataclass

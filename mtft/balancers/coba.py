@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from mtft.balancers.base import Balancer, BalancerConfig
-from mtft.config.schema import check
+from mtft.errors import check
 
 
 @dataclass

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from mtft.balancers.base import Balancer, BalancerConfig
-from mtft.config.schema import check
+from mtft.errors import check
 
 
 @dataclass

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mtft.balancers.base import Balancer, BalancerConfig, check_known_tasks
-from mtft.config.schema import check
+from mtft.errors import check
 
 
 @dataclass

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mtft.balancers.base import Balancer, BalancerConfig
-from mtft.config.schema import check
+from mtft.errors import check
 
 
 @dataclass

@@ -22,8 +22,7 @@ from mtft.adapters.lora import LoraConfig
 from mtft.adapters.molora import MoLoRAConfig
 from mtft.adapters.mor1e import MoR1EConfig
 from mtft.adapters.smora import SMoRAConfig
-from mtft.config.schema import TinyModelConfig
-from mtft.models import build_byte_tokenizer, build_tiny_model
+from mtft.models import TinyModelConfig, build_byte_tokenizer, build_tiny_model
 
 MODEL = TinyModelConfig(hidden_size=512, num_layers=10, num_heads=8, num_kv_heads=8, intermediate_size=1376)
 BATCH, SEQ, WARMUP, STEPS = 2, 256, 2, 6

@@ -11,10 +11,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from mtft.config.hydra import DEMO_DATA_DIR
-from mtft.config.schema import DataConfig, TaskSpec
 from mtft.config.train import TrainConfig
-from mtft.data.synthetic import TASKS
+from mtft.data.config import DataConfig, TaskSpec
+from mtft.data.synthetic import DEMO_DATA_DIR, TASKS
 from mtft.training.loop import train
 
 STEPS = 300

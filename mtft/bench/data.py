@@ -20,14 +20,13 @@ from typing import Any
 import torch
 
 from mtft.adapters import ADAPTERS
-from mtft.config.hydra import DEMO_DATA_DIR
-from mtft.config.schema import DataConfig, TaskSpec, TinyModelConfig
 from mtft.config.train import TrainConfig
 from mtft.data.batches import MixedBatches
+from mtft.data.config import DataConfig, TaskSpec
 from mtft.data.sampler import mixing_probabilities
-from mtft.data.synthetic import TASKS
+from mtft.data.synthetic import DEMO_DATA_DIR, TASKS
 from mtft.data.tasks import load_tasks
-from mtft.models import build_byte_tokenizer, build_tiny_model
+from mtft.models import TinyModelConfig, build_byte_tokenizer, build_tiny_model
 from mtft.training.engine import build_engine, init_distributed
 from mtft.training.loop import optimizer_step
 

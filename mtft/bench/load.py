@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mtft.config.schema import DataConfig
+from mtft.data.config import DataConfig
 from mtft.data.synthetic import TASKS as DEMO_GENERATORS
 
 FORMATS = ("messages", "sharegpt", "alpaca", "prompt_response", "chat_rounds", "text")
@@ -190,7 +190,7 @@ def _cpu_seconds() -> float:
 
 def measure(directory: Path) -> dict[str, Any]:
     """In this process: `load_tasks` on the case in `directory` into a cold cache, timed and accounted for."""
-    from mtft.config.schema import TaskSpec
+    from mtft.data.config import TaskSpec
     from mtft.data.tasks import load_tasks
     from mtft.models import build_byte_tokenizer
 

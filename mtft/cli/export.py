@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from mtft.adapters.base import ADAPTER_CONFIG_FILE
-from mtft.config.errors import ConfigError, UserError
+from mtft.errors import ConfigError, UserError
 
 MERGEABLE = ("lora", "none")
 USAGE = "mtft-export checkpoint=DIR out=DIR [merge=true] [from_shards=true]"
@@ -92,7 +92,7 @@ def _run_model_config(checkpoint: Path):
     import yaml
 
     from mtft.config.convert import from_dict
-    from mtft.config.schema import ModelConfig
+    from mtft.models import ModelConfig
 
     run_config = checkpoint.parent / "config.yaml"
     if not run_config.is_file():

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mtft.config.errors import UserError
+from mtft.errors import UserError
 
 
 def main(argv: list[str] | None = None) -> None:

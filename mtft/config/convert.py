@@ -7,7 +7,7 @@ import types
 import typing
 from typing import Any, TypeVar, Union
 
-from mtft.config.errors import ConfigError, unknown_key
+from mtft.errors import ConfigError, unknown_key
 
 T = TypeVar("T")
 

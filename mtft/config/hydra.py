@@ -12,7 +12,6 @@ the one-line ConfigError every other config mistake gets: the key, the allowed o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -20,11 +19,13 @@ from hydra.errors import MissingConfigException
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from mtft.config.errors import ConfigError, unknown_key
-from mtft.config.schema import DataConfig, DeepSpeedConfig, LoggerConfig, ModelConfig, TrainerConfig
+from mtft.config.schema import DeepSpeedConfig, TrainerConfig
 from mtft.config.train import TrainConfig, build_train_config
-
-DEMO_DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "demo"
+from mtft.data.config import DataConfig
+from mtft.data.synthetic import DEMO_DATA_DIR
+from mtft.errors import ConfigError, unknown_key
+from mtft.logging.config import LoggerConfig
+from mtft.models import ModelConfig
 
 
 @dataclass

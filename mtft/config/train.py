@@ -10,8 +10,11 @@ from mtft.adapters.lora import LoraConfig
 from mtft.balancers import BALANCERS, BalancerConfig
 from mtft.balancers.static import DataBalancedConfig
 from mtft.config.convert import from_dict
-from mtft.config.errors import ConfigError
-from mtft.config.schema import DataConfig, DeepSpeedConfig, LoggerConfig, ModelConfig, TrainerConfig
+from mtft.config.schema import DeepSpeedConfig, TrainerConfig
+from mtft.data.config import DataConfig
+from mtft.errors import ConfigError
+from mtft.logging.config import LoggerConfig
+from mtft.models import ModelConfig
 
 
 @dataclass

@@ -21,11 +21,11 @@ from datasets.arrow_writer import ArrowWriter
 from datasets.fingerprint import Hasher
 from transformers import PreTrainedTokenizerBase
 
-from mtft.config.errors import DataError
-from mtft.config.schema import TaskSpec
+from mtft.data.config import TaskSpec
 from mtft.data.formats import detect_format, rename_fields, to_example
 from mtft.data.sources import Location, read_records, resolve
 from mtft.data.tokenize import TemplateError, tokenize_example
+from mtft.errors import DataError
 
 PREPROCESS_VERSION = 2  # 2: prompt_length
 PARALLEL_FROM = 20_000  # records; below this, worker start-up costs more than it saves

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from mtft.config.schema import DataConfig
+from mtft.data.config import DataConfig
 
 
 def mixing_probabilities(sizes: list[int], cfg: DataConfig) -> np.ndarray:

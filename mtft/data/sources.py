@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mtft.config.errors import DataError
+from mtft.errors import DataError
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 

@@ -20,6 +20,9 @@ from pathlib import Path
 
 POSITIVE = ["great", "wonderful", "delicious", "friendly", "excellent", "lovely", "superb", "pleasant"]
 NEGATIVE = ["awful", "terrible", "bland", "rude", "horrible", "dreadful", "poor", "disappointing"]
+# The shipped files: the demo data config and the benchmarks point here, wherever mtft is installed.
+DEMO_DATA_DIR = Path(__file__).resolve().parent / "demo"
+
 NOUNS = ["food", "service", "room", "staff", "movie", "book", "coffee", "music", "view", "price"]
 
 

@@ -17,10 +17,10 @@ import numpy as np
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from mtft.config.errors import DataError
-from mtft.config.schema import DataConfig, TaskSpec
+from mtft.data.config import DataConfig, TaskSpec
 from mtft.data.preprocess import row_error, tokenized_records
 from mtft.data.tokenize import IGNORE
+from mtft.errors import DataError
 
 
 @dataclass

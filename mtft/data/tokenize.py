@@ -9,26 +9,15 @@ from __future__ import annotations
 
 from transformers import PreTrainedTokenizerBase
 
+from mtft.data.config import DataConfig
 from mtft.data.formats import Example
+from mtft.errors import ConfigError
 
 IGNORE = -100
-
-# Used when a tokenizer has no chat template of its own (ChatML, as in Qwen and many others).
-BUILTIN_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 
 class TemplateError(ValueError):
     pass
-
-
-def ensure_chat_template(tokenizer: PreTrainedTokenizerBase) -> None:
-    if not tokenizer.chat_template:
-        tokenizer.chat_template = BUILTIN_CHAT_TEMPLATE
 
 
 def render_segments(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
@@ -85,3 +74,24 @@ def tokenize_example(
     if tokenizer.eos_token_id is not None and (not input_ids or input_ids[-1] != tokenizer.eos_token_id):
         input_ids.append(tokenizer.eos_token_id)
     return input_ids, list(input_ids), len(input_ids)
+
+
+def chat_template_overhead(tokenizer: PreTrainedTokenizerBase) -> int:
+    """Tokens the chat template adds to a one-turn conversation whose user and assistant turns are empty."""
+    empty_turn = [{"role": "user", "content": ""}, {"role": "assistant", "content": ""}]
+    return len(tokenize_messages(tokenizer, empty_turn)[0])
+
+
+def check_max_seq_len(data: DataConfig, tokenizer: PreTrainedTokenizerBase) -> None:
+    """A data.max_seq_len that the template's own tokens fill leaves no room for any sample: every one would be
+    dropped or truncated to nothing to learn from, which the data report would only tell after tokenizing it all.
+    Tasks given as plain text (format: text) use no template."""
+    if all(task.format == "text" for task in data.tasks):
+        return
+    overhead = chat_template_overhead(tokenizer)
+    if data.max_seq_len <= overhead:
+        raise ConfigError(
+            "data.max_seq_len",
+            f"{data.max_seq_len} leaves no room for text: the chat template alone takes {overhead} tokens "
+            f"(a one-turn conversation with empty user and assistant turns); use more than {overhead}",
+        )

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any, Protocol
 
-from mtft.config.schema import LoggerConfig
+from mtft.logging.config import LoggerConfig
 
 
 class Backend(Protocol):

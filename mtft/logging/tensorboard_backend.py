@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from mtft.config.errors import ConfigError
+from mtft.errors import ConfigError
 
 
 class TensorBoardBackend:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from mtft.config.schema import LoggerConfig
+from mtft.logging.config import LoggerConfig
 from mtft.logging.secrets import redact
 
 
@@ -44,7 +44,7 @@ class WandbBackend:
         if any(key.endswith("/val_loss") for key in record) and any(key.endswith("/load") for key in record):
             import matplotlib.pyplot as plt
 
-            from mtft.report.plots import router_heatmap
+            from mtft.plotting import router_heatmap
 
             figure = router_heatmap(record)
             data["router/load_heatmap"] = self.wandb.Image(figure)  # rendered here, so the figure can go

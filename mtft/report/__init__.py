@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mtft.config.errors import DataError
+from mtft.errors import DataError
 from mtft.report.plots import Records, plot_balancer, plot_losses, plot_router_load, plot_weights, series, task_names
 
 

@@ -13,6 +13,8 @@ matplotlib.use("Agg")  # files only; never a window, even where a display exists
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from mtft.plotting import short_layer_name  # noqa: E402
+
 Records = list[dict[str, Any]]
 DPI = 110
 
@@ -100,7 +102,7 @@ def plot_router_load(records: Records, path: Path) -> Path | None:
         steps, loads = series(records, f"router/{layer}/load")
         load = np.array(loads).T  # experts × windows
         image = ax.imshow(load, aspect="auto", cmap="viridis", vmin=0, interpolation="nearest")
-        ax.set_title(_short(layer), fontsize=8)
+        ax.set_title(short_layer_name(layer), fontsize=8)
         ticks = np.linspace(0, len(steps) - 1, min(len(steps), 4)).round().astype(int)
         ax.set_xticks(ticks, [str(steps[t]) for t in ticks], fontsize=7)
         ax.set_ylabel("expert", fontsize=7)
@@ -136,24 +138,3 @@ def plot_balancer(records: Records, path: Path) -> Path | None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return _save(fig, path)
-
-
-def _short(layer: str) -> str:
-    """model.layers.3.self_attn.q_proj -> 3.self_attn.q_proj"""
-    return layer.split("layers.", 1)[-1]
-
-
-def router_heatmap(record: dict[str, Any]):
-    """One logging window's load: router layers (rows) × experts (columns). Returns the matplotlib figure."""
-    layers = [
-        key[len("router/") : -len("/load")] for key in record if key.startswith("router/") and key.endswith("/load")
-    ]
-    load = np.array([record[f"router/{layer}/load"] for layer in layers])
-    fig, ax = plt.subplots(figsize=(1.2 + 0.35 * load.shape[1], 1.2 + 0.18 * len(layers)))
-    image = ax.imshow(load, aspect="auto", cmap="viridis", vmin=0, interpolation="nearest")
-    ax.set_yticks(range(len(layers)), [_short(layer) for layer in layers], fontsize=6)
-    ax.set_xlabel("expert")
-    ax.set_title(f"router load, step {record['step']}", fontsize=9)
-    fig.colorbar(image, ax=ax, shrink=0.8)
-    fig.tight_layout()
-    return fig

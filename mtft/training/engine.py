@@ -14,8 +14,8 @@ import torch.distributed as dist
 from torch import nn
 from transformers import get_scheduler
 
-from mtft.config.errors import ConfigError
 from mtft.config.train import TrainConfig
+from mtft.errors import ConfigError
 from mtft.training.guard import FiniteCheckedAdamW
 
 

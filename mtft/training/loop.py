@@ -23,19 +23,20 @@ from mtft.adapters import ADAPTERS
 from mtft.adapters.base import count_parameters
 from mtft.adapters.moe import expert_layers, router_metrics
 from mtft.balancers import build_balancer
-from mtft.config.errors import ConfigError
 from mtft.config.train import TrainConfig
 from mtft.data.batches import MixedBatches, ValidationCycle, validation_batches, validation_rounds
 from mtft.data.sampler import mixing_probabilities
 from mtft.data.tasks import load_tasks
+from mtft.data.tokenize import check_max_seq_len
 from mtft.distributed import rank_zero_first, same_on_all_ranks
+from mtft.errors import ConfigError
 from mtft.eval.generation import COLUMNS as GENERATION_COLUMNS
 from mtft.eval.generation import sample_generations
 from mtft.logging import build_run_logger
 from mtft.logging.progress import Progress, use_bars
 from mtft.logging.secrets import redact
 from mtft.logging.throughput import ThroughputWindow, peak_flops
-from mtft.models import check_max_seq_len, load_model, load_tokenizer
+from mtft.models import load_model, load_tokenizer
 from mtft.training.engine import build_engine, deepspeed_config, init_distributed
 from mtft.training.guard import (
     NumericalGuard,
@@ -46,7 +47,6 @@ from mtft.training.guard import (
 )
 from mtft.training.losses import balanced_loss, reduction_weights
 from mtft.training.preemption import Preemption
-from mtft.training.report import data_report, data_report_table, print_data_report, print_summary, summary
 from mtft.training.state import (
     complete_checkpoints,
     find_resume_checkpoint,
@@ -59,6 +59,7 @@ from mtft.training.state import (
     save_checkpoint,
 )
 from mtft.training.step import first_nonfinite, optimizer_step
+from mtft.training.summary import data_report, data_report_table, print_data_report, print_summary, summary
 from mtft.training.validation import validation_losses
 
 

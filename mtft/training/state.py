@@ -30,8 +30,8 @@ from transformers import PreTrainedTokenizerBase
 
 from mtft.adapters import AdapterConfig, save_adapter
 from mtft.adapters.base import write_adapter_config
-from mtft.config.errors import ConfigError, UserError
 from mtft.distributed import same_on_all_ranks
+from mtft.errors import ConfigError, UserError
 
 COMPLETE_MARKER = "COMPLETE"
 ADAPTER_DIR = "adapter"

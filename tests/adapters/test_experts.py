@@ -11,8 +11,7 @@ from mtft.adapters.moe import ExpertLinear, after_optimizer_step, expert_layers,
 from mtft.adapters.molora import MoLoRAConfig, MoLoRALinear
 from mtft.adapters.mor1e import MoR1EConfig, MoR1ELinear
 from mtft.adapters.smora import SMoRAConfig, SMoRALinear
-from mtft.config.schema import TinyModelConfig
-from mtft.models import build_byte_tokenizer, build_tiny_model
+from mtft.models import TinyModelConfig, build_byte_tokenizer, build_tiny_model
 
 MOE = ("molora", "mor1e", "smora")
 INPUT_IDS = torch.tensor([[5, 80, 81, 82, 99, 100, 40, 41], [7, 7, 90, 91, 92, 93, 94, 95]])

@@ -30,7 +30,7 @@ RELOAD = """
 import json, sys, torch
 import mtft
 import mtft.adapters.intuition
-from mtft.config.schema import TinyModelConfig
+from mtft.models import TinyModelConfig
 from mtft.models import build_byte_tokenizer, build_tiny_model
 out = {}
 for directory in sys.argv[2:]:
@@ -72,8 +72,7 @@ def test_saved_adapters_reload_in_a_new_process(dist_group, small_tasks, tmp_pat
     assert proc.returncode == 0, proc.stderr[-2000:]
     reloaded = json.loads(proc.stdout.strip().splitlines()[-1])
 
-    from mtft.config.schema import TinyModelConfig
-    from mtft.models import build_byte_tokenizer, build_tiny_model
+    from mtft.models import TinyModelConfig, build_byte_tokenizer, build_tiny_model
 
     base = build_tiny_model(TinyModelConfig(), build_byte_tokenizer()).eval()
     with torch.no_grad():

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mtft.bench import load
-from mtft.config.schema import DataConfig, TaskSpec
+from mtft.data.config import DataConfig, TaskSpec
 from mtft.data.tasks import load_tasks
 from mtft.data.tokenize import IGNORE
 from mtft.models import build_byte_tokenizer

@@ -8,8 +8,7 @@ from transformers import AutoModelForCausalLM
 
 import mtft
 from mtft.cli.export import main
-from mtft.config.schema import TinyModelConfig
-from mtft.models import build_byte_tokenizer, build_tiny_model
+from mtft.models import TinyModelConfig, build_byte_tokenizer, build_tiny_model
 from mtft.training.loop import train
 from tests.helpers import compose_config, small_data_overrides
 

@@ -9,9 +9,10 @@ import pytest
 from mtft.adapters.lora import LoraConfig
 from mtft.balancers.static import StaticConfig
 from mtft.cli.train import CONFIG_DIR
-from mtft.config.errors import ConfigError
-from mtft.config.schema import DataConfig, TrainerConfig
+from mtft.config.schema import TrainerConfig
 from mtft.config.train import build_train_config
+from mtft.data.config import DataConfig
+from mtft.errors import ConfigError
 from tests.helpers import compose_config, compose_raw
 
 GROUPS = ("model", "data", "adapter", "balancer", "trainer", "deepspeed", "logger")

@@ -15,11 +15,12 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from mtft.cli.train import CONFIG_DIR
-from mtft.config.errors import ConfigError, DataError, unknown_key
 from mtft.config.hydra import config_error, to_train_config
-from mtft.config.schema import DataConfig, ModelConfig, TaskSpec
+from mtft.data.config import DataConfig, TaskSpec
 from mtft.data.tasks import load_tasks
-from mtft.models import build_byte_tokenizer, chat_template_overhead, check_max_seq_len, load_tokenizer
+from mtft.data.tokenize import chat_template_overhead, check_max_seq_len
+from mtft.errors import ConfigError, DataError, unknown_key
+from mtft.models import ModelConfig, build_byte_tokenizer, load_tokenizer
 from tests.helpers import compose_config
 
 DEMO_TASKS = "add, reverse, sort, sentiment"

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from mtft.config.errors import DataError
-from mtft.config.schema import DataConfig, TaskSpec
+from mtft.data.config import DataConfig, TaskSpec
 from mtft.data.formats import FORMATS, Example, detect_format, rename_fields, to_example
 from mtft.data.sources import Location
 from mtft.data.tasks import load_tasks
 from mtft.data.tokenize import IGNORE
+from mtft.errors import DataError
 from mtft.models import build_byte_tokenizer
 
 WHERE = Location("f.jsonl", 3)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mtft.config.schema import TinyModelConfig
 from mtft.data.collate import collate, model_inputs, real_tokens
 from mtft.data.packing import collate_rows, pack_rows
 from mtft.data.synthetic import generate
 from mtft.data.tasks import Sample
 from mtft.data.tokenize import IGNORE, tokenize_messages
-from mtft.models import build_byte_tokenizer, build_tiny_model
+from mtft.models import TinyModelConfig, build_byte_tokenizer, build_tiny_model
 from mtft.training.losses import per_task_sums, token_losses
 
 

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from mtft.config.schema import DataConfig, TaskSpec
 from mtft.data import preprocess
+from mtft.data.config import DataConfig, TaskSpec
 from mtft.data.tasks import load_tasks
 from mtft.models import build_byte_tokenizer
 

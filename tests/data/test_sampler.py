@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from mtft.config.schema import DataConfig, TaskSpec
 from mtft.data.batches import MixedBatches, validation_batches
+from mtft.data.config import DataConfig, TaskSpec
 from mtft.data.sampler import TaskSampler, mixing_probabilities
 from mtft.data.tasks import Sample, TaskData
 from mtft.data.tokenize import IGNORE

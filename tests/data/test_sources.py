@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mtft.config.errors import DataError, UserError
 from mtft.data.sources import Location, read_records, resolve
+from mtft.errors import DataError, UserError
 
 A = {"text": "a"}
 B = {"text": "b"}

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mtft.config.schema import DataConfig, TaskSpec
 from mtft.data import synthetic
+from mtft.data.config import DataConfig, TaskSpec
 from mtft.data.formats import detect_format, to_example
 from mtft.data.sources import read_records
 from mtft.data.synthetic import NEGATIVE, NOUNS, POSITIVE, generate, write_suite

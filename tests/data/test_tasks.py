@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from mtft.config.errors import DataError
-from mtft.config.schema import DataConfig, TaskSpec
+from mtft.data.config import DataConfig, TaskSpec
 from mtft.data.tasks import Sample, TaskData, load_tasks
 from mtft.data.tokenize import IGNORE, tokenize_messages
+from mtft.errors import DataError
 from mtft.models import build_byte_tokenizer
 
 END = "<|im_end|>\n"

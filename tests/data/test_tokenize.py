@@ -9,16 +9,14 @@ from __future__ import annotations
 import pytest
 
 from mtft.data.tokenize import (
-    BUILTIN_CHAT_TEMPLATE,
     IGNORE,
     TemplateError,
-    ensure_chat_template,
     render_segments,
     tokenize_conversation,
     tokenize_example,
     tokenize_messages,
 )
-from mtft.models import build_byte_tokenizer
+from mtft.models import BUILTIN_CHAT_TEMPLATE, build_byte_tokenizer, ensure_chat_template
 
 END = "<|im_end|>\n"
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from mtft.config.schema import TinyModelConfig
 from mtft.data.tasks import Sample, TaskData
 from mtft.data.tokenize import IGNORE
 from mtft.eval.generation import first_turn, sample_generations
-from mtft.models import build_byte_tokenizer, build_tiny_model
+from mtft.models import TinyModelConfig, build_byte_tokenizer, build_tiny_model
 
 
 def test_first_turn_splits_at_the_first_completion():

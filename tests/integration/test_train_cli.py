@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mtft.config.schema import TinyModelConfig
-from mtft.models import build_byte_tokenizer, build_tiny_model
+from mtft.models import TinyModelConfig, build_byte_tokenizer, build_tiny_model
 from mtft.training.loop import train
 from tests.helpers import compose_config, run_cli, small_data_overrides
 

@@ -7,12 +7,11 @@ import torch
 
 from mtft.adapters import ADAPTERS
 from mtft.adapters.lora import LoraConfig
-from mtft.config.schema import TinyModelConfig
 from mtft.data.collate import collate, count_samples
 from mtft.data.packing import collate_rows
 from mtft.data.tasks import Sample
 from mtft.logging.throughput import ThroughputWindow, attended_positions, matmul_parameters, peak_flops, step_flops
-from mtft.models import build_byte_tokenizer, build_tiny_model
+from mtft.models import TinyModelConfig, build_byte_tokenizer, build_tiny_model
 
 CFG = TinyModelConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from mtft.training.report import print_summary
+from mtft.training.summary import print_summary
 
 
 def _summary(steps: int, skipped: int, end: float) -> dict:

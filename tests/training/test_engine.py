@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mtft.config.errors import ConfigError
+from mtft.errors import ConfigError
 from mtft.training.engine import deepspeed_config
 from tests.helpers import compose_config
 

@@ -69,8 +69,7 @@ def test_all_zero_weights_give_zero_loss_and_gradient():
 
 def _lora_model():
     from mtft.adapters.lora import LoraConfig, inject
-    from mtft.config.schema import TinyModelConfig
-    from mtft.models import build_byte_tokenizer, build_tiny_model
+    from mtft.models import TinyModelConfig, build_byte_tokenizer, build_tiny_model
 
     tokenizer = build_byte_tokenizer()
     model = inject(build_tiny_model(TinyModelConfig(), tokenizer), LoraConfig(rank=4))

@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 import mtft.training.loop as loop
-from mtft.config.errors import ConfigError
+from mtft.errors import ConfigError
 from mtft.training.loop import train
 from mtft.training.state import COMPLETE_MARKER, RUN_INPUTS, input_changes, load_rank_state
 from tests.helpers import compose_config, small_data_overrides

@@ -88,7 +88,7 @@ def test_resume_continues_exactly(dist_group, small_tasks, tmp_path):
 
 
 def test_fresh_run_refuses_a_used_output_dir(dist_group, small_tasks, tmp_path):
-    from mtft.config.errors import ConfigError
+    from mtft.errors import ConfigError
 
     train(_config(tmp_path, small_tasks, "trainer.max_steps=1"))
     try:
@@ -120,8 +120,7 @@ def test_zero_stages_match_zero0(dist_group, small_tasks, tmp_path, stage):
 def test_zero3_loads_a_checkpoint_straight_into_shards(dist_group, small_tasks, tmp_path):
     """A real model directory under ZeRO-3 never exists whole on a rank (deepspeed.zero.Init while loading), and
     training from it follows ZeRO-0's trajectory."""
-    from mtft.config.schema import ModelConfig, TinyModelConfig
-    from mtft.models import build_byte_tokenizer, build_tiny_model
+    from mtft.models import ModelConfig, TinyModelConfig, build_byte_tokenizer, build_tiny_model
     from mtft.training.engine import deepspeed_config
 
     tokenizer = build_byte_tokenizer()

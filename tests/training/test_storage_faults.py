@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import mtft.training.loop as loop
-from mtft.config.errors import ConfigError
+from mtft.errors import ConfigError
 from mtft.training import state
 from mtft.training.loop import train
 from mtft.training.state import COMPLETE_MARKER, CheckpointWriteError, find_resume_checkpoint, verify_checkpoint

@@ -1,4 +1,7 @@
-"""User-facing errors: raised for bad config or bad data, reported by the CLI as one paragraph, never a traceback."""
+"""User-facing errors: raised for bad config or bad data, reported by the CLI as one paragraph, never a traceback.
+
+A leaf module (it imports nothing from mtft), so every layer can raise them and the config dataclasses that live
+beside their components can validate with `check` without importing `mtft.config`."""
 
 from __future__ import annotations
 
@@ -52,3 +55,12 @@ class DataError(UserError):
         where = str(path) if line is None else (f"{path}:{line}" if unit == "line" else f"{path} {unit} {line}")
         what = f" field '{field}'" if field else ""
         super().__init__(f"{where}:{what} {problem}")
+
+
+def check(ok: bool, key: str, problem: str) -> None:
+    if not ok:
+        raise ConfigError(key, problem)
+
+
+def check_choice(value: str, key: str, choices: tuple[str, ...]) -> None:
+    check(value in choices, key, f"must be one of {', '.join(choices)}; got '{value}'")
