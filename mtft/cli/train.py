@@ -69,8 +69,8 @@ def _where_set(key: str) -> str:
 
 
 def _group_file(config_sources: list, group: str, choice: str) -> Path:
-    """The YAML file Hydra composed `group=choice` from: the search path in order, so a `--config-dir` file (which
-    Hydra puts first) is named rather than a packaged file of the same name, or a packaged path that does not exist."""
+    """The YAML file Hydra composed `group=choice` from, looked up in Hydra's search path order: a user's option
+    under `--config-dir` (chosen, say, by their own primary config) is named where it is, not as a packaged path."""
     for source in config_sources:
         if source.schema == "file" and (path := Path(source.path) / group / f"{choice}.yaml").is_file():
             return path
