@@ -43,8 +43,9 @@ def site(tmp_path_factory) -> Path:
             assert f"mtft/configs/{group}/{option.name}" in names
     assert "mtft/configs/train.yaml" in names
     assert {f"mtft/data/demo/{t}.jsonl" for t in ("add", "reverse", "sort", "sentiment")} <= names
-    subprocess.run([*pip, "install", "--no-deps", "-q", "--target", root / "site", wheel], check=True)
-    return root / "site"
+    site = root / "site-packages"  # dill (datasets' fingerprints) pickles modules outside such a path by value
+    subprocess.run([*pip, "install", "--no-deps", "-q", "--target", site, wheel], check=True)
+    return site
 
 
 def _run(site: Path, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
