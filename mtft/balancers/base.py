@@ -1,15 +1,23 @@
 """The balancer interface: a balancer receives per-task losses and gives back per-task loss weights.
 
-The trainer calls `observe(0, {}, L0)` once with the full validation pass before training, then after every
-optimizer step with that step's per-task training losses, and with per-task validation losses whenever it
-computed them (every `val_interval` steps on `val_batches` micro-batches if `needs_val_losses`).
-It never branches on which balancer it runs.
+It owns its schedule, and the trainer knows nothing of it beyond these methods (it never branches on which
+balancer it runs):
+- `start(L0)` once, with the full validation pass before training (L(0) for convergence-based balancers);
+- `val_request(step)` after every optimizer step: how many validation micro-batches (of `val_batch_size`
+  samples) it wants measured now, 0 for none. A full evaluation at the same step serves instead;
+- `observe(step, train_losses, val_losses)` after every applied step;
+- `after_step(measure)` after that: `measure()` re-evaluates the step's own batches after the update, one more
+  forward, run only if the balancer calls it (FAMO does);
+- `weights()`, and `reduction(weights, counts)`: the w_t that enter the loss's reduction (training/losses.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
+
+import torch
 
 from mtft.errors import ConfigError
 
@@ -23,25 +31,34 @@ class BalancerConfig:
 
 
 class Balancer:
-    needs_val_losses: ClassVar[bool] = False
-    val_interval: int = 0  # optimizer steps between validation losses, when needs_val_losses
-    val_batches: int = 0  # validation micro-batches per such round
-    val_batch_size: int = 0  # their size in samples; 0 uses trainer.eval_batch_size
-    token_weighted: ClassVar[bool] = False  # True: each weight is multiplied by the task's tokens in the step
-    needs_post_step_losses: ClassVar[bool] = False  # True: after_step gets the step's batch re-evaluated
-
     def __init__(self, cfg: BalancerConfig, task_names: list[str]):
         self.cfg = cfg
         self.task_names = list(task_names)
 
+    def start(self, initial_val_losses: dict[str, float]) -> None:
+        """Before the first step: every task's validation loss on its whole validation split."""
+
+    def val_request(self, step: int) -> int:
+        """Validation micro-batches to measure after optimizer step `step`; 0: none."""
+        return 0
+
+    def val_batch_size(self, default: int) -> int:
+        """Samples per requested validation micro-batch; `default` is trainer.eval_batch_size."""
+        return default
+
     def weights(self) -> dict[str, float]:
         raise NotImplementedError
+
+    def reduction(self, weights: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """The w_t of the reduction Σ_t w_t·L_t / Σ_t w_t, from the weights (in task order) and each task's
+        completion tokens in the step. The weights themselves unless a balancer says otherwise."""
+        return weights
 
     def observe(self, step: int, train_losses: dict[str, float], val_losses: dict[str, float] | None) -> None:
         """Feed the losses of optimizer step `step`. Tasks absent from the step are absent from the dicts."""
 
-    def after_step(self, losses_after: dict[str, float]) -> None:
-        """The post-step hook: per-task losses of the step's own micro-batches after its update."""
+    def after_step(self, measure: Callable[[], dict[str, float]]) -> None:
+        """The post-step hook; `measure()` gives the per-task losses of the step's own batches after its update."""
 
     def metrics(self) -> dict[str, float]:
         """Internals to log under `balancer/...` (without the prefix)."""

@@ -96,14 +96,10 @@ def coba_weights(rcs: np.ndarray, acs: np.ndarray, df: float) -> np.ndarray:
 
 
 class CoBaBalancer(Balancer):
-    needs_val_losses = True
     cfg: CoBaConfig
 
     def __init__(self, cfg: CoBaConfig, task_names: list[str]):
         super().__init__(cfg, task_names)
-        self.val_interval = cfg.update_interval
-        self.val_batches = cfg.val_batches
-        self.val_batch_size = cfg.val_batch_size
         self.initial: dict[str, float] = {}
         self.points = {t: deque(maxlen=cfg.history) for t in task_names}  # (step, normalised val loss)
         self.slopes = {t: deque(maxlen=cfg.history) for t in task_names}  # α_i at each update after warm-up
@@ -115,11 +111,17 @@ class CoBaBalancer(Balancer):
     def weights(self) -> dict[str, float]:
         return {t: float(w) for t, w in zip(self.task_names, self._weights, strict=True)}
 
+    def start(self, initial_val_losses: dict[str, float]) -> None:
+        self.initial = dict(initial_val_losses)  # L_i(0), which every later loss is normalised by
+
+    def val_request(self, step: int) -> int:
+        return self.cfg.val_batches if step % self.cfg.update_interval == 0 else 0
+
+    def val_batch_size(self, default: int) -> int:
+        return self.cfg.val_batch_size or default
+
     def observe(self, step: int, train_losses: dict[str, float], val_losses: dict[str, float] | None) -> None:
         if not val_losses:
-            return
-        if not self.initial:  # the full pass before training: L_i(0)
-            self.initial = dict(val_losses)
             return
         normalised = {t: loss / self.initial[t] for t, loss in val_losses.items() if self.initial.get(t)}
         for task, value in normalised.items():

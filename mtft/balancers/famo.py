@@ -14,6 +14,7 @@ forward), which the paper's update direction approximates for small steps.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +37,6 @@ class FAMOConfig(BalancerConfig):
 
 
 class FAMOBalancer(Balancer):
-    needs_post_step_losses = True
     cfg: FAMOConfig
 
     def __init__(self, cfg: FAMOConfig, task_names: list[str]):
@@ -56,8 +56,9 @@ class FAMOBalancer(Balancer):
     def observe(self, step: int, train_losses: dict[str, float], val_losses: dict[str, float] | None) -> None:
         self.before = dict(train_losses) or self.before
 
-    def after_step(self, after: dict[str, float]) -> None:
+    def after_step(self, measure: Callable[[], dict[str, float]]) -> None:
         """ξ update from how much each task's loss fell on the batch it was trained on (FAMO eq. 9)."""
+        after = measure()
         delta = torch.zeros(len(self.task_names))
         for i, task in enumerate(self.task_names):
             if task in after and task in self.before:

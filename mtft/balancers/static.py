@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from mtft.balancers.base import Balancer, BalancerConfig, check_known_tasks
 from mtft.errors import check
 
@@ -23,10 +25,12 @@ class UniformConfig(BalancerConfig):
 
 
 class UniformBalancer(Balancer):
-    token_weighted = True
-
     def weights(self) -> dict[str, float]:
         return dict.fromkeys(self.task_names, 1.0)
+
+    def reduction(self, weights: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """w_t = N_t: Σ_t N_t·L_t / Σ_t N_t = Σ_t S_t / Σ_t N_t, the plain token mean."""
+        return weights * counts
 
 
 @dataclass

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -45,7 +46,7 @@ from mtft.training.guard import (
     nonfinite_weights_problem,
     skip_cause,
 )
-from mtft.training.losses import balanced_loss, reduction_weights
+from mtft.training.losses import balanced_loss
 from mtft.training.preemption import Preemption
 from mtft.training.state import (
     complete_checkpoints,
@@ -58,7 +59,7 @@ from mtft.training.state import (
     sample_changes,
     save_checkpoint,
 )
-from mtft.training.step import first_nonfinite, optimizer_step
+from mtft.training.step import Reduction, first_nonfinite, optimizer_step
 from mtft.training.summary import data_report, data_report_table, print_data_report, print_summary, summary
 from mtft.training.validation import validation_losses
 
@@ -108,7 +109,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         engine.module, world_size, peak_flops(cfg.logger.peak_tflops, cfg.deepspeed.precision)
     )
 
-    cycle_batch = balancer.val_batch_size or t.eval_batch_size
+    cycle_batch = balancer.val_batch_size(t.eval_batch_size)
     val_cycle = ValidationCycle(tasks, cycle_batch, tokenizer.pad_token_id, t.seed, rank, world_size)
 
     def validate() -> dict[str, float]:  # every task's whole validation split
@@ -122,8 +123,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             rows = sample_generations(engine.module, tasks, tokenizer, t.eval_generations, t.max_new_tokens, synced)
             logger.table("generations", GENERATION_COLUMNS, rows, step, save=True)
 
-    def balancer_round() -> dict[str, float]:  # a few mixed micro-batches, as often as the balancer asks
-        return validation_losses(engine, (val_cycle.next() for _ in range(balancer.val_batches)), names)
+    def balancer_round(batches: int) -> dict[str, float]:  # a few mixed micro-batches, as the balancer asks
+        return validation_losses(engine, (val_cycle.next() for _ in range(batches)), names)
 
     step, tokens_seen, initial_val = 0, 0, {}
     if resume_from is not None:
@@ -149,7 +150,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     progress = Progress(cfg.logger.progress, rank, t.max_steps, step)
     if not initial_val:
         initial_val = validate()
-        balancer.observe(0, {}, initial_val)  # L(0) for convergence-based balancers
+        balancer.start(initial_val)
 
     def logs_at(n: int) -> bool:  # a metrics record at step n
         return n % t.logging_steps == 0 or n % t.eval_steps == 0 or n == t.max_steps
@@ -168,7 +169,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         prune_checkpoints(output_dir, t.save_total_limit, protect=resume_from)
 
     def write_record(step: int, weights: dict[str, float], val_losses: dict[str, float], grad_norm: float | None):
-        record = _record(step, names, window, weights, val_losses, engine, balancer.token_weighted)
+        record = _record(step, names, window, weights, val_losses, engine, balancer.reduction)
         record.update(throughput.fields())
         if grad_norm is not None:
             record["grad_norm"] = grad_norm
@@ -197,7 +198,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         micro_batches = [_to(batches.next(), engine.device) for _ in range(t.grad_accum_steps)]
         weights_now = balancer.weights()
         weights = torch.tensor([weights_now[n] for n in names], device=engine.device)
-        result = optimizer_step(engine, micro_batches, weights, num_tasks, expert_list, balancer.token_weighted)
+        result = optimizer_step(engine, micro_batches, weights, num_tasks, expert_list, balancer.reduction)
         step += 1
         throughput.add(result.tokens, result.samples, result.attended)
         tokens_seen += result.tokens
@@ -213,9 +214,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             cause = skip_cause(nonfinite_losses(result.sums, names), result.grad_norm)
             progress.skipped(step, cause, in_batch, guard.in_a_row, guard.skipped)
             if stop:
-                cause = first_nonfinite(
-                    engine, result, micro_batches, weights, names, expert_list, balancer.token_weighted
-                )
+                cause = first_nonfinite(engine, result, micro_batches, weights, names, expert_list, balancer.reduction)
                 write_record(step, weights_now, {}, result.grad_norm)  # the skipped steps, in metrics.jsonl too
                 stop_run(guard.stop_message(step, cause, _last_checkpoint(output_dir, resume_from)))
 
@@ -227,11 +226,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if result.applied:  # a skipped step leaves the balancer as it was
             with throughput.paused():
                 balancer_val = val_losses
-                if not balancer_val and balancer.needs_val_losses and step % balancer.val_interval == 0:
-                    balancer_val = balancer_round()
+                if not balancer_val and (wanted := balancer.val_request(step)):
+                    balancer_val = balancer_round(wanted)
             balancer.observe(step, train_losses, balancer_val or None)
-            if balancer.needs_post_step_losses:  # e.g. FAMO: the same batch after the update (one more forward)
-                balancer.after_step(validation_losses(engine, micro_batches, names))
+            balancer.after_step(partial(validation_losses, engine, micro_batches, names))  # e.g. FAMO's
 
         if logs_at(step):
             write_record(step, weights_now, val_losses, result.grad_norm)
@@ -282,12 +280,12 @@ def _record(
     weights: dict[str, float],
     val_losses: dict[str, float],
     engine,
-    token_weighted: bool = False,
+    reduction: Reduction,
 ) -> dict[str, Any]:
     """One metrics.jsonl line: the window's exact per-task means and the balanced loss built from them."""
     sums, counts = window
     task_losses = {n: float(sums[i] / counts[i]) for i, n in enumerate(names) if counts[i] > 0}
-    weights_tensor = reduction_weights(torch.tensor([weights[n] for n in names]), counts, token_weighted)
+    weights_tensor = reduction(torch.tensor([weights[n] for n in names]), counts)
     trained = counts.sum() > 0  # not if every step since the last record was skipped
     record: dict[str, Any] = {
         "step": step,

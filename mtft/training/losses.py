@@ -46,12 +46,6 @@ def label_counts(labels_BT: torch.Tensor, task_ids_BT: torch.Tensor, num_tasks: 
     return torch.bincount(task_ids_BT[:, 1:][counted], minlength=num_tasks).float()
 
 
-def reduction_weights(weights: torch.Tensor, counts: torch.Tensor, token_weighted: bool) -> torch.Tensor:
-    """The w_t that enter the reduction: the balancer's, times each task's token count when it asks for the plain
-    token mean (Σ N_t·L_t / Σ N_t = Σ S_t / Σ N_t)."""
-    return weights * counts if token_weighted else weights
-
-
 def balanced_loss(sums: torch.Tensor, step_counts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """This micro-batch's share of Σ_t w_t·L_t / Σ_t w_t (see the module docstring). Tasks with no tokens in the
     step take no part; if every present task has weight 0 the loss is 0 (and so is the gradient)."""

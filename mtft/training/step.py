@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -17,7 +18,9 @@ from mtft.data.collate import PAD_TASK, count_samples, model_inputs, real_tokens
 from mtft.distributed import all_reduce_sum
 from mtft.logging.throughput import attended_positions
 from mtft.training.guard import gather_names, nonfinite_gradients, nonfinite_losses, poison_if_nonfinite
-from mtft.training.losses import balanced_loss, label_counts, per_task_sums, reduction_weights, token_losses
+from mtft.training.losses import balanced_loss, label_counts, per_task_sums, token_losses
+
+Reduction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (weights, step token counts) -> w_t: Balancer
 
 
 @dataclasses.dataclass
@@ -38,7 +41,7 @@ def optimizer_step(
     weights: torch.Tensor,
     num_tasks: int,
     experts: list[ExpertLinear] = (),
-    token_weighted: bool = False,
+    reduction: Reduction = lambda weights, counts: weights,
 ) -> StepResult:
     """One optimizer step over `micro_batches` (the engine's gradient-accumulation count of them).
 
@@ -46,7 +49,7 @@ def optimizer_step(
     then the routers' loads and balancing biases do not move either.
     """
     step_counts = all_reduce_sum(sum(label_counts(b["labels"], b["task_ids"], num_tasks) for b in micro_batches))
-    weights = reduction_weights(weights, step_counts, token_weighted)
+    weights = reduction(weights, step_counts)
     step_sums = torch.zeros(num_tasks, device=engine.device)
     for batch in micro_batches:
         loss, sums = micro_batch_loss(engine, batch, step_counts, weights, experts, len(micro_batches))
@@ -91,7 +94,7 @@ def first_nonfinite(
     weights: torch.Tensor,
     names: list[str],
     experts: list[ExpertLinear],
-    token_weighted: bool,
+    reduction: Reduction,
 ) -> str:
     """What made a skipped step non-finite, in words: a task's loss, or the first parameters whose gradient is
     not finite. Collective; recomputes the step's gradients once, only when the run is about to stop."""
@@ -101,7 +104,7 @@ def first_nonfinite(
     norm = f"the gradient norm ({result.grad_norm})" if result.grad_norm is not None else "the gradients"
     if engine.zero_optimization_stage() == 3:
         return f"{norm}; parameter names are not available under ZeRO-3 (deepspeed=zero2 shows them)"
-    weights = reduction_weights(weights, result.counts.to(engine.device), token_weighted)
+    weights = reduction(weights, result.counts.to(engine.device))
     bad: list[str] = []
     for batch in micro_batches:
         loss, _ = micro_batch_loss(engine.module, batch, result.counts.to(engine.device), weights, experts, 1)

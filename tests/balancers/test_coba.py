@@ -24,7 +24,7 @@ TASKS = ["fast", "slow"]
 def run(curves: dict[str, callable], steps: int, **cfg) -> CoBaBalancer:
     """Feed L(0) = 1 for each task, then curves(step) every step."""
     balancer = CoBaBalancer(CoBaConfig(**{"warmup_steps": 10, "history": 50, **cfg}), list(curves))
-    balancer.observe(0, {}, dict.fromkeys(curves, 1.0))
+    balancer.start(dict.fromkeys(curves, 1.0))
     for step in range(1, steps + 1):
         losses = {t: f(step) for t, f in curves.items() if f(step) is not None}
         balancer.observe(step, {}, losses)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mtft.balancers import BALANCERS, build_balancer
-from mtft.training.losses import balanced_loss, reduction_weights
+from mtft.training.losses import balanced_loss
 
 SUMS = torch.tensor([4.0, 9.0])  # task a: 2 tokens at mean 2.0; task b: 9 tokens at mean 1.0
 COUNTS = torch.tensor([2.0, 9.0])
@@ -15,7 +15,7 @@ COUNTS = torch.tensor([2.0, 9.0])
 def reduce(name: str, **cfg) -> float:
     balancer = build_balancer(BALANCERS[name].config(**cfg), ["a", "b"])
     weights = torch.tensor([balancer.weights()[t] for t in ("a", "b")])
-    return float(balanced_loss(SUMS, COUNTS, reduction_weights(weights, COUNTS, balancer.token_weighted)))
+    return float(balanced_loss(SUMS, COUNTS, balancer.reduction(weights, COUNTS)))
 
 
 def test_uniform_is_the_plain_token_mean():

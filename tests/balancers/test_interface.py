@@ -1,0 +1,38 @@
+"""The trainer talks to a balancer through its interface alone: it owns its schedule, and the loop reads no
+other attribute of it (issue 12)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import mtft.training
+from mtft.balancers.base import Balancer
+
+INTERFACE = {
+    "start",
+    "val_request",
+    "val_batch_size",
+    "observe",
+    "after_step",
+    "weights",
+    "reduction",
+    "metrics",
+    "state_dict",
+    "load_state_dict",
+}
+
+
+def test_the_interface_is_what_the_base_class_defines():
+    defined = {name for name, value in vars(Balancer).items() if callable(value) and not name.startswith("_")}
+    assert defined == INTERFACE
+
+
+def test_the_trainer_reads_only_the_interface():
+    used = set()
+    for path in Path(mtft.training.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "balancer":
+                used.add((path.name, node.attr))
+    assert {attr for _, attr in used} <= INTERFACE, sorted(used)
+    assert {"start", "val_request", "observe", "after_step", "reduction"} <= {attr for _, attr in used}
