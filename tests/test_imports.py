@@ -61,7 +61,6 @@ ALLOWED: set[tuple[str, str]] = {
     ("mtft/adapters/intuition.py", "mtft.data.collate"),
     ("mtft/adapters/intuition.py", "mtft.data.tasks"),
     ("mtft/adapters/intuition.py", "mtft.data.tokenize"),
-    ("mtft/adapters/mor1e.py", "mtft.data.tasks"),
 }
 
 # Hydra stops at the edge: only these units compose YAML or touch OmegaConf objects.

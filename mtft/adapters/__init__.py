@@ -10,20 +10,20 @@ from torch import nn
 
 from mtft.adapters import full, lora, molora, mor1e, smora
 from mtft.adapters.base import ADAPTER_CONFIG_FILE, AdapterConfig, AdapterMethod, write_adapter_config
-from mtft.adapters.moe import load_experts, save_experts
+from mtft.adapters.moe import ExpertsRuntime, load_experts, save_experts
 
 
-def _experts(config: type[AdapterConfig], inject, prepare=None) -> AdapterMethod:
+def _experts(config: type[AdapterConfig], inject, runtime=lambda model, cfg: ExpertsRuntime(model)) -> AdapterMethod:
     """A mixture-of-experts method: saved as its own safetensors; routing is per token, so it cannot be merged."""
     load = partial(load_experts, config_class=config, inject=inject)
-    return AdapterMethod(config, inject, save_experts, load, prepare)
+    return AdapterMethod(config, inject, save_experts, load, runtime)
 
 
 ADAPTERS: dict[str, AdapterMethod] = {
     "none": AdapterMethod(full.FullFinetuneConfig, full.inject, full.save, full.load),
     "lora": AdapterMethod(lora.LoraConfig, lora.inject, lora.save, lora.load),
     "molora": _experts(molora.MoLoRAConfig, molora.inject),
-    "mor1e": _experts(mor1e.MoR1EConfig, mor1e.inject, mor1e.prepare),
+    "mor1e": _experts(mor1e.MoR1EConfig, mor1e.inject, mor1e.runtime),
     "smora": _experts(smora.SMoRAConfig, smora.inject),
 }
 

@@ -7,8 +7,9 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import torch
 from torch import nn
 
 from mtft.errors import check
@@ -35,13 +36,36 @@ class LowRankConfig(AdapterConfig):
         check(len(self.target_modules) > 0, "target_modules", "name at least one module, or 'all-linear'")
 
 
+class AdapterRuntime:
+    """The one object the training loop talks to, whatever the adapter; it knows none of an adapter's internals.
+    LoRA and full fine-tuning use this one, which does nothing; a mixture of experts has routers to feed and
+    to balance (adapters/moe.py). Its run-time state lives in the model's buffers, so checkpoints carry it."""
+
+    def prepare(self, model: nn.Module, tasks: list, pad_token_id: int, seed: int) -> None:
+        """Before training, on the engine's device, with the tokenized tasks (e.g. MoR1E fits its prior).
+        Deterministic, so a resumed run recomputes the same."""
+
+    def before_forward(self, batch: dict[str, torch.Tensor]) -> None:
+        """Whatever the next forward needs to know about its batch beyond the model's inputs."""
+
+    def aux_loss(self) -> torch.Tensor | float:
+        """Auxiliary loss of the last training forward, added to the task loss (0: none)."""
+        return 0.0
+
+    def after_step(self, applied: bool) -> None:
+        """After each optimizer step; `applied` is False when the numerical guard skipped it."""
+
+    def metrics(self) -> dict[str, Any]:
+        """Statistics for metrics.jsonl (e.g. `router/...`), since the last call."""
+        return {}
+
+
 class AdapterMethod(NamedTuple):
     config: type[AdapterConfig]
     inject: Callable[[nn.Module, AdapterConfig], nn.Module]  # returns the model to train, trainable flags set
     save: Callable[[nn.Module, Path], None]  # writes the trained weights as safetensors
     load: Callable[[nn.Module, Path], nn.Module]  # restores them onto a freshly loaded base model
-    # before training, with the data: (model, cfg, tasks, pad_token_id, seed); e.g. MoR1E fits its routing prior
-    prepare: Callable[..., None] | None = None
+    runtime: Callable[[nn.Module, AdapterConfig], AdapterRuntime] = lambda model, cfg: AdapterRuntime()
 
 
 def write_adapter_config(cfg: AdapterConfig, directory: Path) -> None:

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from mtft.adapters.moe import PRIOR_MODULE, base_only
+from mtft.adapters.moe import PRIOR_MODULE, ExpertsRuntime, base_only
 from mtft.data.collate import collate, model_inputs
 from mtft.data.tasks import Sample, TaskData
 from mtft.data.tokenize import IGNORE
@@ -127,3 +127,18 @@ def set_instance_prior(model: nn.Module, prior: torch.Tensor | None) -> None:
     module = getattr(model, MODULE_NAME, None)
     if module is not None:
         module.current = prior
+
+
+class PriorRuntime(ExpertsRuntime):
+    """MoR1E with its intuition prior: fitted before training; each batch's per-token prior goes to the routers."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model)
+        self.model = model
+
+    def prepare(self, model: nn.Module, tasks: list[TaskData], pad_token_id: int, seed: int) -> None:
+        prepare(model, tasks, pad_token_id, seed)
+
+    def before_forward(self, batch: dict[str, torch.Tensor]) -> None:
+        super().before_forward(batch)
+        set_instance_prior(self.model, batch.get("instance_prior"))

@@ -19,7 +19,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from mtft.adapters.base import ADAPTER_CONFIG_FILE, LowRankConfig
+from mtft.adapters.base import ADAPTER_CONFIG_FILE, AdapterRuntime, LowRankConfig
 from mtft.distributed import all_reduce_sum
 from mtft.errors import ConfigError
 
@@ -209,3 +209,25 @@ def router_metrics(layers: dict[str, ExpertLinear]) -> dict[str, Any]:
         metrics["router/mean_entropy"] = sum(entropies) / len(entropies)
         metrics["router/dead_experts"] = dead
     return metrics
+
+
+class ExpertsRuntime(AdapterRuntime):
+    """The loop's handle on a mixture of experts: real-token masks in, auxiliary losses and router stats out,
+    load balancing after each applied step."""
+
+    def __init__(self, model: nn.Module):
+        self.layers = expert_layers(model)
+        self.modules = list(self.layers.values())
+
+    def before_forward(self, batch: dict[str, torch.Tensor]) -> None:
+        set_token_mask(self.modules, batch["task_ids"] >= 0)  # padding carries a negative task id
+
+    def aux_loss(self) -> torch.Tensor | float:
+        return aux_loss(self.modules)
+
+    def after_step(self, applied: bool) -> None:
+        set_token_mask(self.modules, None)
+        after_optimizer_step(self.modules, applied)  # e.g. SMoRA's bias update, from the loads over all ranks
+
+    def metrics(self) -> dict[str, Any]:
+        return router_metrics(self.layers)

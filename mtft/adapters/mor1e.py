@@ -23,8 +23,7 @@ from torch import nn
 from mtft.adapters import intuition
 from mtft.adapters.base import LowRankConfig
 from mtft.adapters.intuition import MODULE_NAME, IntuitionPrior
-from mtft.adapters.moe import ExpertLinear, inject_experts, lora_pair, top_k_mask
-from mtft.data.tasks import TaskData
+from mtft.adapters.moe import ExpertLinear, ExpertsRuntime, inject_experts, lora_pair, top_k_mask
 from mtft.errors import check
 
 
@@ -97,7 +96,5 @@ def inject(model: nn.Module, cfg: MoR1EConfig) -> nn.Module:
     return model
 
 
-def prepare(model: nn.Module, cfg: MoR1EConfig, tasks: list[TaskData], pad_token_id: int, seed: int) -> None:
-    """Before training: fit the intuition prior on the data and give every sample its affinities."""
-    if cfg.intuition_clusters:
-        intuition.prepare(model, tasks, pad_token_id, seed)
+def runtime(model: nn.Module, cfg: MoR1EConfig) -> ExpertsRuntime:
+    return intuition.PriorRuntime(model) if cfg.intuition_clusters else ExpertsRuntime(model)

@@ -22,7 +22,6 @@ from transformers import set_seed
 
 from mtft.adapters import ADAPTERS
 from mtft.adapters.base import count_parameters
-from mtft.adapters.moe import expert_layers, router_metrics
 from mtft.balancers import build_balancer
 from mtft.config.train import TrainConfig
 from mtft.data.batches import MixedBatches, ValidationCycle, validation_batches, validation_rounds
@@ -90,12 +89,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     names = [task.name for task in tasks]
     method = ADAPTERS[cfg.adapter.name]
     model = method.inject(model, cfg.adapter)
-    experts = expert_layers(model)  # empty unless a mixture-of-experts adapter
-    expert_list = list(experts.values())
+    adapter = method.runtime(model, cfg.adapter)  # the loop's one handle on the adapter
     trainable, total = count_parameters(model)
     engine = build_engine(model, cfg, world_size)
-    if method.prepare is not None:  # on the engine's device; deterministic, so a resumed run recomputes the same
-        method.prepare(engine.module, cfg.adapter, tasks, tokenizer.pad_token_id, t.seed)
+    adapter.prepare(engine.module, tasks, tokenizer.pad_token_id, t.seed)
     balancer = build_balancer(cfg.balancer, names)
     guard = NumericalGuard(t.max_bad_steps)
     probabilities = mixing_probabilities([len(task.train) for task in tasks], cfg.data)
@@ -115,7 +112,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     def validate() -> dict[str, float]:  # every task's whole validation split
         splits = validation_batches(tasks, t.eval_batch_size, tokenizer.pad_token_id, rank, world_size)
         count = sum(validation_rounds(task, t.eval_batch_size, world_size) for task in tasks)
-        return validation_losses(engine, progress.evaluating(splits, count), names)
+        return validation_losses(engine, progress.evaluating(splits, count), names, adapter)
 
     def generations() -> None:  # collective under ZeRO-3: every rank generates, rank 0 logs
         if t.eval_generations:
@@ -124,7 +121,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             logger.table("generations", GENERATION_COLUMNS, rows, step, save=True)
 
     def balancer_round(batches: int) -> dict[str, float]:  # a few mixed micro-batches, as the balancer asks
-        return validation_losses(engine, (val_cycle.next() for _ in range(batches)), names)
+        return validation_losses(engine, (val_cycle.next() for _ in range(batches)), names, adapter)
 
     step, tokens_seen, initial_val = 0, 0, {}
     if resume_from is not None:
@@ -175,7 +172,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             record["grad_norm"] = grad_norm
         record["train/skipped_steps"] = guard.skipped
         record.update({f"balancer/{k}": v for k, v in balancer.metrics().items()})
-        record.update(router_metrics(experts))
+        record.update(adapter.metrics())
         logger.log(record)
         progress.logged(record)
         window.zero_()
@@ -198,7 +195,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         micro_batches = [_to(batches.next(), engine.device) for _ in range(t.grad_accum_steps)]
         weights_now = balancer.weights()
         weights = torch.tensor([weights_now[n] for n in names], device=engine.device)
-        result = optimizer_step(engine, micro_batches, weights, num_tasks, expert_list, balancer.reduction)
+        result = optimizer_step(engine, micro_batches, weights, num_tasks, adapter, balancer.reduction)
         step += 1
         throughput.add(result.tokens, result.samples, result.attended)
         tokens_seen += result.tokens
@@ -214,7 +211,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             cause = skip_cause(nonfinite_losses(result.sums, names), result.grad_norm)
             progress.skipped(step, cause, in_batch, guard.in_a_row, guard.skipped)
             if stop:
-                cause = first_nonfinite(engine, result, micro_batches, weights, names, expert_list, balancer.reduction)
+                cause = first_nonfinite(engine, result, micro_batches, weights, names, adapter, balancer.reduction)
                 write_record(step, weights_now, {}, result.grad_norm)  # the skipped steps, in metrics.jsonl too
                 stop_run(guard.stop_message(step, cause, _last_checkpoint(output_dir, resume_from)))
 
@@ -229,7 +226,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 if not balancer_val and (wanted := balancer.val_request(step)):
                     balancer_val = balancer_round(wanted)
             balancer.observe(step, train_losses, balancer_val or None)
-            balancer.after_step(partial(validation_losses, engine, micro_batches, names))  # e.g. FAMO's
+            balancer.after_step(partial(validation_losses, engine, micro_batches, names, adapter))  # e.g. FAMO
 
         if logs_at(step):
             write_record(step, weights_now, val_losses, result.grad_norm)

@@ -12,9 +12,8 @@ from collections.abc import Callable
 
 import torch
 
-from mtft.adapters.intuition import set_instance_prior
-from mtft.adapters.moe import ExpertLinear, after_optimizer_step, aux_loss, set_token_mask
-from mtft.data.collate import PAD_TASK, count_samples, model_inputs, real_tokens
+from mtft.adapters.base import AdapterRuntime
+from mtft.data.collate import count_samples, model_inputs, real_tokens
 from mtft.distributed import all_reduce_sum
 from mtft.logging.throughput import attended_positions
 from mtft.training.guard import gather_names, nonfinite_gradients, nonfinite_losses, poison_if_nonfinite
@@ -40,8 +39,8 @@ def optimizer_step(
     micro_batches: list[dict[str, torch.Tensor]],
     weights: torch.Tensor,
     num_tasks: int,
-    experts: list[ExpertLinear] = (),
-    reduction: Reduction = lambda weights, counts: weights,
+    adapter: AdapterRuntime,
+    reduction: Reduction,
 ) -> StepResult:
     """One optimizer step over `micro_batches` (the engine's gradient-accumulation count of them).
 
@@ -52,14 +51,13 @@ def optimizer_step(
     weights = reduction(weights, step_counts)
     step_sums = torch.zeros(num_tasks, device=engine.device)
     for batch in micro_batches:
-        loss, sums = micro_batch_loss(engine, batch, step_counts, weights, experts, len(micro_batches))
+        loss, sums = micro_batch_loss(engine, batch, step_counts, weights, adapter, len(micro_batches))
         # The loss is already normalised for the whole step: no 1/GAS; DeepSpeed averages over ranks, undo that.
         engine.backward(poison_if_nonfinite(loss) * engine.world_size, scale_wrt_gas=False)
         engine.step()
         step_sums += sums.detach()
-    set_token_mask(experts, None)
     applied = engine.was_step_applied()
-    after_optimizer_step(experts, applied)  # e.g. SMoRA's bias update, from this step's loads over all ranks
+    adapter.after_step(applied)
     norm = engine.get_global_grad_norm()
     local = [sum(f(b) for b in micro_batches) for f in (real_tokens, count_samples, attended_positions)]
     reduced = all_reduce_sum(torch.cat([step_sums, torch.tensor(local, device=engine.device, dtype=torch.float64)]))
@@ -75,16 +73,15 @@ def micro_batch_loss(
     batch: dict[str, torch.Tensor],
     step_counts: torch.Tensor,
     weights: torch.Tensor,
-    experts: list[ExpertLinear],
+    adapter: AdapterRuntime,
     micro_batches: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(this micro-batch's share of the balanced step loss plus the routers' auxiliary loss, its per-task sums)."""
-    set_instance_prior(getattr(model, "module", model), batch.get("instance_prior"))
-    set_token_mask(experts, batch["task_ids"] != PAD_TASK)
+    """(this micro-batch's share of the balanced step loss plus the adapter's auxiliary loss, its per-task sums)."""
+    adapter.before_forward(batch)
     logits = model(**model_inputs(batch)).logits
     losses = token_losses(logits, batch["labels"])
     sums, _ = per_task_sums(losses, batch["labels"], batch["task_ids"], len(step_counts))
-    return balanced_loss(sums, step_counts, weights) + aux_loss(experts) / micro_batches, sums
+    return balanced_loss(sums, step_counts, weights) + adapter.aux_loss() / micro_batches, sums
 
 
 def first_nonfinite(
@@ -93,7 +90,7 @@ def first_nonfinite(
     micro_batches: list[dict[str, torch.Tensor]],
     weights: torch.Tensor,
     names: list[str],
-    experts: list[ExpertLinear],
+    adapter: AdapterRuntime,
     reduction: Reduction,
 ) -> str:
     """What made a skipped step non-finite, in words: a task's loss, or the first parameters whose gradient is
@@ -107,9 +104,8 @@ def first_nonfinite(
     weights = reduction(weights, result.counts.to(engine.device))
     bad: list[str] = []
     for batch in micro_batches:
-        loss, _ = micro_batch_loss(engine.module, batch, result.counts.to(engine.device), weights, experts, 1)
+        loss, _ = micro_batch_loss(engine.module, batch, result.counts.to(engine.device), weights, adapter, 1)
         bad += [name for name in nonfinite_gradients(engine.module, loss) if name not in bad]
-    set_token_mask(experts, None)
     bad = gather_names(bad)
     if bad:
         return f"{norm}: non-finite gradients of {', '.join(bad[:5])}"

@@ -6,14 +6,16 @@ from collections.abc import Iterable
 
 import torch
 
-from mtft.adapters.intuition import set_instance_prior
+from mtft.adapters.base import AdapterRuntime
 from mtft.data.collate import model_inputs
 from mtft.distributed import all_reduce_sum
 from mtft.training.losses import per_task_sums, token_losses
 
 
 @torch.no_grad()
-def validation_losses(engine, batches: Iterable[dict[str, torch.Tensor]], task_names: list[str]) -> dict[str, float]:
+def validation_losses(
+    engine, batches: Iterable[dict[str, torch.Tensor]], task_names: list[str], adapter: AdapterRuntime
+) -> dict[str, float]:
     """Each rank evaluates its own batches; token sums and counts are all-reduced. Tasks with no tokens anywhere
     are absent from the result."""
     num_tasks = len(task_names)
@@ -22,7 +24,7 @@ def validation_losses(engine, batches: Iterable[dict[str, torch.Tensor]], task_n
     engine.eval()
     for batch in batches:
         batch = {k: v.to(engine.device) for k, v in batch.items()}
-        set_instance_prior(engine.module, batch.get("instance_prior"))
+        adapter.before_forward(batch)
         logits = engine(**model_inputs(batch)).logits
         losses = token_losses(logits, batch["labels"])
         totals += torch.stack(per_task_sums(losses, batch["labels"], batch["task_ids"], num_tasks))

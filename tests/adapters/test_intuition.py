@@ -34,7 +34,7 @@ def prepared(small_tasks):
     tasks = load_tasks(cfg.data, tokenizer, seed=0)
     torch.manual_seed(0)
     model = ADAPTERS["mor1e"].inject(model, cfg.adapter)
-    ADAPTERS["mor1e"].prepare(model, cfg.adapter, tasks, tokenizer.pad_token_id, 0)
+    ADAPTERS["mor1e"].runtime(model, cfg.adapter).prepare(model, tasks, tokenizer.pad_token_id, 0)
     return model.eval(), tasks, tokenizer
 
 
@@ -57,7 +57,7 @@ def test_the_training_prior_is_prior_for_the_prompt_alone(small_tasks):
     model, tokenizer = load_model_and_tokenizer(cfg.model)
     tasks = load_tasks(cfg.data, tokenizer, seed=0)
     model = ADAPTERS["mor1e"].inject(model, cfg.adapter)
-    ADAPTERS["mor1e"].prepare(model, cfg.adapter, tasks, tokenizer.pad_token_id, 0)
+    ADAPTERS["mor1e"].runtime(model, cfg.adapter).prepare(model, tasks, tokenizer.pad_token_id, 0)
     model.eval()
 
     def inference_prior(ids: list[int]) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from mtft.adapters import ADAPTERS
+from mtft.adapters.base import AdapterRuntime
 from mtft.data.collate import collate
 from mtft.data.tasks import load_tasks
 from mtft.models import load_model_and_tokenizer
@@ -31,7 +32,7 @@ def _step_with_grads(engine, micro_batches, weights, num_tasks):
     hooks = [
         p.register_post_accumulate_grad_hook(lambda p, n=n: captured.update({n: p.grad.clone()})) for n, p in params
     ]
-    result = optimizer_step(engine, micro_batches, weights, num_tasks)
+    result = optimizer_step(engine, micro_batches, weights, num_tasks, AdapterRuntime(), lambda w, counts: w)
     for hook in hooks:
         hook.remove()
     return result, captured

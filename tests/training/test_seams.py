@@ -1,0 +1,27 @@
+"""The training loop knows no adapter's internals: it talks to one runtime handle (adapters/base.py)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import mtft.training
+
+
+def test_the_training_package_imports_no_mixture_of_experts_or_prior_internals():
+    found = []
+    for path in Path(mtft.training.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module in ("mtft.adapters.moe", "mtft.adapters.intuition"):
+                found.append(f"{path.name}:{node.lineno} from {node.module} import ...")
+    assert not found, found
+
+
+def test_the_loop_reaches_the_adapter_only_through_its_handle():
+    source = (Path(mtft.training.__file__).parent / "loop.py").read_text()
+    calls = {
+        node.attr
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "adapter"
+    }
+    assert calls == {"prepare", "metrics"}  # the step and validation use before_forward, aux_loss, after_step
