@@ -1,4 +1,5 @@
-"""Adapter registry: `adapter=<name>` in the config selects one of these."""
+"""Adapter registry: `adapter=<name>` in the config selects one of these; `register_adapter` adds one (checked:
+unique name, equal to its config's `name` and, by a test, to a YAML file in configs/adapter/)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from torch import nn
 from mtft.adapters import full, lora, molora, mor1e, smora
 from mtft.adapters.base import ADAPTER_CONFIG_FILE, AdapterConfig, AdapterMethod, write_adapter_config
 from mtft.adapters.moe import ExpertsRuntime, load_experts, save_experts
+from mtft.registry import Registry
 
 
 def _experts(config: type[AdapterConfig], inject, runtime=lambda model, cfg: ExpertsRuntime(model)) -> AdapterMethod:
@@ -19,13 +21,14 @@ def _experts(config: type[AdapterConfig], inject, runtime=lambda model, cfg: Exp
     return AdapterMethod(config, inject, save_experts, load, runtime)
 
 
-ADAPTERS: dict[str, AdapterMethod] = {
-    "none": AdapterMethod(full.FullFinetuneConfig, full.inject, full.save, full.load),
-    "lora": AdapterMethod(lora.LoraConfig, lora.inject, lora.save, lora.load),
-    "molora": _experts(molora.MoLoRAConfig, molora.inject),
-    "mor1e": _experts(mor1e.MoR1EConfig, mor1e.inject, mor1e.runtime),
-    "smora": _experts(smora.SMoRAConfig, smora.inject),
-}
+ADAPTERS: Registry[AdapterMethod] = Registry("adapter")
+register_adapter = ADAPTERS.register
+
+register_adapter("none", AdapterMethod(full.FullFinetuneConfig, full.inject, full.save, full.load))
+register_adapter("lora", AdapterMethod(lora.LoraConfig, lora.inject, lora.save, lora.load))
+register_adapter("molora", _experts(molora.MoLoRAConfig, molora.inject))
+register_adapter("mor1e", _experts(mor1e.MoR1EConfig, mor1e.inject, mor1e.runtime))
+register_adapter("smora", _experts(smora.SMoRAConfig, smora.inject))
 
 
 def save_adapter(model: nn.Module, cfg: AdapterConfig, directory: str | Path) -> None:
@@ -42,4 +45,4 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
     return ADAPTERS[name].load(model, directory)
 
 
-__all__ = ["ADAPTERS", "AdapterConfig", "AdapterMethod", "load_adapter", "save_adapter"]
+__all__ = ["ADAPTERS", "AdapterConfig", "AdapterMethod", "load_adapter", "register_adapter", "save_adapter"]

@@ -1,4 +1,5 @@
-"""Balancer registry: `balancer=<name>` in the config selects one of these."""
+"""Balancer registry: `balancer=<name>` in the config selects one of these; `register_balancer` adds one
+(checked: unique name, equal to its config's `name` and, by a test, to a YAML file in configs/balancer/)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from mtft.balancers.static import (
     UniformConfig,
 )
 from mtft.balancers.uncertainty import UncertaintyBalancer, UncertaintyConfig
+from mtft.registry import Registry
 
 
 class BalancerMethod(NamedTuple):
@@ -24,19 +26,20 @@ class BalancerMethod(NamedTuple):
     balancer: type[Balancer]
 
 
-BALANCERS: dict[str, BalancerMethod] = {
-    "uniform": BalancerMethod(UniformConfig, UniformBalancer),
-    "data_balanced": BalancerMethod(DataBalancedConfig, DataBalancedBalancer),
-    "static": BalancerMethod(StaticConfig, StaticBalancer),
-    "coba": BalancerMethod(CoBaConfig, CoBaBalancer),
-    "dwa": BalancerMethod(DWAConfig, DWABalancer),
-    "famo": BalancerMethod(FAMOConfig, FAMOBalancer),
-    "uncertainty": BalancerMethod(UncertaintyConfig, UncertaintyBalancer),
-}
+BALANCERS: Registry[BalancerMethod] = Registry("balancer")
+register_balancer = BALANCERS.register
+
+register_balancer("uniform", BalancerMethod(UniformConfig, UniformBalancer))
+register_balancer("data_balanced", BalancerMethod(DataBalancedConfig, DataBalancedBalancer))
+register_balancer("static", BalancerMethod(StaticConfig, StaticBalancer))
+register_balancer("coba", BalancerMethod(CoBaConfig, CoBaBalancer))
+register_balancer("dwa", BalancerMethod(DWAConfig, DWABalancer))
+register_balancer("famo", BalancerMethod(FAMOConfig, FAMOBalancer))
+register_balancer("uncertainty", BalancerMethod(UncertaintyConfig, UncertaintyBalancer))
 
 
 def build_balancer(cfg: BalancerConfig, task_names: list[str]) -> Balancer:
     return BALANCERS[cfg.name].balancer(cfg, task_names)
 
 
-__all__ = ["BALANCERS", "Balancer", "BalancerConfig", "build_balancer"]
+__all__ = ["BALANCERS", "Balancer", "BalancerConfig", "BalancerMethod", "build_balancer", "register_balancer"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +40,7 @@ def build_train_config(raw: dict[str, Any]) -> TrainConfig:
     return from_dict(TrainConfig, raw)
 
 
-def _from_registry(raw: Any, registry: dict[str, Any], key: str) -> Any:
+def _from_registry(raw: Any, registry: Mapping[str, Any], key: str) -> Any:
     """The config dataclass of the registry entry that `raw["name"]` selects."""
     name = raw.get("name") if isinstance(raw, dict) else None
     if name not in registry:
