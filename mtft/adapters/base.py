@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -20,6 +20,9 @@ ADAPTER_CONFIG_FILE = "mtft_adapter.json"
 @dataclass
 class AdapterConfig:
     name: str = ""
+    # capabilities, so no caller branches on a method's name
+    can_merge: ClassVar[bool] = False  # its update folds into the base weights (mtft-export merge=true)
+    is_full_model: ClassVar[bool] = False  # it trains (and saves) the whole model, not an adapter
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from torch import nn
 
@@ -13,6 +14,8 @@ from mtft.adapters.base import AdapterConfig
 @dataclass
 class FullFinetuneConfig(AdapterConfig):
     name: str = "none"
+    can_merge: ClassVar[bool] = True  # nothing to fold: the model is already whole
+    is_full_model: ClassVar[bool] = True
 
 
 def inject(model: nn.Module, cfg: FullFinetuneConfig) -> nn.Module:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import peft
 from torch import nn
@@ -15,6 +16,7 @@ from mtft.errors import check
 @dataclass
 class LoraConfig(LowRankConfig):
     name: str = "lora"
+    can_merge: ClassVar[bool] = True
     rank: int = 16
 
     def __post_init__(self) -> None:

@@ -21,7 +21,6 @@ from pathlib import Path
 from mtft.adapters.base import ADAPTER_CONFIG_FILE
 from mtft.errors import ConfigError, UserError
 
-MERGEABLE = ("lora", "none")
 USAGE = "mtft-export checkpoint=DIR out=DIR [merge=true] [from_shards=true]"
 
 
@@ -34,7 +33,7 @@ def export(checkpoint: Path, out: Path, merge: bool, from_shards: bool = False) 
     name = cfg.name
     if out.exists() and any(out.iterdir()):
         raise ConfigError("out", f"{out} exists and is not empty")
-    if merge and name not in MERGEABLE:
+    if merge and not cfg.can_merge:
         raise ConfigError(
             "merge", f"a {name} adapter cannot be merged: routing is per token; export it with merge=false"
         )
@@ -54,7 +53,7 @@ def export(checkpoint: Path, out: Path, merge: bool, from_shards: bool = False) 
         save_adapter(model, cfg, out)
         tokenizer.save_pretrained(out)
         return f"{name} adapter consolidated from the ZeRO shards into {out}; load it with mtft.load_adapter"
-    merged = model.merge_and_unload() if name == "lora" else model
+    merged = model if cfg.is_full_model else model.merge_and_unload()
     merged.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return f"merged {name} model exported to {out}; load it with AutoModelForCausalLM.from_pretrained('{out}')"

@@ -115,7 +115,7 @@ def _save_adapter(engine, cfg: AdapterConfig, tokenizer: PreTrainedTokenizerBase
     rank 0's CPU memory (DeepSpeed's own consolidation), so no GPU ever holds the whole model.
     """
     rank = dist.get_rank()
-    if engine.zero_optimization_stage() == 3 and cfg.name == "none":
+    if engine.zero_optimization_stage() == 3 and cfg.is_full_model:
         state = engine._zero3_consolidated_16bit_state_dict()  # None on ranks other than 0
         if rank == 0:
             directory.mkdir(parents=True, exist_ok=True)
