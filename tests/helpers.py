@@ -1,15 +1,22 @@
-"""Test helpers: compose the config as mtft-train would, small-data overrides, CLI runs."""
+"""Test helpers: compose the config as mtft-train would, small-data overrides, CLI runs, and the test matrices
+collected from the adapter and balancer registries."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
+from functools import cache
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from mtft.adapters import ADAPTERS, AdapterMethod
+from mtft.adapters.moe import ExpertsRuntime
+from mtft.balancers import BALANCERS, BalancerMethod
+from mtft.balancers.base import Balancer
 from mtft.cli.train import CONFIG_DIR
 from mtft.config.hydra import register, to_train_config
 from mtft.config.train import TrainConfig
@@ -53,3 +60,48 @@ def run_cli(
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS} | {"WANDB_MODE": "offline"} | (env or {})
     command = [str(Path(sys.executable).parent / "mtft-train")] if script else [sys.executable, "-m", "mtft.cli.train"]
     return subprocess.run([*command, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+# Test matrices: collected from the registries, so a newly registered adapter or balancer is tested by every
+# matrix it belongs to without anyone editing a list, and a test never decides by a method's name what it can do.
+
+
+def adapter_names(kind: str = "all") -> list[str]:
+    """Registered adapters, sorted: "all", or "moe", the mixtures of experts (their runtime is an ExpertsRuntime,
+    which is what gives them routers, token masks, auxiliary losses and router statistics)."""
+    if kind not in ("all", "moe"):
+        raise ValueError(f"kind must be 'all' or 'moe', got {kind!r}")
+    return sorted(name for name, method in ADAPTERS.items() if kind == "all" or is_mixture(method))
+
+
+@cache
+def is_mixture(method: AdapterMethod) -> bool:
+    """Whether `method`, injected into the tiny model with its default config, hands the loop an ExpertsRuntime."""
+    from mtft.models import TinyModelConfig, build_byte_tokenizer, build_tiny_model
+
+    cfg = method.config()
+    model = method.inject(build_tiny_model(TinyModelConfig(), build_byte_tokenizer()), cfg)
+    return isinstance(method.runtime(model, cfg), ExpertsRuntime)
+
+
+def balancer_names(kind: str = "all") -> list[str]:
+    """Registered balancers, sorted: "all", or "adaptive", those whose weights follow the losses (they override
+    `observe` or `after_step`, the only ways losses reach a balancer)."""
+    if kind not in ("all", "adaptive"):
+        raise ValueError(f"kind must be 'all' or 'adaptive', got {kind!r}")
+    return sorted(name for name, method in BALANCERS.items() if kind == "all" or is_adaptive(method))
+
+
+def is_adaptive(method: BalancerMethod) -> bool:
+    return any(getattr(method.balancer, hook) is not getattr(Balancer, hook) for hook in ("observe", "after_step"))
+
+
+# Settings that make an adaptive balancer move within a few steps (the defaults wait 100 steps, or average over
+# windows of 20), applied by field name to whichever balancer's config has that field.
+SHORT_RUN = {"warmup_steps": 2, "update_interval": 1, "window": 2}
+
+
+def short_run_overrides(name: str) -> list[str]:
+    """`balancer.<field>=<value>` for each SHORT_RUN field that balancer `name`'s config has."""
+    fields = {f.name for f in dataclasses.fields(BALANCERS[name].config)}
+    return [f"balancer.{key}={value}" for key, value in SHORT_RUN.items() if key in fields]

@@ -14,16 +14,11 @@ import torch
 
 import mtft
 from mtft.training.loop import train
-from tests.helpers import compose_config, small_data_overrides
+from tests.helpers import adapter_names, compose_config, small_data_overrides
 
-ADAPTERS = {
-    "lora": [],
-    "none": [],
-    "molora": [],
-    "mor1e": [],
-    "smora": [],
-    "mor1e_intuition": ["adapter=mor1e", "adapter.intuition_clusters=2"],
-}
+# run name -> (adapter, extra overrides): every registered adapter with its defaults, and MoR1E with its prior
+RUNS = {name: (name, []) for name in adapter_names()}
+RUNS["mor1e_intuition"] = ("mor1e", ["adapter.intuition_clusters=2"])
 INPUT_IDS = [[5, 80, 81, 82, 99, 100, 40, 41]]
 
 RELOAD = """
@@ -47,11 +42,13 @@ print(json.dumps(out))
 @pytest.mark.integration
 def test_saved_adapters_reload_in_a_new_process(dist_group, small_tasks, tmp_path):
     trained = {}
-    for name, overrides in ADAPTERS.items():
+    mixtures = adapter_names("moe")
+    for name, (adapter, overrides) in RUNS.items():
         out = tmp_path / name
         cfg = compose_config(
             [
-                *(overrides or [f"adapter={name}"]),
+                f"adapter={adapter}",
+                *overrides,
                 *small_data_overrides(small_tasks),
                 "trainer.max_steps=4",
                 "trainer.lr=1e-2",
@@ -60,11 +57,11 @@ def test_saved_adapters_reload_in_a_new_process(dist_group, small_tasks, tmp_pat
         )
         train(cfg)
         records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        if name not in ("lora", "none"):  # router statistics reach metrics.jsonl
+        if adapter in mixtures:  # router statistics reach metrics.jsonl
             assert "router/mean_entropy" in records[-1] and "router/dead_experts" in records[-1]
             assert any(k.endswith("/load") for k in records[-1])
         directory = out / "checkpoint-4" / "adapter"
-        assert json.loads((directory / "mtft_adapter.json").read_text())["name"] == name.split("_")[0]
+        assert json.loads((directory / "mtft_adapter.json").read_text())["name"] == adapter
         trained[str(directory)] = name
 
     command = [sys.executable, "-c", RELOAD, json.dumps(INPUT_IDS), *trained]
