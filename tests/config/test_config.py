@@ -124,11 +124,15 @@ def test_trainer_defaults_only_in_dataclass():
 
 
 def test_registries_match_their_config_groups():
-    """Each registry key is its config's default name, and each has a YAML option of that name."""
+    """Each name is written three times: the registry key, its config's default name, the YAML option of the group.
+    Every registry entry has its YAML file and every YAML file its entry, and selecting the option builds that
+    entry's config under that name (so the YAML's own `name:` agrees too)."""
     from mtft.adapters import ADAPTERS
     from mtft.balancers import BALANCERS
 
     for group, registry in (("adapter", ADAPTERS), ("balancer", BALANCERS)):
         for name, entry in registry.items():
             assert entry.config().name == name
+            built = getattr(compose_config([f"{group}={name}"]), group)
+            assert type(built) is entry.config and built.name == name, (group, name)
         assert {p.stem for p in (CONFIG_DIR / group).glob("*.yaml")} == set(registry)
