@@ -1,4 +1,5 @@
-"""Collectives shared by the trainer and the adapters; each is free with one process."""
+"""Collectives shared by the trainer and the adapters (each free with one process), and views of a parameter that
+hold under ZeRO-3 sharding. The leaf half of the DeepSpeed seam; the engine half is training/engine.py."""
 
 from __future__ import annotations
 
@@ -35,3 +36,20 @@ def rank_zero_first():
     yield
     if several and dist.get_rank() == 0:
         dist.barrier()
+
+
+# ZeRO-3 leaves each rank a shard of every parameter; DeepSpeed records the whole one's size and shape on it.
+
+
+def full_numel(param: torch.Tensor) -> int:
+    """A parameter's whole size, also where this rank holds only a ZeRO-3 shard of it."""
+    return getattr(param, "ds_numel", param.numel())
+
+
+def full_shape(param: torch.Tensor) -> torch.Size:
+    return getattr(param, "ds_shape", param.shape)
+
+
+def local_values(param: torch.Tensor) -> torch.Tensor:
+    """The values this rank holds: its ZeRO-3 shard, or the whole parameter."""
+    return getattr(param, "ds_tensor", param)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,22 +110,6 @@ def build_tiny_model(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerBase) -
         return LlamaForCausalLM(config)
 
 
-@contextlib.contextmanager
-def _sharded_loading(deepspeed_config: dict | None):
-    """transformers loads into ZeRO-3 shards while an HfDeepSpeedConfig object is alive (it keeps a weak
-    reference): only for this load, not for whatever is built later."""
-    if deepspeed_config is None or deepspeed_config.get("zero_optimization", {}).get("stage") != 3:
-        yield
-        return
-    from transformers.integrations import HfDeepSpeedConfig
-
-    alive = HfDeepSpeedConfig(deepspeed_config)
-    try:
-        yield
-    finally:
-        del alive
-
-
 def model_source(name_or_path: str) -> str:
     """What transformers should load `name_or_path` from: an existing directory, or else a hub id.
 
@@ -158,36 +141,29 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_model(
-    cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, deepspeed_config: dict | None = None
-) -> PreTrainedModel:
-    """The same call for the tiny default and for a real checkpoint directory or hub id.
-
-    Given a ZeRO-3 `deepspeed_config`, a checkpoint loads straight into shards (transformers runs
-    deepspeed.zero.Init), so no rank ever holds the whole model in memory."""
+def load_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    """The same call for the tiny default and for a real checkpoint directory or hub id. Inside the engine's
+    `sharded_loading` (training/engine.py), a checkpoint loads straight into ZeRO-3 shards."""
     if cfg.name_or_path is None:
         model = build_tiny_model(cfg.tiny, tokenizer)
     else:
         source = model_source(cfg.name_or_path)
         try:
-            with _sharded_loading(deepspeed_config):
-                model = AutoModelForCausalLM.from_pretrained(
-                    source,
-                    trust_remote_code=cfg.trust_remote_code,
-                    attn_implementation=cfg.attn_implementation,
-                    dtype=torch.float32,  # the DeepSpeed engine casts to the configured precision
-                )
+            model = AutoModelForCausalLM.from_pretrained(
+                source,
+                trust_remote_code=cfg.trust_remote_code,
+                attn_implementation=cfg.attn_implementation,
+                dtype=torch.float32,  # the DeepSpeed engine casts to the configured precision
+            )
         except OSError as err:  # e.g. a directory with a tokenizer but no weights
             raise ConfigError("model.name_or_path", f"{cfg.name_or_path}: {_cannot_load(source, err)}") from None
     model.config.use_cache = False  # training only; a cache would also break packed-sequence isolation
     return model
 
 
-def load_model_and_tokenizer(
-    cfg: ModelConfig, deepspeed_config: dict | None = None
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_model_and_tokenizer(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     tokenizer = load_tokenizer(cfg)
-    return load_model(cfg, tokenizer, deepspeed_config), tokenizer
+    return load_model(cfg, tokenizer), tokenizer
 
 
 def _cannot_load(source: str, err: Exception) -> str:

@@ -12,6 +12,7 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import nn
 
+from mtft.distributed import full_numel
 from mtft.errors import check
 
 ADAPTER_CONFIG_FILE = "mtft_adapter.json"
@@ -78,5 +79,5 @@ def write_adapter_config(cfg: AdapterConfig, directory: Path) -> None:
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts; a ZeRO-3 shard counts as its whole parameter."""
-    sizes = [(getattr(p, "ds_numel", p.numel()), p.requires_grad) for p in model.parameters()]
+    sizes = [(full_numel(p), p.requires_grad) for p in model.parameters()]
     return sum(n for n, trainable in sizes if trainable), sum(n for n, _ in sizes)

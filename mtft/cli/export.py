@@ -4,8 +4,8 @@ to ship.
 merge=false (default) copies the adapter (safetensors, its JSON config, the tokenizer): load it with
 `mtft.load_adapter(base_model, DIR)`, or, for LoRA, `peft.PeftModel.from_pretrained`.
 from_shards=true rebuilds the weights from the DeepSpeed engine's ZeRO-1/2/3 shards instead, with DeepSpeed's
-zero_to_fp32, offline, on the CPU: in full fp32 precision, e.g. from a bf16 run's optimizer master weights, or
-where the gathered copy is missing.
+fp32 consolidation (training/engine.py), offline, on the CPU: in full fp32 precision, e.g. from a bf16 run's
+optimizer master weights, or where the gathered copy is missing.
 merge=true writes a whole Hugging Face model with LoRA folded into the base weights (`adapter=lora` or `none`).
 Mixture-of-experts adapters cannot be merged: each token picks its own experts, so no single weight matrix
 equals the adapted layer. Export them unmerged.
@@ -68,15 +68,12 @@ def _adapter_config(config_file: Path):
 
 def _from_shards(base, cfg, checkpoint: Path):
     """The adapter method injected into `base`, its trained weights consolidated from the engine's ZeRO shards."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
     from mtft.adapters import ADAPTERS
+    from mtft.training.engine import fp32_state_from_shards
 
     model = ADAPTERS[cfg.name].inject(base, cfg)
     try:
-        state = get_fp32_state_dict_from_zero_checkpoint(
-            str(checkpoint.parent), tag=checkpoint.name, exclude_frozen_parameters=True
-        )
+        state = fp32_state_from_shards(checkpoint)
     except (FileNotFoundError, ValueError) as err:
         raise ConfigError("from_shards", f"{checkpoint} holds no ZeRO shards to consolidate: {err}") from None
     missing = {n for n, p in model.named_parameters() if p.requires_grad} - set(state)

@@ -28,6 +28,8 @@ from time import perf_counter
 import torch
 from torch import nn
 
+from mtft.distributed import full_numel, full_shape
+
 # dense bf16/fp16 tensor-core peaks, TFLOP/s per device (vendor data sheets, SXM parts)
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "V100": 125.0}
 
@@ -36,15 +38,15 @@ def matmul_parameters(model: nn.Module) -> tuple[int, int]:
     """(P, P_trainable): weights with ≥ 2 dimensions, less an untied input embedding; ZeRO-3 shards count whole."""
     total = trainable = 0
     for param in model.parameters():
-        shape = getattr(param, "ds_shape", param.shape)
+        shape = full_shape(param)
         if len(shape) >= 2:
-            n = getattr(param, "ds_numel", param.numel())
+            n = full_numel(param)
             total += n
             trainable += n if param.requires_grad else 0
     embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if embedding is not None and head is not None and embedding.weight is not head.weight:
-        n = getattr(embedding.weight, "ds_numel", embedding.weight.numel())
+        n = full_numel(embedding.weight)
         total -= n
         trainable -= n if embedding.weight.requires_grad else 0
     return total, trainable

@@ -1,8 +1,13 @@
 """The one seam to DeepSpeed: process-group setup and the engine, which owns precision, gradient accumulation,
-clipping, the optimizer step, ZeRO and checkpoints. There is no second, non-DeepSpeed path."""
+clipping, the optimizer step, ZeRO and checkpoints. There is no second, non-DeepSpeed path.
+
+Everything else asks this module (and the parameter views in mtft/distributed.py) rather than DeepSpeed: whether
+parameters are sharded, gathering them, consolidating a sharded model, loading straight into shards, and whether
+generation is collective. A test holds every DeepSpeed import and engine internal to these two files."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -108,3 +113,58 @@ def build_engine(model: nn.Module, cfg: TrainConfig, world_size: int):
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg, world_size)
     )
     return engine
+
+
+def is_sharded(engine) -> bool:
+    """ZeRO-3: every rank holds only a shard of each parameter."""
+    return engine.zero_optimization_stage() == 3
+
+
+def generation_is_collective(engine) -> bool:
+    """Under ZeRO-3 with several ranks each forward gathers shards from all ranks, so all generate in step."""
+    return is_sharded(engine) and engine.world_size > 1
+
+
+@contextlib.contextmanager
+def gathered(engine, params: list[nn.Parameter]):
+    """The whole `params` on every rank inside the block (collective under ZeRO-3; nothing to do otherwise)."""
+    if not is_sharded(engine):
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        yield
+
+
+def consolidated_state_dict(engine) -> dict[str, torch.Tensor] | None:
+    """The whole model's 16-bit state dict on rank 0 (None elsewhere), gathered one layer at a time into CPU
+    memory. A private DeepSpeed method, as accelerate also uses; the ZeRO-3 full-fine-tune tests would catch a
+    rename."""
+    return engine._zero3_consolidated_16bit_state_dict()
+
+
+@contextlib.contextmanager
+def sharded_loading(deepspeed_config: dict[str, Any]):
+    """transformers loads a checkpoint straight into ZeRO-3 shards (deepspeed.zero.Init) while an HfDeepSpeedConfig
+    object is alive (it keeps a weak reference): only for the loads inside this block."""
+    if deepspeed_config.get("zero_optimization", {}).get("stage") != 3:
+        yield
+        return
+    from transformers.integrations import HfDeepSpeedConfig
+
+    alive = HfDeepSpeedConfig(deepspeed_config)
+    try:
+        yield
+    finally:
+        del alive
+
+
+def fp32_state_from_shards(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """The trained parameters of a DeepSpeed checkpoint, consolidated from its ZeRO shards in fp32 (DeepSpeed's
+    zero_to_fp32). ValueError or FileNotFoundError when `checkpoint` holds no shards."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(
+        str(checkpoint.parent), tag=checkpoint.name, exclude_frozen_parameters=True
+    )

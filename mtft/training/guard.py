@@ -23,6 +23,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from mtft.distributed import local_values
+
 
 class TrainingDiverged(RuntimeError):
     """The run cannot go on: too many consecutive skipped steps, or non-finite weights about to be saved."""
@@ -143,7 +145,7 @@ def nonfinite_parameters(model: torch.nn.Module, limit: int = 5) -> list[str]:
     bad = []
     for name, param in model.named_parameters():
         if param.requires_grad:
-            local = getattr(param, "ds_tensor", param)
+            local = local_values(param)
             if local.numel() and not torch.isfinite(local).all():
                 bad.append(name)
     return gather_names(bad)[:limit]

@@ -37,7 +37,13 @@ from mtft.logging.progress import Progress, use_bars
 from mtft.logging.secrets import redact
 from mtft.logging.throughput import ThroughputWindow, peak_flops
 from mtft.models import load_model, load_tokenizer
-from mtft.training.engine import build_engine, deepspeed_config, init_distributed
+from mtft.training.engine import (
+    build_engine,
+    deepspeed_config,
+    generation_is_collective,
+    init_distributed,
+    sharded_loading,
+)
 from mtft.training.guard import (
     NumericalGuard,
     TrainingDiverged,
@@ -83,7 +89,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     tokenizer = load_tokenizer(cfg.model)
     check_max_seq_len(cfg.data, tokenizer)  # a config error, reported before any weights load
-    model = load_model(cfg.model, tokenizer, deepspeed_config(cfg, world_size))
+    with sharded_loading(deepspeed_config(cfg, world_size)):  # under ZeRO-3 no rank ever holds the whole model
+        model = load_model(cfg.model, tokenizer)
     with rank_zero_first():  # one rank tokenizes into the cache; the others read it
         tasks = load_tasks(cfg.data, tokenizer, t.seed)
     names = [task.name for task in tasks]
@@ -116,7 +123,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     def generations() -> None:  # collective under ZeRO-3: every rank generates, rank 0 logs
         if t.eval_generations:
-            synced = engine.zero_optimization_stage() == 3 and world_size > 1
+            synced = generation_is_collective(engine)
             rows = sample_generations(engine.module, tasks, tokenizer, t.eval_generations, t.max_new_tokens, synced)
             logger.table("generations", GENERATION_COLUMNS, rows, step, save=True)
 

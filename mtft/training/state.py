@@ -11,7 +11,6 @@ the data config and seed the data position belongs to, so a resume with other da
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -32,6 +31,7 @@ from mtft.adapters import AdapterConfig, save_adapter
 from mtft.adapters.base import write_adapter_config
 from mtft.distributed import same_on_all_ranks
 from mtft.errors import ConfigError, UserError
+from mtft.training.engine import consolidated_state_dict, gathered, is_sharded
 
 COMPLETE_MARKER = "COMPLETE"
 ADAPTER_DIR = "adapter"
@@ -115,21 +115,15 @@ def _save_adapter(engine, cfg: AdapterConfig, tokenizer: PreTrainedTokenizerBase
     rank 0's CPU memory (DeepSpeed's own consolidation), so no GPU ever holds the whole model.
     """
     rank = dist.get_rank()
-    if engine.zero_optimization_stage() == 3 and cfg.is_full_model:
-        state = engine._zero3_consolidated_16bit_state_dict()  # None on ranks other than 0
+    if is_sharded(engine) and cfg.is_full_model:
+        state = consolidated_state_dict(engine)  # None on ranks other than 0
         if rank == 0:
             directory.mkdir(parents=True, exist_ok=True)
             engine.module.save_pretrained(directory, state_dict=state, safe_serialization=True)
             write_adapter_config(cfg, directory)
             tokenizer.save_pretrained(directory)
         return
-    gather = contextlib.nullcontext()
-    if engine.zero_optimization_stage() == 3:
-        import deepspeed
-
-        trainable = [p for p in engine.module.parameters() if p.requires_grad]
-        gather = deepspeed.zero.GatheredParameters(trainable, modifier_rank=None)
-    with gather:
+    with gathered(engine, [p for p in engine.module.parameters() if p.requires_grad]):
         if rank == 0:
             save_adapter(engine.module, cfg, directory)
             tokenizer.save_pretrained(directory)

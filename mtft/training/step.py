@@ -16,6 +16,7 @@ from mtft.adapters.base import AdapterRuntime
 from mtft.data.collate import count_samples, model_inputs, real_tokens
 from mtft.distributed import all_reduce_sum
 from mtft.logging.throughput import attended_positions
+from mtft.training.engine import is_sharded
 from mtft.training.guard import gather_names, nonfinite_gradients, nonfinite_losses, poison_if_nonfinite
 from mtft.training.losses import balanced_loss, label_counts, per_task_sums, token_losses
 
@@ -99,7 +100,7 @@ def first_nonfinite(
     if losses:
         return f"the loss of task{'s' if len(losses) > 1 else ''} " + ", ".join(losses)
     norm = f"the gradient norm ({result.grad_norm})" if result.grad_norm is not None else "the gradients"
-    if engine.zero_optimization_stage() == 3:
+    if is_sharded(engine):
         return f"{norm}; parameter names are not available under ZeRO-3 (deepspeed=zero2 shows them)"
     weights = reduction(weights, result.counts.to(engine.device))
     bad: list[str] = []

@@ -121,16 +121,18 @@ def test_zero3_loads_a_checkpoint_straight_into_shards(dist_group, small_tasks, 
     """A real model directory under ZeRO-3 never exists whole on a rank (deepspeed.zero.Init while loading), and
     training from it follows ZeRO-0's trajectory."""
     from mtft.models import ModelConfig, TinyModelConfig, build_byte_tokenizer, build_tiny_model
-    from mtft.training.engine import deepspeed_config
+    from mtft.training.engine import deepspeed_config, sharded_loading
 
     tokenizer = build_byte_tokenizer()
     build_tiny_model(TinyModelConfig(), tokenizer).save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
     model_cfg = ModelConfig(name_or_path=str(tmp_path / "model"))
     zero3 = deepspeed_config(compose_config(["deepspeed=zero3"]), world_size=1)
-    sharded, _ = load_model_and_tokenizer(model_cfg, zero3)
+    with sharded_loading(zero3):
+        sharded, _ = load_model_and_tokenizer(model_cfg)
     assert all(hasattr(p, "ds_id") and p.numel() == 0 for p in sharded.parameters())
-    plain, _ = load_model_and_tokenizer(model_cfg, deepspeed_config(compose_config([]), world_size=1))
+    with sharded_loading(deepspeed_config(compose_config([]), world_size=1)):
+        plain, _ = load_model_and_tokenizer(model_cfg)
     assert not any(hasattr(p, "ds_id") for p in plain.parameters())
 
     extra = ("model=hf", f"model.name_or_path={tmp_path / 'model'}", "trainer.max_steps=4")
