@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -11,11 +12,12 @@ import torch
 
 import mtft
 from mtft.adapters import ADAPTERS
+from mtft.balancers import BALANCERS
 from mtft.models import load_model_and_tokenizer
 from mtft.training.engine import build_engine
 from mtft.training.loop import train
 from mtft.training.state import COMPLETE_MARKER, find_resume_checkpoint, load_checkpoint
-from tests.helpers import compose_config, computed, small_data_overrides
+from tests.helpers import adapter_names, balancer_names, compose_config, computed, small_data_overrides
 
 
 def _config(tmp_path, small_tasks, *extra):
@@ -35,7 +37,7 @@ def _records(path) -> dict[int, dict]:
     return {r["step"]: r for r in map(json.loads, (path / "metrics.jsonl").read_text().splitlines())}
 
 
-@pytest.mark.parametrize("adapter", ["lora", "none", "molora", "mor1e", "smora"])
+@pytest.mark.parametrize("adapter", adapter_names())
 def test_checkpoint_loads_back_to_the_same_logits(dist_group, small_tasks, tmp_path, adapter):
     cfg = _config(tmp_path, small_tasks, "trainer.max_steps=6", "trainer.lr=1e-2", f"adapter={adapter}")
     train(cfg)
@@ -158,18 +160,15 @@ def test_packed_training_resumes_exactly(dist_group, small_tasks, tmp_path):
         assert computed(resumed[step]) == computed(expected[step])
 
 
-@pytest.mark.parametrize(
-    "balancer",
-    [
-        ["balancer=coba", "balancer.warmup_steps=3", "balancer.history=5"],
-        ["balancer=famo"],
-        ["balancer=dwa", "balancer.window=2"],
-        ["balancer=uncertainty", "balancer.lr=0.1"],
-    ],
-    ids=["coba", "famo", "dwa", "uncertainty"],
-)
-def test_adaptive_balancers_resume_exactly(dist_group, small_tasks, tmp_path, balancer):
+# Settings, by config field, that make an adaptive balancer move (and fill its bounded history) within 12 steps.
+RESUME_SETTINGS = {"warmup_steps": 3, "history": 5, "window": 2}
+
+
+@pytest.mark.parametrize("name", balancer_names("adaptive"))
+def test_adaptive_balancers_resume_exactly(dist_group, small_tasks, tmp_path, name):
     """2S steps straight, and S steps + resume + S: the weights, balancer internals and losses match exactly."""
+    fields = {f.name for f in dataclasses.fields(BALANCERS[name].config)}
+    balancer = [f"balancer={name}", *(f"balancer.{k}={v}" for k, v in RESUME_SETTINGS.items() if k in fields)]
     extra = ("trainer.max_steps=12", "trainer.save_steps=6", *balancer)
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     train(_config(straight, small_tasks, *extra))
