@@ -54,12 +54,16 @@ class FiniteCheckedAdamW(torch.optim.AdamW):
         params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
         if not params:
             return super().step(closure)
-        limit = self.max_grad_norm if self.max_grad_norm > 0 else math.inf
-        norm = float(torch.nn.utils.clip_grad_norm_(params, limit, error_if_nonfinite=False))
-        self._global_grad_norm = norm
+        # computed and applied as DeepSpeed's own fp32 clipping does (runtime/utils.clip_grad_norm_), to the bit
+        total = torch.stack([p.grad.detach().float().norm(2) for p in params]).pow(2).sum().float().pow(0.5)
+        self._global_grad_norm = norm = float(total)
         self.overflow = not math.isfinite(norm)
         if self.overflow:
             return None
+        if self.max_grad_norm > 0:
+            clip = torch.clamp(self.max_grad_norm / (total + 1e-6), max=1.0)
+            for param in params:
+                param.grad.mul_(clip)
         return super().step(closure)
 
 
