@@ -18,6 +18,15 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def gather_names(names: list[str]) -> list[str]:
+    """The union of every rank's list, in rank order (a collective)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return names
+    gathered: list[list[str]] = [[] for _ in range(dist.get_world_size())]
+    dist.all_gather_object(gathered, names)
+    return list(dict.fromkeys(name for part in gathered for name in part))
+
+
 def same_on_all_ranks(value: Any) -> Any:
     """Rank 0's value, everywhere."""
     if not dist.is_initialized() or dist.get_world_size() == 1:

@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
-from mtft.distributed import local_values
+from mtft.distributed import gather_names, local_values
 
 
 class TrainingDiverged(RuntimeError):
@@ -131,11 +130,8 @@ def nonfinite_gradients(model: torch.nn.Module, loss: torch.Tensor, limit: int =
     return bad[:limit] + ([f"… {len(bad) - limit} more"] if len(bad) > limit else [])
 
 
-def nonfinite_weights_problem(model: torch.nn.Module, step: int, last_checkpoint: Path | None) -> str | None:
-    """Before a checkpoint is written, so weights that are not finite are never saved (collective)."""
-    bad = nonfinite_parameters(model)
-    if not bad:
-        return None
+def nonfinite_weights_message(step: int, bad: list[str], last_checkpoint: Path | None) -> str:
+    """Why checkpoint-`step` is not written: weights that are not finite are never saved."""
     kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written"
     return (
         f"training stopped at step {step}: the trained weights hold non-finite values ({', '.join(bad)}), so "
@@ -153,12 +149,3 @@ def nonfinite_parameters(model: torch.nn.Module, limit: int = 5) -> list[str]:
             if local.numel() and not torch.isfinite(local).all():
                 bad.append(name)
     return gather_names(bad)[:limit]
-
-
-def gather_names(names: list[str]) -> list[str]:
-    """The union of every rank's list, in rank order (a collective)."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return names
-    gathered: list[list[str]] = [[] for _ in range(dist.get_world_size())]
-    dist.all_gather_object(gathered, names)
-    return list(dict.fromkeys(name for part in gathered for name in part))

@@ -48,7 +48,8 @@ from mtft.training.guard import (
     NumericalGuard,
     TrainingDiverged,
     nonfinite_losses,
-    nonfinite_weights_problem,
+    nonfinite_parameters,
+    nonfinite_weights_message,
     skip_cause,
 )
 from mtft.training.losses import balanced_loss
@@ -240,9 +241,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         preempted = preemption.requested()
         if (t.save_steps and step % t.save_steps == 0) or step == t.max_steps or preempted:
             with throughput.paused():
-                last = _last_checkpoint(output_dir, resume_from)
-                if problem := nonfinite_weights_problem(engine.module, step, last):
-                    stop_run(problem)
+                if bad := nonfinite_parameters(engine.module):  # collective; a pass over the weights, at saves only
+                    stop_run(nonfinite_weights_message(step, bad, _last_checkpoint(output_dir, resume_from)))
                 checkpoint()
         if preempted and step < t.max_steps:
             progress.close()

@@ -14,10 +14,10 @@ import torch
 
 from mtft.adapters.base import AdapterRuntime
 from mtft.data.collate import count_samples, model_inputs, real_tokens
-from mtft.distributed import all_reduce_sum
+from mtft.distributed import all_reduce_sum, gather_names
 from mtft.logging.throughput import attended_positions
 from mtft.training.engine import is_sharded
-from mtft.training.guard import gather_names, nonfinite_gradients, nonfinite_losses, poison_if_nonfinite
+from mtft.training.guard import nonfinite_gradients, nonfinite_losses, poison_if_nonfinite
 from mtft.training.losses import balanced_loss, label_counts, per_task_sums, token_losses
 
 Reduction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (weights, step token counts) -> w_t: Balancer
