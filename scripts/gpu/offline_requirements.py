@@ -17,6 +17,9 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 IMAGE = ["torch", "transformers", "peft", "triton", "pytest"]
+# Also in the lent H100/H200 image (its package list, 2026-11-17); carrying them would push the wheels past the
+# 64 MiB a device call may carry (pyarrow alone is about 40 MB). Their versions there differ from this venv's.
+IMAGE_ALSO = ["pyarrow", "pandas", "python-dateutil", "einops", "msgpack", "ninja", "py-cpuinfo", "xxhash", "psutil"]
 MISSING = ["deepspeed", "datasets", "hydra-core", "omegaconf", "antlr4-python3-runtime", "hjson", "pydantic"]
 
 
@@ -58,7 +61,7 @@ def main() -> int:
     parser.add_argument("--python-version", default="3.12", help="the GPU machine's Python, for dependency markers")
     args = parser.parse_args()
     missing = frozenset(canonicalize_name(n) for n in MISSING)
-    image = closure(IMAGE, args.python_version, blocked=missing)
+    image = closure(IMAGE + IMAGE_ALSO, args.python_version, blocked=missing)
     needed = {n: v for n, v in closure(MISSING, args.python_version).items() if n not in image}
     absent = sorted(n for n, v in needed.items() if v is None)
     if absent:
