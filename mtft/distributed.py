@@ -4,6 +4,7 @@ hold under ZeRO-3 sharding. The leaf half of the DeepSpeed seam; the engine half
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any
 
 import torch
@@ -34,6 +35,11 @@ def same_on_all_ranks(value: Any) -> Any:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def is_rank_zero() -> bool:
+    """The rank that speaks for the run (also before the process group exists, from the launcher's RANK)."""
+    return dist.get_rank() == 0 if dist.is_initialized() else os.environ.get("RANK", "0") == "0"
 
 
 @contextlib.contextmanager

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from torch import nn
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -17,6 +22,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from mtft.distributed import is_rank_zero
 from mtft.errors import ConfigError, check, check_choice
 
 # Used when a tokenizer has no chat template of its own (ChatML, as in Qwen and many others).
@@ -66,11 +72,24 @@ class TinyModelConfig:
 class ModelConfig:
     name_or_path: str | None = None  # local directory or hub id; None builds the tiny random model below
     trust_remote_code: bool = False
-    attn_implementation: str = "sdpa"  # eager | sdpa | flash_attention_2
+    # auto: flash_attention_2 where flash-attn imports and CUDA is present (packed rows then run as varlen, no
+    # mask), else sdpa (packed rows get a block-diagonal mask, O(length²) per row); see resolve_attention
+    attn_implementation: str = "auto"
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
 
     def __post_init__(self) -> None:
-        check_choice(self.attn_implementation, "attn_implementation", ("eager", "sdpa", "flash_attention_2"))
+        check_choice(self.attn_implementation, "attn_implementation", ATTENTION)
+
+
+ATTENTION = ("auto", "flash_attention_2", "sdpa", "eager", "flex_attention")
+
+
+def resolve_attention(name: str) -> str:
+    """`auto` made concrete: FlashAttention 2 when it can run here, sdpa otherwise. Never a kernel from a hub."""
+    if name != "auto":
+        return name
+    usable = torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
+    return "flash_attention_2" if usable else "sdpa"
 
 
 def build_byte_tokenizer() -> PreTrainedTokenizerFast:
@@ -89,8 +108,11 @@ def build_byte_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def build_tiny_model(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+def build_tiny_model(
+    cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerBase, attn_implementation: str = "sdpa"
+) -> PreTrainedModel:
     config = LlamaConfig(
+        attn_implementation=resolve_attention(attn_implementation),
         vocab_size=len(tokenizer),
         hidden_size=cfg.hidden_size,
         num_hidden_layers=cfg.num_layers,
@@ -144,15 +166,18 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
 def load_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
     """The same call for the tiny default and for a real checkpoint directory or hub id. Inside the engine's
     `sharded_loading` (training/engine.py), a checkpoint loads straight into ZeRO-3 shards."""
+    attention = resolve_attention(cfg.attn_implementation)
+    if cfg.attn_implementation == "auto" and is_rank_zero():
+        print(f"mtft: attention {attention} (model.attn_implementation=auto)", flush=True)
     if cfg.name_or_path is None:
-        model = build_tiny_model(cfg.tiny, tokenizer)
+        model = build_tiny_model(cfg.tiny, tokenizer, attention)
     else:
         source = model_source(cfg.name_or_path)
         try:
             model = AutoModelForCausalLM.from_pretrained(
                 source,
                 trust_remote_code=cfg.trust_remote_code,
-                attn_implementation=cfg.attn_implementation,
+                attn_implementation=attention,
                 dtype=torch.float32,  # the DeepSpeed engine casts to the configured precision
             )
         except OSError as err:  # e.g. a directory with a tokenizer but no weights
@@ -169,3 +194,29 @@ def load_model_and_tokenizer(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrai
 def _cannot_load(source: str, err: Exception) -> str:
     where = "the directory" if Path(source).is_dir() else "not a local directory, and the hub"
     return f"{where} could not provide it: {str(err).strip().splitlines()[0]}"
+
+
+def enable_gradient_checkpointing(model: nn.Module, recomputation: Callable[[], AbstractContextManager]) -> None:
+    """Recompute each decoder layer's activations in the backward instead of keeping them (non-reentrant, so it
+    works with frozen inputs, PEFT and ZeRO-3). `recomputation()` is entered around each recomputation: an
+    adapter uses it to keep statistics and auxiliary losses from being counted twice."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    kwargs = {"use_reentrant": False, "context_fn": lambda: (contextlib.nullcontext(), recomputation())}
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.2x; the older name is deprecated
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def compile_blocks(model: nn.Module) -> int:
+    """`torch.compile` each repeated block (the classes transformers names in `_no_split_modules`, e.g. the
+    decoder layers), in place: parameter names, checkpoints and hooks stay as they are, and one compilation
+    serves every layer. Returns how many modules were compiled."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    names = set(getattr(base, "_no_split_modules", None) or [])
+    blocks = [m for m in base.modules() if type(m).__name__ in names]
+    if not blocks:
+        raise ConfigError("trainer.compile", f"{type(base).__name__} names no repeated block (_no_split_modules)")
+    for block in blocks:
+        block.compile()
+    return len(blocks)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from collections.abc import Callable
@@ -55,6 +56,11 @@ class AdapterRuntime:
     def aux_loss(self) -> torch.Tensor | float:
         """Auxiliary loss of the last training forward, added to the task loss (0: none)."""
         return 0.0
+
+    def recomputation(self) -> contextlib.AbstractContextManager:
+        """Entered while gradient checkpointing reruns a forward in the backward: what the first run recorded
+        (routing loads, auxiliary losses) must not be recorded again."""
+        return contextlib.nullcontext()
 
     def after_step(self, applied: bool) -> None:
         """After each optimizer step; `applied` is False when the numerical guard skipped it."""

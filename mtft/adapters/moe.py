@@ -41,6 +41,7 @@ class ExpertLinear(nn.Module):
         self.aux_loss: torch.Tensor | None = None
         self.token_mask: torch.Tensor | None = None  # (batch, seq) bool, real tokens of the next forward
         self.bypass = False  # True inside base_only(): the frozen layer alone
+        self.recomputing = False  # True while gradient checkpointing reruns the forward: record nothing twice
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.bypass:
@@ -52,7 +53,7 @@ class ExpertLinear(nn.Module):
 
     def record_load(self, chosen: torch.Tensor) -> None:
         """`chosen` (..., experts): 1 where a token selected the expert (or its dense gate mass)."""
-        if self.training:
+        if self.training and not self.recomputing:
             self.step_load += self.at_real_tokens(chosen.detach()).reshape(-1, self.num_experts).float().sum(0)
 
     def at_real_tokens(self, values: torch.Tensor) -> torch.Tensor:
@@ -224,6 +225,16 @@ class ExpertsRuntime(AdapterRuntime):
 
     def aux_loss(self) -> torch.Tensor | float:
         return aux_loss(self.modules)
+
+    @contextlib.contextmanager
+    def recomputation(self):
+        for layer in self.modules:
+            layer.recomputing = True
+        try:
+            yield
+        finally:
+            for layer in self.modules:
+                layer.recomputing = False
 
     def after_step(self, applied: bool) -> None:
         set_token_mask(self.modules, None)

@@ -57,7 +57,9 @@ class MoLoRALinear(ExpertLinear):
         gates = chosen * probs
         gates = (gates / gates.sum(-1, keepdim=True)).to(x.dtype)
         if self.training and self.aux_coef > 0:
-            self.aux_loss = self.switch_loss(probs, chosen)
+            aux = self.switch_loss(probs, chosen)  # also when recomputing: a checkpointed rerun saves the same tensors
+            if not self.recomputing:
+                self.aux_loss = aux
         hidden = F.linear(x, self.lora_A).unflatten(-1, (self.num_experts, self.expert_rank))
         return self.scaling * F.linear((hidden * gates.unsqueeze(-1)).flatten(-2), self.lora_B)
 

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from mtft.adapters import ADAPTERS
+from mtft.adapters.base import AdapterRuntime
 from mtft.config.train import TrainConfig
 from mtft.data.batches import MixedBatches
 from mtft.data.config import DataConfig, TaskSpec
@@ -28,7 +29,7 @@ from mtft.data.synthetic import DEMO_DATA_DIR, TASKS
 from mtft.data.tasks import load_tasks
 from mtft.models import TinyModelConfig, build_byte_tokenizer, build_tiny_model
 from mtft.training.engine import build_engine, init_distributed
-from mtft.training.loop import optimizer_step
+from mtft.training.step import optimizer_step
 
 DEMO_TASKS = [TaskSpec(name=n, path=str(DEMO_DATA_DIR / f"{n}.jsonl")) for n in TASKS]
 
@@ -74,13 +75,17 @@ def training_throughput(data: DataConfig, micro_batch_size: int, steps: int) -> 
     stream = MixedBatches(tasks, probabilities, micro_batch_size, tokenizer.pad_token_id, 0, pack_to=pack_to)
     weights = torch.ones(len(tasks))
     data_seconds = tokens = 0.0
-    optimizer_step(engine, [stream.next()], weights, len(tasks))  # warm-up
+
+    def step(batch):  # every task weighs 1; the adapter (LoRA) has no runtime hooks
+        return optimizer_step(engine, [batch], weights, len(tasks), AdapterRuntime(), lambda w, counts: w)
+
+    step(stream.next())  # warm-up
     start = time.perf_counter()
     for _ in range(steps):
         t0 = time.perf_counter()
         batch = stream.next()
         data_seconds += time.perf_counter() - t0
-        tokens += optimizer_step(engine, [batch], weights, len(tasks)).tokens
+        tokens += step(batch).tokens
     seconds = time.perf_counter() - start
     return {
         "seconds": seconds,

@@ -16,9 +16,10 @@ from mtft.adapters.base import AdapterRuntime
 from mtft.data.collate import count_samples, model_inputs, real_tokens
 from mtft.distributed import all_reduce_sum, gather_names
 from mtft.logging.throughput import attended_positions
+from mtft.training.cross_entropy import TokenLosses, full_token_losses
 from mtft.training.engine import is_sharded
 from mtft.training.guard import nonfinite_gradients, nonfinite_losses, poison_if_nonfinite
-from mtft.training.losses import balanced_loss, label_counts, per_task_sums, token_losses
+from mtft.training.losses import balanced_loss, label_counts, per_task_sums
 
 Reduction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (weights, step token counts) -> w_t: Balancer
 
@@ -42,6 +43,7 @@ def optimizer_step(
     num_tasks: int,
     adapter: AdapterRuntime,
     reduction: Reduction,
+    token_losses: TokenLosses = full_token_losses,
 ) -> StepResult:
     """One optimizer step over `micro_batches` (the engine's gradient-accumulation count of them).
 
@@ -52,7 +54,7 @@ def optimizer_step(
     weights = reduction(weights, step_counts)
     step_sums = torch.zeros(num_tasks, device=engine.device)
     for batch in micro_batches:
-        loss, sums = micro_batch_loss(engine, batch, step_counts, weights, adapter, len(micro_batches))
+        loss, sums = micro_batch_loss(engine, batch, step_counts, weights, adapter, len(micro_batches), token_losses)
         # The loss is already normalised for the whole step: no 1/GAS; DeepSpeed averages over ranks, undo that.
         engine.backward(poison_if_nonfinite(loss) * engine.world_size, scale_wrt_gas=False)
         engine.step()
@@ -76,11 +78,11 @@ def micro_batch_loss(
     weights: torch.Tensor,
     adapter: AdapterRuntime,
     micro_batches: int,
+    token_losses: TokenLosses = full_token_losses,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(this micro-batch's share of the balanced step loss plus the adapter's auxiliary loss, its per-task sums)."""
     adapter.before_forward(batch)
-    logits = model(**model_inputs(batch)).logits
-    losses = token_losses(logits, batch["labels"])
+    losses = token_losses(model, model_inputs(batch), batch["labels"])
     sums, _ = per_task_sums(losses, batch["labels"], batch["task_ids"], len(step_counts))
     return balanced_loss(sums, step_counts, weights) + adapter.aux_loss() / micro_batches, sums
 

@@ -1,0 +1,130 @@
+"""Per-token cross-entropy without the full logits: `trainer.cross_entropy=chunked`.
+
+Why: at a 151,936-token vocabulary one packed micro-batch of 4 × 2048 tokens has 1.2 G logits, 2.5 GB in bf16
+and 5 GB more once upcast for the loss, more than the rest of a 0.5B model's activations together. The chunked
+loss runs the output head over a few thousand tokens at a time and keeps only what the backward needs.
+
+How (the idea of Liger's fused linear cross-entropy, in plain torch, and per token): the forward computes each
+chunk's logits in fp32, its token losses, and at once the loss's gradient with respect to the chunk's hidden
+states, ∂ℓ_t/∂h_t = (softmax_t − onehot_t)·W, which is small (tokens × hidden). The backward only scales those
+rows by the incoming per-token gradients: no logits are kept or recomputed. Only where the head itself trains (a
+full fine-tune; tied embeddings) does the backward recompute each chunk's logits for the head's gradient.
+
+The per-token losses are the same as `losses.token_losses` (to ~1e-6 in fp32), so per-task sums and the
+balanced loss are unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from mtft.data.tokenize import IGNORE
+from mtft.training.losses import token_losses
+
+# (model or DeepSpeed engine, its inputs, labels (B, T)) -> next-token losses (B, T-1), 0 where ignored
+TokenLosses = Callable[[nn.Module, dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
+
+# logits per chunk: 2^28 fp32 values (1 GiB) bound the loss's transient memory whatever the vocabulary
+CHUNK_ELEMENTS = 1 << 28
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden_NH, weight_VH, bias_V, targets_N, chunk):
+        need_hidden_grad, need_weight_grad = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        losses = hidden_NH.new_empty(hidden_NH.size(0), dtype=torch.float32)
+        grad_hidden = torch.empty_like(hidden_NH) if need_hidden_grad else None
+        for start in range(0, hidden_NH.size(0), chunk):
+            rows = slice(start, start + chunk)
+            logits = _logits(hidden_NH[rows], weight_VH, bias_V)
+            targets = targets_N[rows]
+            counted = targets != IGNORE
+            safe = torch.where(counted, targets, 0)
+            lse = torch.logsumexp(logits, dim=-1)
+            losses[rows] = torch.where(counted, lse - logits.gather(1, safe[:, None]).squeeze(1), 0.0)
+            if need_hidden_grad:
+                grad_logits = _grad_logits(logits, lse, safe, counted)
+                grad_hidden[rows] = (grad_logits.to(weight_VH.dtype) @ weight_VH).to(hidden_NH.dtype)
+        ctx.chunk = chunk
+        recompute = need_weight_grad or ctx.needs_input_grad[2]  # the head trains: its gradient needs the logits
+        ctx.save_for_backward(grad_hidden, hidden_NH if recompute else None, weight_VH, bias_V, targets_N)
+        return losses
+
+    @staticmethod
+    def backward(ctx, grad_losses_N):
+        grad_hidden, hidden_NH, weight_VH, bias_V, targets_N = ctx.saved_tensors
+        grad_h = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_h = grad_hidden * grad_losses_N[:, None].to(grad_hidden.dtype)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            grad_w = torch.zeros_like(weight_VH, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+            grad_b = torch.zeros_like(bias_V, dtype=torch.float32) if ctx.needs_input_grad[2] else None
+            for start in range(0, hidden_NH.size(0), ctx.chunk):
+                rows = slice(start, start + ctx.chunk)
+                logits = _logits(hidden_NH[rows], weight_VH, bias_V)
+                targets = targets_N[rows]
+                counted = targets != IGNORE
+                lse = torch.logsumexp(logits, dim=-1)
+                scaled = _grad_logits(logits, lse, torch.where(counted, targets, 0), counted)
+                scaled *= grad_losses_N[rows, None]
+                if grad_w is not None:
+                    grad_w += scaled.t() @ hidden_NH[rows].float()
+                if grad_b is not None:
+                    grad_b += scaled.sum(0)
+            grad_w = grad_w.to(weight_VH.dtype) if grad_w is not None else None
+            grad_b = grad_b.to(bias_V.dtype) if grad_b is not None else None
+        return grad_h, grad_w, grad_b, None, None
+
+
+def _logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    logits = (hidden @ weight.t()).float()
+    return logits + bias.float() if bias is not None else logits
+
+
+def _grad_logits(logits: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor, counted: torch.Tensor):
+    """∂ℓ/∂logits = softmax − onehot(target), zero on ignored rows; computed in place over `logits`."""
+    grad = logits.sub_(lse[:, None]).exp_()
+    grad.scatter_add_(1, targets[:, None], torch.full_like(lse[:, None], -1.0))
+    return grad.mul_(counted[:, None])
+
+
+def linear_cross_entropy(
+    hidden_NH: torch.Tensor, head: nn.Linear, targets_N: torch.Tensor, chunk: int | None = None
+) -> torch.Tensor:
+    """Per-token cross-entropy of `head(hidden)` against `targets` (0 where IGNORE), chunk by chunk."""
+    chunk = chunk or max(1, CHUNK_ELEMENTS // head.weight.size(0))
+    return _LinearCrossEntropy.apply(hidden_NH, head.weight, head.bias, targets_N, chunk)
+
+
+def output_head(model: nn.Module) -> tuple[nn.Module, nn.Linear]:
+    """(the decoder that yields hidden states, the output head) of a transformers causal LM, through PEFT's
+    wrapper. Refuses a model whose logits are more than a Linear of the hidden states (soft-capped or scaled)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
+    config = getattr(base, "config", None)
+    extra = [k for k in ("final_logit_softcapping", "logit_scale", "logits_scaling") if getattr(config, k, None)]
+    if not isinstance(head, nn.Linear) or decoder is None or extra:
+        why = f"its logits use {', '.join(extra)}" if extra else "it has no decoder and Linear output head"
+        raise ValueError(f"trainer.cross_entropy=chunked cannot run on {type(base).__name__}: {why}; use full")
+    return decoder, head
+
+
+def full_token_losses(model: nn.Module, inputs: dict[str, torch.Tensor], labels_BT: torch.Tensor) -> torch.Tensor:
+    """The plain path: the model's full logits, then the loss."""
+    return token_losses(model(**inputs).logits, labels_BT)
+
+
+def chunked_token_losses(model: nn.Module, inputs: dict[str, torch.Tensor], labels_BT: torch.Tensor) -> torch.Tensor:
+    """As `full_token_losses`, (B, T-1), without materialising the logits."""
+    decoder, head = output_head(getattr(model, "module", model))  # through a DeepSpeed engine to its model
+    hidden = decoder(**inputs).last_hidden_state[:, :-1]
+    targets = labels_BT[:, 1:]
+    losses = linear_cross_entropy(hidden.reshape(-1, hidden.size(-1)), head, targets.reshape(-1))
+    return losses.view(targets.shape)
+
+
+CROSS_ENTROPY: dict[str, TokenLosses] = {"full": full_token_losses, "chunked": chunked_token_losses}
