@@ -1,9 +1,15 @@
 """The Hydra edge: the schema Hydra composes onto, resolvers, and the one conversion to TrainConfig.
 
 The schema gives every typed section its defaults before the YAML groups are merged, so a user's
-`data/mine.yaml` may list only `tasks:` and `data.max_seq_len=512` works as an override without a `+`.
-Adapter and balancer options differ in their fields, so they stay untyped here and are checked by the
-registry's dataclass on conversion.
+`data/mine.yaml` may list only `tasks:` and `data.max_seq_len=512` works as an override without a `+`. Every
+default comes from a config dataclass (through its generated twin, `mtft.config.schemas`); a YAML option holds only
+what differs from it.
+
+Adapter and balancer options differ in their fields, so their sections are typed per option: each registry entry's
+config is stored as `schema/<group>/<name>`, and train.yaml's defaults list merges the one named by the group's
+choice (`adapter=smora` -> `schema/adapter/smora`, SMoRAConfig's defaults and types) before the option's YAML. A
+user's own option under `--config-dir` with a name no registry entry has gets no schema there (its `name:` picks the
+dataclass on conversion); it can take one with `defaults: [/schema/adapter/smora@_here_, _self_]`.
 
 Hydra reports a bad override in several lines (and its search path); `config_error` turns those errors into
 the one-line ConfigError every other config mistake gets: the key, the allowed options or the nearest key.
@@ -11,7 +17,8 @@ the one-line ConfigError every other config mistake gets: the key, the allowed o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -19,28 +26,35 @@ from hydra.errors import MissingConfigException
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from mtft.config.schema import DeepSpeedConfig, TrainerConfig
+from mtft.adapters import ADAPTERS
+from mtft.balancers import BALANCERS
+from mtft.config.schemas import schema_of
 from mtft.config.train import TrainConfig, build_train_config
-from mtft.data.config import DataConfig
 from mtft.data.synthetic import DEMO_DATA_DIR
 from mtft.errors import ConfigError, unknown_key
-from mtft.logging.config import LoggerConfig
-from mtft.models import ModelConfig
+
+PER_OPTION = {"adapter": ADAPTERS, "balancer": BALANCERS}  # sections typed by the option chosen, not here
 
 
-@dataclass
-class HydraSchema:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = MISSING
-    adapter: Any = MISSING
-    balancer: Any = MISSING
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
+def train_schema() -> type:
+    """TrainConfig as Hydra's schema: each section its dataclass's twin, but `Any` for the per-option sections."""
+    sections = []
+    for f in dataclasses.fields(schema_of(TrainConfig)):
+        if f.name in PER_OPTION:
+            sections.append((f.name, Any, field(default=MISSING)))
+        else:
+            sections.append((f.name, f.type, field(default=f.default, default_factory=f.default_factory)))
+    return dataclasses.make_dataclass("HydraSchema", sections)
 
 
 def register() -> None:
-    ConfigStore.instance().store(name="train_schema", node=HydraSchema)
+    """Store the schemas, generated afresh from the dataclasses and registries as they are now."""
+    schema_of.cache_clear()
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=train_schema())
+    for group, registry in PER_OPTION.items():
+        for name, method in registry.items():
+            store.store(group=f"schema/{group}", name=name, node=schema_of(method.config))
     if not OmegaConf.has_resolver("mtft_demo"):
         # ${mtft_demo:add.jsonl} -> the bundled demo file, wherever mtft is installed
         OmegaConf.register_new_resolver("mtft_demo", lambda name: str(DEMO_DATA_DIR / name))
