@@ -1,0 +1,71 @@
+"""The loop's own counters, and the one place where everything an exact resume needs is saved and restored.
+
+torchtitan's idea: a checkpoint holds stateful objects (`state_dict()` / `load_state_dict()`), so the loop never
+packs or unpacks one by hand. The layout on disk is the one checkpoints have always had, so an older checkpoint
+resumes as before:
+
+- the run's state, equal on every rank, in the engine's client state: `step`, `tokens` and `initial_val_losses`
+  (TrainState's fields, at the top level), `balancer` and `guard`;
+- each rank's own, in `rank_state_<rank>.pt` beside its RNG (training/state.py): `batches` (its data position),
+  `val_cycle` (its validation cycle's cursor) and `weights` (the balancer weights it trains with: every rank must
+  agree, and a checkpoint makes that checkable; never loaded).
+
+The adapter handle has no state of its own here: its run-time state lives in the model's buffers, which the
+engine's checkpoint carries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from mtft.balancers import Balancer
+from mtft.data.batches import MixedBatches, ValidationCycle
+from mtft.training.guard import NumericalGuard
+
+
+@dataclasses.dataclass
+class TrainState:
+    """What the loop itself counts, explicit rather than locals that closures read."""
+
+    step: int = 0  # optimizer steps taken (skipped ones included)
+    tokens: int = 0  # non-padding tokens trained on, all ranks
+    initial_val_losses: dict[str, float] = dataclasses.field(default_factory=dict)  # before step 1: the baseline
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "tokens": self.tokens, "initial_val_losses": self.initial_val_losses}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step, self.tokens, self.initial_val_losses = state["step"], state["tokens"], state["initial_val_losses"]
+
+
+@dataclasses.dataclass
+class Resumable:
+    """Every object whose state a resume restores. The engine (weights, optimizer, schedule) and the RNG are
+    training/state.py's; the rest is here, so saving and loading it cannot drift apart."""
+
+    train: TrainState
+    guard: NumericalGuard
+    balancer: Balancer
+    batches: MixedBatches
+    val_cycle: ValidationCycle
+
+    def run_state(self) -> dict[str, Any]:
+        return {**self.train.state_dict(), "balancer": self.balancer.state_dict(), "guard": self.guard.state_dict()}
+
+    def rank_state(self) -> dict[str, Any]:
+        batches = self.batches.state_dict()
+        return {"batches": batches, "val_cycle": self.val_cycle.cursor, "weights": self.balancer.weights()}
+
+    def load(self, run_state: dict[str, Any], rank_state: dict[str, Any], same_data: bool) -> None:
+        """With the same data the run continues exactly. With other data (trainer.resume_allow_changes) the saved
+        stream no longer exists: only the model's progress carries over (step, tokens, skipped-step counts), and the
+        data stream, validation cycle, balancer and initial validation losses start afresh."""
+        self.train.load_state_dict(run_state)
+        self.guard.load_state_dict(run_state["guard"])
+        if not same_data:
+            self.train.initial_val_losses = {}  # measured again, on the new data
+            return
+        self.balancer.load_state_dict(run_state["balancer"])
+        self.batches.load_state_dict(rank_state["batches"])
+        self.val_cycle.cursor = rank_state["val_cycle"]

@@ -1,0 +1,79 @@
+"""Everything a resume restores beyond the engine goes through `Resumable`, in the checkpoint layout mtft has
+always written, so older checkpoints resume unchanged."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mtft.balancers import build_balancer
+from mtft.balancers.dwa import DWAConfig
+from mtft.data.batches import MixedBatches, ValidationCycle
+from mtft.data.tasks import Sample, TaskData
+from mtft.training.guard import NumericalGuard
+from mtft.training.train_state import Resumable, TrainState
+
+NAMES = ["add", "sort"]
+
+
+def _resumable() -> Resumable:
+    tasks = [
+        TaskData(
+            name,
+            [Sample([t, i, 5], [t, i, 5], t) for i in range(7)],
+            [Sample([t, i, 6], [t, i, 6], t) for i in range(3)],
+        )
+        for t, name in enumerate(NAMES)
+    ]
+    return Resumable(
+        TrainState(),
+        NumericalGuard(max_bad_steps=3),
+        build_balancer(DWAConfig(window=1), NAMES),  # weights move after two observed steps
+        MixedBatches(tasks, np.array([0.5, 0.5]), micro_batch_size=2, pad_token_id=-1, seed=3),
+        ValidationCycle(tasks, batch_size=2, pad_token_id=-1, seed=3),
+    )
+
+
+def _run_a_while(r: Resumable) -> None:
+    r.train.step, r.train.tokens, r.train.initial_val_losses = 5, 120, {"add": 2.0, "sort": 3.0}
+    for step, losses in enumerate([{"add": 2.0, "sort": 3.0}, {"add": 1.0, "sort": 3.0}], start=1):
+        r.balancer.observe(step, losses, None)
+    r.batches.next()
+    r.val_cycle.next()
+    r.guard.step_skipped(5)
+
+
+def test_the_checkpoint_layout_is_the_one_checkpoints_always_had():
+    r = _resumable()
+    _run_a_while(r)
+    run_state, rank_state = r.run_state(), r.rank_state()
+    assert list(run_state) == ["step", "tokens", "initial_val_losses", "balancer", "guard"]
+    assert (run_state["step"], run_state["tokens"]) == (5, 120)
+    assert list(rank_state) == ["batches", "val_cycle", "weights"]
+    assert rank_state["val_cycle"] == 2  # the bare cursor, past one global batch of 2
+    assert rank_state["weights"] == r.balancer.weights() != {"add": 1.0, "sort": 1.0}
+
+
+def test_loading_with_the_same_data_continues_exactly():
+    saved = _resumable()
+    _run_a_while(saved)
+    resumed = _resumable()
+    resumed.load(saved.run_state(), saved.rank_state(), same_data=True)
+    assert resumed.train == saved.train
+    assert resumed.guard.state_dict() == saved.guard.state_dict()
+    assert resumed.balancer.weights() == saved.balancer.weights()
+    for name in ("input_ids", "labels"):
+        assert resumed.batches.next()[name].equal(saved.batches.next()[name])
+        assert resumed.val_cycle.next()[name].equal(saved.val_cycle.next()[name])
+
+
+def test_loading_with_other_data_keeps_the_progress_and_restarts_the_stream():
+    saved = _resumable()
+    _run_a_while(saved)
+    resumed, fresh = _resumable(), _resumable()
+    resumed.load(saved.run_state(), saved.rank_state(), same_data=False)
+    assert (resumed.train.step, resumed.train.tokens) == (5, 120)
+    assert resumed.guard.state_dict() == saved.guard.state_dict()
+    assert resumed.train.initial_val_losses == {}  # measured again, on the new data
+    assert resumed.balancer.weights() == {"add": 1.0, "sort": 1.0}
+    assert resumed.val_cycle.cursor == 0
+    assert resumed.batches.next()["input_ids"].equal(fresh.batches.next()["input_ids"])
