@@ -116,7 +116,7 @@ def test_wrong_type_is_named():
 
 
 def test_trainer_defaults_only_in_dataclass():
-    """YAML may restate defaults, but must agree with the dataclass so there is one truth."""
+    """The trainer's defaults are the dataclass's: trainer=default adds none of its own."""
     cfg = compose_config()
     for f in dataclasses.fields(TrainerConfig):
         if f.name != "output_dir":
