@@ -11,21 +11,19 @@ from typing import Any
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
-from hydra.errors import HydraException
-from omegaconf.errors import OmegaConfBaseException
 
 from mtft.adapters import ADAPTERS, AdapterMethod, lora
 from mtft.adapters.smora import SMoRAConfig
 from mtft.balancers import BALANCERS
 from mtft.balancers.coba import CoBaConfig
 from mtft.cli.train import CONFIG_DIR
-from mtft.config.hydra import config_error, register, to_train_config
+from mtft.config.hydra import register, to_train_config
 from mtft.config.schema import TrainerConfig
 from mtft.config.schemas import schema_of
 from mtft.config.train import TrainConfig
 from mtft.data.config import TaskSpec
-from mtft.errors import ConfigError
 from mtft.models import TinyModelConfig
+from tests.config.test_errors import reported
 from tests.helpers import compose_config
 
 
@@ -97,31 +95,20 @@ def test_generated_schema_widens_only_what_omegaconf_cannot_check():
     assert tasks["weight"] == float | None and tasks["fields"] is Any  # an optional dict: see _schema_type
 
 
-def _reported(overrides: list[str], config_dir=CONFIG_DIR) -> ConfigError | None:
-    try:
-        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            to_train_config(compose("train", overrides=overrides))
-    except (HydraException, OmegaConfBaseException) as err:
-        return config_error(err)
-    except ConfigError as err:
-        return err
-    return None
-
-
 def test_adapter_and_balancer_overrides_are_typed_at_composition():
     """The chosen option's dataclass types its section: OmegaConf converts and rejects values as it composes."""
     cfg = compose_config(["adapter=smora", "adapter.alpha=8", "balancer=coba", "balancer.tau=2"])
     assert cfg.adapter.alpha == 8.0 and isinstance(cfg.adapter.alpha, float) and cfg.balancer.tau == 2.0
-    err = _reported(["adapter=smora", "adapter.top_k=many"])
+    err = reported(["adapter=smora", "adapter.top_k=many"])
     assert err.key == "adapter.top_k" and "could not be converted to Integer" in str(err)
-    err = _reported(["balancer=coba", "balancer.history=long"])
+    err = reported(["balancer=coba", "balancer.history=long"])
     assert err.key == "balancer.history" and "could not be converted to Integer" in str(err)
 
 
 def test_target_modules_takes_a_name_or_a_list_and_nothing_else():
     assert compose_config(["adapter.target_modules=q_proj"]).adapter.target_modules == "q_proj"
     assert compose_config(["adapter.target_modules=[q_proj,v_proj]"]).adapter.target_modules == ["q_proj", "v_proj"]
-    err = _reported(["adapter.target_modules={q: 1}"])
+    err = reported(["adapter.target_modules={q: 1}"])
     assert err.key == "adapter.target_modules" and "expected str" in str(err) and "expected a list" in str(err)
 
 
@@ -144,7 +131,7 @@ def test_a_new_method_needs_only_its_registration_and_a_comment(tmp_path, regene
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = to_train_config(compose("train", overrides=[search, "adapter=wider_test", "adapter.rank=4"]))
         assert isinstance(cfg.adapter, WiderLoraConfig) and (cfg.adapter.extra_scale, cfg.adapter.rank) == (0.5, 4)
-        err = _reported([search, "adapter=wider_test", "adapter.extra_scale=big"])
+        err = reported([search, "adapter=wider_test", "adapter.extra_scale=big"])
         assert err.key == "adapter.extra_scale" and "could not be converted to Float" in str(err)
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         mine = to_train_config(compose("train", overrides=[search, "adapter=my_smora"]))
