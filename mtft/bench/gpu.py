@@ -1,0 +1,382 @@
+"""`mtft-bench gpu`: mtft's real training step against a plain PEFT + torch loop, in one process, alternating.
+
+Why: what costs on a GPU is not what costs on a CPU (kernel launches, full-vocabulary logits, masks), so speed
+claims are measured where users train. Every configuration is built once and kept resident; then, round after
+round, each runs a few timed steps in turn, so drift of clocks or temperature hits all of them alike. Reported:
+median step time, tokens/s (real tokens), MFU (logging/throughput.py's FLOP count), and peak GPU memory (the
+configuration's own weights and optimizer state, plus the largest transient of its steps).
+
+- `plain`: the baseline the issue defines: PEFT LoRA on the same targets and rank as `lora`, bf16 weights, torch
+  AdamW (fused), the model's full logits and plain cross-entropy, on the same micro-batches, prebuilt (it pays
+  nothing for data).
+- `<adapter>[+compile][+chunked][+ckpt]`: mtft's own step (`training.step.optimizer_step` on the DeepSpeed engine,
+  ZeRO-0) with the micro-batch drawn from mtft's packing pipeline inside the timed step, as in training;
+  `compile` is trainer.compile, `chunked` trainer.cross_entropy=chunked, `ckpt` trainer.gradient_checkpointing.
+
+Model shapes are Qwen2.5's (0.5B, 1.5B, 7B) with random weights, built on the device, nothing downloaded; the
+tokenizer is mtft's byte tokenizer, and the data is synthetic: three tasks of 200-1500-character samples.
+`--dry-run` runs the same code at a tiny shape in fp32 on whatever device is there, for CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shlex
+import statistics
+import string
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from mtft.adapters import ADAPTERS
+from mtft.adapters.lora import LoraConfig
+from mtft.adapters.molora import MoLoRAConfig
+from mtft.adapters.mor1e import MoR1EConfig
+from mtft.adapters.smora import SMoRAConfig
+from mtft.bench.gpu_smoke import QWEN_0_5B, TINY
+from mtft.config.schema import DeepSpeedConfig, TrainerConfig
+from mtft.config.train import TrainConfig
+from mtft.data.batches import MixedBatches
+from mtft.data.collate import model_inputs
+from mtft.data.config import DataConfig, TaskSpec
+from mtft.data.sampler import mixing_probabilities
+from mtft.data.tasks import load_tasks
+from mtft.data.tokenize import IGNORE
+from mtft.logging.throughput import attended_positions, matmul_parameters, peak_flops, step_flops
+from mtft.models import build_byte_tokenizer, compile_blocks, enable_gradient_checkpointing, resolve_attention
+from mtft.training.cross_entropy import CROSS_ENTROPY
+from mtft.training.engine import build_engine, init_distributed
+from mtft.training.step import optimizer_step
+
+SHAPES: dict[str, dict[str, Any]] = {
+    "0.5b": QWEN_0_5B,
+    "1.5b": dict(QWEN_0_5B, hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, intermediate_size=8960),
+    "7b": dict(
+        QWEN_0_5B,
+        vocab_size=152064,
+        hidden_size=3584,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        intermediate_size=18944,
+        tie_word_embeddings=False,
+    ),
+    "tiny": dict(TINY, vocab_size=512),
+}
+FLAGS = ("compile", "chunked", "ckpt")
+LORA_RANK, ALPHA = 64, 128.0
+
+
+@dataclass
+class Setup:
+    shape: dict[str, Any]
+    precision: str
+    device: torch.device
+    batch: int
+    seq: int
+    attention: str
+
+
+def adapter_config(name: str, model: torch.nn.Module) -> Any:
+    """The issue's comparison: LoRA r64; SMoRA r64 top-8; MoLoRA 8 experts × r8, top-2; MoR1E with r1 = r2 chosen
+    so its trainable parameters are closest to LoRA r64's on this model's Linear shapes."""
+    if name == "lora":
+        return LoraConfig(rank=LORA_RANK, alpha=ALPHA)
+    if name == "smora":
+        return SMoRAConfig(rank=LORA_RANK, top_k=8, alpha=ALPHA)
+    if name == "molora":
+        return MoLoRAConfig(num_experts=8, expert_rank=8, top_k=2, alpha=ALPHA)
+    if name == "mor1e":
+        head = model.get_output_embeddings()
+        linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head]
+        shapes = [(m.in_features, m.out_features) for m in linears]
+        lora = sum(LORA_RANK * (i + o) for i, o in shapes)
+        r = min(range(1, 4 * LORA_RANK), key=lambda r: abs(sum(r * (i + o) + i * r * r for i, o in shapes) - lora))
+        return MoR1EConfig(num_down=r, num_up=r, top_k=8, alpha=ALPHA)
+    raise ValueError(f"unknown adapter {name!r}; choose lora, smora, molora or mor1e")
+
+
+def synthetic_tasks(directory: Path, samples: int = 300, seed: int = 0) -> list[TaskSpec]:
+    """Three tasks (echo, reverse, upper) over random lowercase text of 200-1500 characters."""
+    rng = random.Random(seed)
+    specs = []
+    for name, answer in (("echo", lambda s: s), ("reverse", lambda s: s[::-1]), ("upper", str.upper)):
+        lines = []
+        for _ in range(samples):
+            text = "".join(rng.choices(string.ascii_lowercase + " ", k=rng.randint(200, 1500)))
+            messages = [{"role": "user", "content": f"{name}: {text}"}, {"role": "assistant", "content": answer(text)}]
+            lines.append(json.dumps({"messages": messages}))
+        path = directory / f"{name}.jsonl"
+        path.write_text("\n".join(lines) + "\n")
+        specs.append(TaskSpec(name=name, path=str(path)))
+    return specs
+
+
+def build_base(setup: Setup) -> torch.nn.Module:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(**setup.shape, use_cache=False, attn_implementation=setup.attention)
+    torch.manual_seed(0)
+    with setup.device:  # initialised where it runs: a 7B model is slow to initialise on a CPU
+        return Qwen2ForCausalLM(config)
+
+
+class Plain:
+    """The baseline loop: PEFT LoRA, bf16 weights, torch AdamW, full logits and plain cross-entropy."""
+
+    def __init__(self, setup: Setup, batches: list[dict[str, torch.Tensor]]):
+        dtype = torch.bfloat16 if setup.precision == "bf16" else torch.float32
+        base = build_base(setup)
+        self.model = ADAPTERS["lora"].inject(base, adapter_config("lora", base)).to(dtype).train()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=1e-5, fused=setup.device.type == "cuda")
+        self.batches, self.index = batches, 0
+
+    def step(self) -> dict[str, torch.Tensor]:
+        batch = self.batches[self.index % len(self.batches)]
+        self.index += 1
+        logits = self.model(**model_inputs(batch)).logits[:, :-1]
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=IGNORE)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return batch
+
+
+class Mtft:
+    """mtft's step: the configured adapter on the DeepSpeed engine, micro-batches from the packing pipeline."""
+
+    def __init__(self, setup: Setup, spec: str, data: DataConfig, tokenizer):
+        adapter, *flags = spec.split("+")
+        unknown = [f for f in flags if f not in FLAGS]
+        if unknown:
+            raise ValueError(f"{spec}: unknown flag(s) {unknown}; choose from {', '.join(FLAGS)}")
+        base = build_base(setup)
+        adapter_cfg = adapter_config(adapter, base)
+        trainer = TrainerConfig(
+            micro_batch_size=setup.batch,
+            lr=1e-5,
+            warmup_steps=0,
+            lr_scheduler="constant",
+            cross_entropy="chunked" if "chunked" in flags else "full",
+        )
+        cfg = TrainConfig(
+            data=data, adapter=adapter_cfg, trainer=trainer, deepspeed=DeepSpeedConfig(precision=setup.precision)
+        )
+        method = ADAPTERS[adapter]
+        model = method.inject(base, adapter_cfg)
+        self.runtime = method.runtime(model, adapter_cfg)
+        if "ckpt" in flags:
+            enable_gradient_checkpointing(model, self.runtime.recomputation)
+        if "compile" in flags:
+            compile_blocks(model)
+        self.engine = build_engine(model, cfg, world_size=1)
+        self.tasks = load_tasks(data, tokenizer, seed=0)
+        self.runtime.prepare(self.engine.module, self.tasks, tokenizer.pad_token_id, 0)
+        probabilities = mixing_probabilities([len(t.train) for t in self.tasks], data)
+        self.stream = MixedBatches(
+            self.tasks, probabilities, setup.batch, tokenizer.pad_token_id, 0, pack_to=data.max_seq_len
+        )
+        self.weights = torch.ones(len(self.tasks), device=self.engine.device)
+        self.token_losses = CROSS_ENTROPY[trainer.cross_entropy]
+
+    def step(self) -> dict[str, torch.Tensor]:
+        batch = {k: v.to(self.engine.device) for k, v in self.stream.next().items()}
+        result = optimizer_step(
+            self.engine, [batch], self.weights, len(self.tasks), self.runtime, lambda w, c: w, self.token_losses
+        )
+        if not result.applied:
+            raise RuntimeError("a benchmark step was skipped (non-finite loss or gradient)")
+        return batch
+
+
+def prebuilt_batches(data: DataConfig, tokenizer, batch: int, count: int, device) -> list[dict[str, torch.Tensor]]:
+    tasks = load_tasks(data, tokenizer, seed=0)
+    probabilities = mixing_probabilities([len(t.train) for t in tasks], data)
+    stream = MixedBatches(tasks, probabilities, batch, tokenizer.pad_token_id, 0, pack_to=data.max_seq_len)
+    return [{k: v.to(device) for k, v in stream.next().items()} for _ in range(count)]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    cuda = torch.cuda.is_available() and not args.dry_run
+    device = torch.device("cuda" if cuda else "cpu")
+    shape = SHAPES["tiny" if args.dry_run else args.shape]
+    precision = "bf16" if cuda else "fp32"
+    attention = resolve_attention(args.attention)
+    setup = Setup(shape, precision, device, args.batch, args.seq, attention)
+    init_distributed()
+    tokenizer = build_byte_tokenizer()
+    workdir = Path(tempfile.mkdtemp(prefix="mtft-bench-gpu-"))
+    data = DataConfig(tasks=synthetic_tasks(workdir), packing=True, max_seq_len=args.seq, overlong="truncate")
+
+    runners: dict[str, Any] = {}
+    resident: dict[str, int] = {}
+    for name in args.configs:
+        before = torch.cuda.memory_allocated() if cuda else 0
+        print(f"building {name} ...", flush=True)
+        if name == "plain":
+            runners[name] = Plain(setup, prebuilt_batches(data, tokenizer, args.batch, 8, device))
+        else:
+            runners[name] = Mtft(setup, name, data, tokenizer)
+        resident[name] = (torch.cuda.memory_allocated() if cuda else 0) - before
+
+    times: dict[str, list[float]] = {n: [] for n in runners}
+    tokens: dict[str, list[int]] = {n: [] for n in runners}
+    attended: dict[str, list[int]] = {n: [] for n in runners}
+    transient: dict[str, int] = dict.fromkeys(runners, 0)
+    warm_seconds: dict[str, float] = {}
+    for round_ in range(args.rounds):
+        for name, runner in runners.items():
+            if round_ == 0:  # warm-up: compilation, allocator, autotuning
+                start = time.perf_counter()
+                for _ in range(args.warmup):
+                    runner.step()
+                _sync(device)
+                warm_seconds[name] = time.perf_counter() - start
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+                base_memory = torch.cuda.memory_allocated()
+            for _ in range(args.steps):
+                _sync(device)
+                start = time.perf_counter()
+                batch = runner.step()
+                _sync(device)
+                times[name].append(time.perf_counter() - start)
+                tokens[name].append(int((batch["task_ids"] >= 0).sum()))
+                attended[name].append(attended_positions(batch))
+            if cuda:
+                transient[name] = max(transient[name], torch.cuda.max_memory_allocated() - base_memory)
+        print(f"round {round_ + 1}/{args.rounds} done", flush=True)
+
+    peak = peak_flops(None, precision)
+    results: dict[str, dict[str, Any]] = {}
+    for name, runner in runners.items():
+        model = runner.model if name == "plain" else runner.engine.module
+        params, trainable = matmul_parameters(model)
+        step_seconds = statistics.median(times[name])
+        tokens_per_step = statistics.fmean(tokens[name])
+        flops = step_flops(
+            tokens_per_step,
+            statistics.fmean(attended[name]),
+            params,
+            trainable,
+            shape["num_hidden_layers"],
+            shape["hidden_size"],
+        )
+        results[name] = {
+            "step_seconds": step_seconds,
+            "tokens_per_second": tokens_per_step / step_seconds,
+            "mfu": flops / step_seconds / peak if peak else None,
+            "peak_gb": (resident[name] + transient[name]) / 1e9 if cuda else None,
+            "trainable_parameters": trainable,
+            "warmup_seconds": warm_seconds[name],
+        }
+    ratios = {}
+    if "plain" in results:
+        for name, r in results.items():
+            if name != "plain":
+                ratios[f"{name}_throughput_over_plain"] = (
+                    r["tokens_per_second"] / results["plain"]["tokens_per_second"]
+                )
+    loras = [n for n in results if n.split("+")[0] == "lora"]
+    for name, r in results.items():
+        adapter, *flags = name.split("+")
+        twin = "+".join(["lora", *flags])
+        if adapter not in ("lora", "plain") and twin in loras:
+            ratios[f"{name}_step_over_{twin}"] = r["step_seconds"] / results[twin]["step_seconds"]
+    return {
+        "suite": "gpu",
+        "date": time.strftime("%Y-%m-%d"),
+        "device": torch.cuda.get_device_name() if cuda else "cpu (dry run)",
+        "versions": _versions(),
+        "shape": args.shape if not args.dry_run else "tiny",
+        "precision": precision,
+        "attention": attention,
+        "tokens_slots_per_step": args.batch * args.seq,
+        "rounds": args.rounds,
+        "steps_per_round": args.steps,
+        "results": results,
+        "ratios": ratios,
+    }
+
+
+def _versions() -> dict[str, str]:
+    import deepspeed
+    import peft
+    import transformers
+
+    return {
+        "torch": torch.__version__,
+        "cuda": str(torch.version.cuda),
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "deepspeed": deepspeed.__version__,
+    }
+
+
+def print_table(report: dict[str, Any]) -> None:
+    print(f"\n{report['device']}, {report['shape']}, {report['precision']}, {report['attention']}, ", end="")
+    print(f"{report['tokens_slots_per_step']} token slots per step, packed")
+    print(f"{'config':<28}{'step ms':>9}{'tokens/s':>11}{'MFU':>7}{'peak GB':>9}{'warm-up s':>11}")
+    for name, r in report["results"].items():
+        mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
+        peak = f"{r['peak_gb']:.1f}" if r["peak_gb"] is not None else "-"
+        print(f"{name:<28}{r['step_seconds'] * 1e3:>9.1f}{r['tokens_per_second']:>11,.0f}{mfu:>7}{peak:>9}", end="")
+        print(f"{r['warmup_seconds']:>11.1f}")
+    for name, value in report["ratios"].items():
+        print(f"{name:<60}{value:>8.3f}")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="mtft-bench gpu", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", choices=[s for s in SHAPES if s != "tiny"], default="0.5b")
+    parser.add_argument(
+        "--configs",
+        default="plain,lora,smora,molora,mor1e",
+        help="comma-separated: plain, or an adapter (lora, smora, molora, mor1e) with +compile, +chunked, +ckpt",
+    )
+    parser.add_argument("--attention", default="auto", help="auto | sdpa | flash_attention_2 | eager | ...")
+    parser.add_argument("--batch", type=int, default=4, help="packed rows per micro-batch")
+    parser.add_argument("--seq", type=int, default=2048, help="tokens per packed row")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per configuration per round")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per configuration before round 1")
+    parser.add_argument("--dry-run", action="store_true", help="a tiny shape in fp32: the code path, for CI")
+    parser.add_argument("--out", type=Path, help="write the report as JSON here")
+    args = parser.parse_args(argv)
+    args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    if args.dry_run:
+        args.seq, args.batch, args.rounds, args.steps, args.warmup = min(args.seq, 256), 2, 1, 1, 1
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if not args.dry_run and not torch.cuda.is_available():
+        print("mtft-bench gpu: error: no CUDA device here; --dry-run runs the code path on a CPU", file=sys.stderr)
+        return 2
+    report = run(args)
+    report["command"] = shlex.join(["mtft-bench", "gpu", *argv])
+    print_table(report)
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2))
+        print(f"written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
