@@ -1,4 +1,5 @@
-"""The training recipe, top to bottom: setup, then one plain loop of optimizer steps on the DeepSpeed engine.
+"""The training recipe, top to bottom: setup, then one plain loop of optimizer steps on the DeepSpeed engine,
+then the wrap-up (torchtune's recipes are the model).
 
 Each optimizer step: draw its micro-batches, count each task's completion tokens over the whole step (all
 ranks), then forward/backward each micro-batch with the balanced loss (training/losses.py), then let the
@@ -34,6 +35,7 @@ from mtft.eval.generation import COLUMNS as GENERATION_COLUMNS
 from mtft.eval.generation import sample_generations
 from mtft.logging import build_run_logger
 from mtft.logging.progress import Progress, use_bars
+from mtft.logging.records import LossWindow, metrics_record, task_means
 from mtft.logging.secrets import redact
 from mtft.logging.throughput import ThroughputWindow, peak_flops
 from mtft.models import load_model, load_tokenizer
@@ -65,241 +67,311 @@ from mtft.training.state import (
     sample_changes,
     save_checkpoint,
 )
-from mtft.training.step import Reduction, first_nonfinite, optimizer_step
+from mtft.training.step import StepResult, first_nonfinite, optimizer_step
 from mtft.training.summary import data_report, data_report_table, print_data_report, print_summary, summary
+from mtft.training.train_state import Resumable, TrainState
 from mtft.training.validation import validation_losses
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train as `cfg` says. Returns the run's summary (summary.json), or `{"preempted_at": step}` when a
+    preemption signal ended it early (after a checkpoint)."""
+    return TrainingRecipe(cfg).train()
+
+
+class TrainingRecipe:
+    """One run. `__init__` is the setup, `train` the loop, `_wrap_up` the end.
+
+    The components are built once and never rebound, so every method may use them; what changes as the run goes
+    is in `self.state` (TrainState) and in the components' own state, which `self.resumable` saves and restores.
+    """
+
     # ---- setup ------------------------------------------------------------------------------------------------
-    t = cfg.trainer
-    rank, world_size = init_distributed()
-    output_dir = Path(same_on_all_ranks(t.output_dir))  # the default holds a timestamp each rank resolved alone
-    resume_from = find_resume_checkpoint(output_dir, t.resume) if t.resume else None
-    run_inputs = {"data": dataclasses.asdict(cfg.data), "trainer": {"seed": t.seed}}  # what the data stream follows
-    changes = input_changes(resume_from, run_inputs) if resume_from is not None else []
-    refuse_changes(resume_from, changes, t.resume_allow_changes)  # before the model loads
-    if resume_from is None and (output_dir / "metrics.jsonl").exists() and t.resume != "auto":
-        raise ConfigError(
-            "trainer.output_dir", f"{output_dir} already holds a run; set trainer.resume=auto or pick a new directory"
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        t = self.trainer = cfg.trainer
+        self.rank, self.world_size = init_distributed()
+        self.output_dir = Path(same_on_all_ranks(t.output_dir))  # the default holds a timestamp each rank resolved
+        self.resume_from = find_resume_checkpoint(self.output_dir, t.resume) if t.resume else None
+        self.run_inputs = {"data": dataclasses.asdict(cfg.data), "trainer": {"seed": t.seed}}  # the data stream's
+        changes = input_changes(self.resume_from, self.run_inputs) if self.resume_from is not None else []
+        refuse_changes(self.resume_from, changes, t.resume_allow_changes)  # before the model loads
+        if self.resume_from is None and (self.output_dir / "metrics.jsonl").exists() and t.resume != "auto":
+            raise ConfigError(
+                "trainer.output_dir",
+                f"{self.output_dir} already holds a run; set trainer.resume=auto or pick a new directory",
+            )
+        prepare_output_dir(self.output_dir)  # unwritable: an error now, not at the first checkpoint
+        set_seed(t.seed)  # every random draw below (model init, adapter init) follows from it, in this order
+        if not use_bars(cfg.logger.progress, self.rank):  # tokenizing bars only where a person watches a terminal
+            datasets.disable_progress_bars()
+
+        self._setup_model_and_tasks()
+        self._setup_training()
+        self._setup_logging()
+        self.state = TrainState()
+        self.resumable = Resumable(self.state, self.guard, self.balancer, self.batches, self.val_cycle)
+        if self.resume_from is not None:
+            self._resume(changes)
+        self.logger.drop_after(self.state.step)  # records a crashed run wrote past its last checkpoint
+        self._write_run_files()
+        self.progress = Progress(cfg.logger.progress, self.rank, t.max_steps, self.state.step)
+        if not self.state.initial_val_losses:
+            self.state.initial_val_losses = self._validate()
+            self.balancer.start(self.state.initial_val_losses)
+
+    def _setup_model_and_tasks(self) -> None:
+        """Tokenizer, base model with its adapter injected, tokenized tasks, and the adapter's runtime handle."""
+        cfg = self.cfg
+        self.tokenizer = load_tokenizer(cfg.model)
+        check_max_seq_len(cfg.data, self.tokenizer)  # a config error, reported before any weights load
+        with sharded_loading(deepspeed_config(cfg, self.world_size)):  # under ZeRO-3 no rank holds the whole model
+            model = load_model(cfg.model, self.tokenizer)
+        with rank_zero_first():  # one rank tokenizes into the cache; the others read it
+            self.tasks = load_tasks(cfg.data, self.tokenizer, self.trainer.seed)
+        self.names = [task.name for task in self.tasks]
+        method = ADAPTERS[cfg.adapter.name]
+        self.model = method.inject(model, cfg.adapter)
+        self.adapter = method.runtime(self.model, cfg.adapter)  # the loop's one handle on the adapter
+
+    def _setup_training(self) -> None:
+        """The engine, the balancer and the guard, and the data streams: training batches and validation cycle."""
+        cfg, t = self.cfg, self.trainer
+        self.trainable, self.total = count_parameters(self.model)
+        self.engine = build_engine(self.model, cfg, self.world_size)
+        self.adapter.prepare(self.engine.module, self.tasks, self.tokenizer.pad_token_id, t.seed)
+        self.balancer = build_balancer(cfg.balancer, self.names)
+        self.guard = NumericalGuard(t.max_bad_steps)
+        self.probabilities = mixing_probabilities([len(task.train) for task in self.tasks], cfg.data)
+        pack_to = cfg.data.max_seq_len if cfg.data.packing else None
+        pad = self.tokenizer.pad_token_id
+        self.batches = MixedBatches(
+            self.tasks, self.probabilities, t.micro_batch_size, pad, t.seed, self.rank, self.world_size, pack_to
         )
-    prepare_output_dir(output_dir)  # unwritable: an error now, not at the first checkpoint
-    set_seed(t.seed)
-    if not use_bars(cfg.logger.progress, rank):  # tokenizing bars only where a person watches a terminal
-        datasets.disable_progress_bars()
+        cycle_batch = self.balancer.val_batch_size(t.eval_batch_size)
+        self.val_cycle = ValidationCycle(self.tasks, cycle_batch, pad, t.seed, self.rank, self.world_size)
 
-    tokenizer = load_tokenizer(cfg.model)
-    check_max_seq_len(cfg.data, tokenizer)  # a config error, reported before any weights load
-    with sharded_loading(deepspeed_config(cfg, world_size)):  # under ZeRO-3 no rank ever holds the whole model
-        model = load_model(cfg.model, tokenizer)
-    with rank_zero_first():  # one rank tokenizes into the cache; the others read it
-        tasks = load_tasks(cfg.data, tokenizer, t.seed)
-    names = [task.name for task in tasks]
-    method = ADAPTERS[cfg.adapter.name]
-    model = method.inject(model, cfg.adapter)
-    adapter = method.runtime(model, cfg.adapter)  # the loop's one handle on the adapter
-    trainable, total = count_parameters(model)
-    engine = build_engine(model, cfg, world_size)
-    adapter.prepare(engine.module, tasks, tokenizer.pad_token_id, t.seed)
-    balancer = build_balancer(cfg.balancer, names)
-    guard = NumericalGuard(t.max_bad_steps)
-    probabilities = mixing_probabilities([len(task.train) for task in tasks], cfg.data)
-    pack_to = cfg.data.max_seq_len if cfg.data.packing else None
-    batches = MixedBatches(
-        tasks, probabilities, t.micro_batch_size, tokenizer.pad_token_id, t.seed, rank, world_size, pack_to
-    )
-    run_config = redact(dataclasses.asdict(cfg))  # no API key or token from the environment in any record
-    logger = build_run_logger(cfg.logger, output_dir, run_config, rank)
-    throughput = ThroughputWindow(
-        engine.module, world_size, peak_flops(cfg.logger.peak_tflops, cfg.deepspeed.precision)
-    )
+    def _setup_logging(self) -> None:
+        cfg = self.cfg
+        self.run_config = redact(dataclasses.asdict(cfg))  # no API key or token from the environment in any record
+        self.logger = build_run_logger(cfg.logger, self.output_dir, self.run_config, self.rank)
+        peak = peak_flops(cfg.logger.peak_tflops, cfg.deepspeed.precision)
+        self.throughput = ThroughputWindow(self.engine.module, self.world_size, peak)
+        self.window = LossWindow(len(self.names))  # the next metrics record's per-task losses
 
-    cycle_batch = balancer.val_batch_size(t.eval_batch_size)
-    val_cycle = ValidationCycle(tasks, cycle_batch, tokenizer.pad_token_id, t.seed, rank, world_size)
+    def _resume(self, changes: list[str]) -> None:
+        """Restore the engine and every stateful object. The data stream continues only if the data is the same:
+        `changes` (from the config) and what the sampler's state shows (task files edited in place)."""
+        t = self.trainer
+        run_state, rank_state = load_checkpoint(self.engine, self.resume_from)
+        sizes = [len(task.train) for task in self.tasks]
+        more = sample_changes(rank_state["batches"]["sampler"], self.names, sizes, t.seed)
+        more = [change for change in more if change not in changes]
+        refuse_changes(self.resume_from, more, t.resume_allow_changes)
+        self.resumable.load(run_state, rank_state, same_data=not changes and not more)
 
-    def validate() -> dict[str, float]:  # every task's whole validation split
-        splits = validation_batches(tasks, t.eval_batch_size, tokenizer.pad_token_id, rank, world_size)
-        count = sum(validation_rounds(task, t.eval_batch_size, world_size) for task in tasks)
-        return validation_losses(engine, progress.evaluating(splits, count), names, adapter)
-
-    def generations() -> None:  # collective under ZeRO-3: every rank generates, rank 0 logs
-        if t.eval_generations:
-            synced = generation_is_collective(engine)
-            rows = sample_generations(engine.module, tasks, tokenizer, t.eval_generations, t.max_new_tokens, synced)
-            logger.table("generations", GENERATION_COLUMNS, rows, step, save=True)
-
-    def balancer_round(batches: int) -> dict[str, float]:  # a few mixed micro-batches, as the balancer asks
-        return validation_losses(engine, (val_cycle.next() for _ in range(batches)), names, adapter)
-
-    step, tokens_seen, initial_val = 0, 0, {}
-    if resume_from is not None:
-        state, rank_state = load_checkpoint(engine, resume_from)
-        step, tokens_seen = state["step"], state["tokens"]
-        guard.load_state_dict(state["guard"])
-        sizes = [len(task.train) for task in tasks]
-        more = [c for c in sample_changes(rank_state["batches"]["sampler"], names, sizes, t.seed) if c not in changes]
-        refuse_changes(resume_from, more, t.resume_allow_changes)
-        if not changes and not more:  # the same data: continue the stream exactly where it stopped
-            initial_val = state["initial_val_losses"]
-            balancer.load_state_dict(state["balancer"])
-            batches.load_state_dict(rank_state["batches"])
-            val_cycle.cursor = rank_state["val_cycle"]
-    logger.drop_after(step)  # records a crashed run wrote past its last checkpoint, or an abandoned fresh start
-    report = data_report(tasks, probabilities)
-    if rank == 0:
-        (output_dir / "config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
-        (output_dir / "data_report.json").write_text(json.dumps(report, indent=2))
-        print_data_report(report)
-        print(f"mtft: {len(names)} tasks, {trainable:,} of {total:,} parameters trainable, {world_size} rank(s)")
-    logger.table("data_report", *data_report_table(report), step)
-    progress = Progress(cfg.logger.progress, rank, t.max_steps, step)
-    if not initial_val:
-        initial_val = validate()
-        balancer.start(initial_val)
-
-    def logs_at(n: int) -> bool:  # a metrics record at step n
-        return n % t.logging_steps == 0 or n % t.eval_steps == 0 or n == t.max_steps
-
-    def checkpoint() -> None:
-        mtft_state = {
-            "step": step,
-            "tokens": tokens_seen,
-            "initial_val_losses": initial_val,
-            "balancer": balancer.state_dict(),
-            "guard": guard.state_dict(),
-        }
-        # the weights this rank trains with: every rank must agree, and a checkpoint makes that checkable
-        rank_state = {"batches": batches.state_dict(), "val_cycle": val_cycle.cursor, "weights": balancer.weights()}
-        save_checkpoint(engine, output_dir, step, mtft_state, rank_state, cfg.adapter, tokenizer, run_inputs)
-        prune_checkpoints(output_dir, t.save_total_limit, protect=resume_from)
-
-    def write_record(step: int, weights: dict[str, float], val_losses: dict[str, float], grad_norm: float | None):
-        record = _record(step, names, window, weights, val_losses, engine, balancer.reduction)
-        record.update(throughput.fields())
-        if grad_norm is not None:
-            record["grad_norm"] = grad_norm
-        record["train/skipped_steps"] = guard.skipped
-        record.update({f"balancer/{k}": v for k, v in balancer.metrics().items()})
-        record.update(adapter.metrics())
-        logger.log(record)
-        progress.logged(record)
-        window.zero_()
-
-    def stop_run(message: str) -> NoReturn:  # the run cannot go on (training/guard.py): close up, fail loudly
-        progress.close()
-        preemption.restore()
-        logger.finish()
-        raise TrainingDiverged(message)
+    def _write_run_files(self) -> None:
+        report = data_report(self.tasks, self.probabilities)
+        if self.rank == 0:
+            (self.output_dir / "config.yaml").write_text(yaml.safe_dump(self.run_config, sort_keys=False))
+            (self.output_dir / "data_report.json").write_text(json.dumps(report, indent=2))
+            print_data_report(report)
+            print(
+                f"mtft: {len(self.names)} tasks, {self.trainable:,} of {self.total:,} parameters trainable, "
+                f"{self.world_size} rank(s)"
+            )
+        self.logger.table("data_report", *data_report_table(report), self.state.step)
 
     # ---- loop -------------------------------------------------------------------------------------------------
-    num_tasks = len(names)
-    window = torch.zeros(2, num_tasks)  # per-task loss sums and token counts since the last log record
-    run_start = time.perf_counter()
-    val_losses: dict[str, float] = {}
-    engine.train()
-    throughput.reset()
-    preemption = Preemption()
-    while step < t.max_steps:
-        micro_batches = [_to(batches.next(), engine.device) for _ in range(t.grad_accum_steps)]
-        weights_now = balancer.weights()
-        weights = torch.tensor([weights_now[n] for n in names], device=engine.device)
-        result = optimizer_step(engine, micro_batches, weights, num_tasks, adapter, balancer.reduction)
-        step += 1
-        throughput.add(result.tokens, result.samples, result.attended)
-        tokens_seen += result.tokens
+    def train(self) -> dict[str, Any]:
+        t, state = self.trainer, self.state
+        run_start = time.perf_counter()
+        val_losses: dict[str, float] = {}
+        self.engine.train()
+        self.throughput.reset()
+        self.preemption = Preemption()
+        while state.step < t.max_steps:
+            val_losses = self._train_step()
+            preempted = self.preemption.requested()
+            if (t.save_steps and state.step % t.save_steps == 0) or state.step == t.max_steps or preempted:
+                self._checkpoint()
+            if preempted and state.step < t.max_steps:
+                return self._preempted()
+        return self._wrap_up(val_losses, run_start)
+
+    def _train_step(self) -> dict[str, float]:
+        """One optimizer step, then what follows it at its intervals: validation and sample generations, the
+        balancer's observation, a metrics record. Returns the validation losses measured ({} if none)."""
+        t, state, names = self.trainer, self.state, self.names
+        micro_batches = [_to(self.batches.next(), self.engine.device) for _ in range(t.grad_accum_steps)]
+        weights_now = self.balancer.weights()
+        weights = torch.tensor([weights_now[n] for n in names], device=self.engine.device)
+        result = optimizer_step(self.engine, micro_batches, weights, len(names), self.adapter, self.balancer.reduction)
+        state.step += 1
+        state.tokens += result.tokens
+        self.throughput.add(result.tokens, result.samples, result.attended)
         if result.applied:
-            guard.step_applied()
-            present = result.counts > 0
-            train_losses = {n: float(result.sums[i] / result.counts[i]) for i, n in enumerate(names) if present[i]}
-            window += torch.stack([result.sums, result.counts])
-            progress.step(result.loss, train_losses)
-        else:  # nothing learnt from this step: counted, shown, and the run stops after too many in a row
-            stop = guard.step_skipped(step)
-            in_batch = [n for i, n in enumerate(names) if result.counts[i] > 0]
-            cause = skip_cause(nonfinite_losses(result.sums, names), result.grad_norm)
-            progress.skipped(step, cause, in_batch, guard.in_a_row, guard.skipped)
-            if stop:
-                cause = first_nonfinite(engine, result, micro_batches, weights, names, adapter, balancer.reduction)
-                write_record(step, weights_now, {}, result.grad_norm)  # the skipped steps, in metrics.jsonl too
-                stop_run(guard.stop_message(step, cause, _last_checkpoint(output_dir, resume_from)))
+            self.guard.step_applied()
+            train_losses = task_means(names, result.sums, result.counts)
+            self.window.add(result.sums, result.counts)
+            self.progress.step(result.loss, train_losses)
+        else:
+            self._step_skipped(result, micro_batches, weights, weights_now)
 
-        evaluate = step % t.eval_steps == 0 or step == t.max_steps
-        with throughput.paused():
-            val_losses = validate() if evaluate else {}
+        evaluate = state.step % t.eval_steps == 0 or state.step == t.max_steps
+        with self.throughput.paused():
+            val_losses = self._validate() if evaluate else {}
             if evaluate:
-                generations()
+                self._generations()
         if result.applied:  # a skipped step leaves the balancer as it was
-            with throughput.paused():
-                balancer_val = val_losses
-                if not balancer_val and (wanted := balancer.val_request(step)):
-                    balancer_val = balancer_round(wanted)
-            balancer.observe(step, train_losses, balancer_val or None)
-            balancer.after_step(partial(validation_losses, engine, micro_batches, names, adapter))  # e.g. FAMO
+            self._observe(train_losses, val_losses, micro_batches)
+        if state.step % t.logging_steps == 0 or evaluate:
+            self._log(weights_now, val_losses, result.grad_norm)
+        return val_losses
 
-        if logs_at(step):
-            write_record(step, weights_now, val_losses, result.grad_norm)
-        preempted = preemption.requested()
-        if (t.save_steps and step % t.save_steps == 0) or step == t.max_steps or preempted:
-            with throughput.paused():
-                if bad := nonfinite_parameters(engine.module):  # collective; a pass over the weights, at saves only
-                    stop_run(nonfinite_weights_message(step, bad, _last_checkpoint(output_dir, resume_from)))
-                checkpoint()
-        if preempted and step < t.max_steps:
-            progress.close()
-            if rank == 0:
-                print(f"mtft: preempted; saved checkpoint-{step}. Resume with trainer.resume=auto", flush=True)
-            preemption.restore()
-            logger.finish()
-            return {"preempted_at": step}
+    def _step_skipped(
+        self,
+        result: StepResult,
+        micro_batches: list[dict[str, torch.Tensor]],
+        weights: torch.Tensor,
+        weights_now: dict[str, float],
+    ) -> None:
+        """Nothing was learnt from this step: it is counted and shown, and the run stops after too many in a row."""
+        step, guard, names = self.state.step, self.guard, self.names
+        stop = guard.step_skipped(step)
+        in_batch = [n for i, n in enumerate(names) if result.counts[i] > 0]
+        cause = skip_cause(nonfinite_losses(result.sums, names), result.grad_norm)
+        self.progress.skipped(step, cause, in_batch, guard.in_a_row, guard.skipped)
+        if stop:
+            reduction = self.balancer.reduction
+            cause = first_nonfinite(self.engine, result, micro_batches, weights, names, self.adapter, reduction)
+            self._log(weights_now, {}, result.grad_norm)  # the skipped steps, in metrics.jsonl too
+            self._stop(guard.stop_message(step, cause, self._last_checkpoint()))
+
+    def _observe(
+        self,
+        train_losses: dict[str, float],
+        val_losses: dict[str, float],
+        micro_batches: list[dict[str, torch.Tensor]],
+    ) -> None:
+        """Feed the balancer this step's losses, plus the validation losses it asks for when none were measured."""
+        step, balancer = self.state.step, self.balancer
+        with self.throughput.paused():
+            balancer_val = val_losses
+            if not balancer_val and (wanted := balancer.val_request(step)):
+                cycle = (self.val_cycle.next() for _ in range(wanted))  # a few mixed micro-batches
+                balancer_val = validation_losses(self.engine, cycle, self.names, self.adapter)
+        balancer.observe(step, train_losses, balancer_val or None)
+        balancer.after_step(partial(validation_losses, self.engine, micro_batches, self.names, self.adapter))  # FAMO
+
+    def _validate(self) -> dict[str, float]:
+        """Every task's whole validation split."""
+        t, pad = self.trainer, self.tokenizer.pad_token_id
+        splits = validation_batches(self.tasks, t.eval_batch_size, pad, self.rank, self.world_size)
+        count = sum(validation_rounds(task, t.eval_batch_size, self.world_size) for task in self.tasks)
+        return validation_losses(self.engine, self.progress.evaluating(splits, count), self.names, self.adapter)
+
+    def _generations(self) -> None:
+        """Sample generations to generations.jsonl. Collective under ZeRO-3: every rank generates, rank 0 logs."""
+        t = self.trainer
+        if t.eval_generations:
+            synced = generation_is_collective(self.engine)
+            rows = sample_generations(
+                self.engine.module, self.tasks, self.tokenizer, t.eval_generations, t.max_new_tokens, synced
+            )
+            self.logger.table("generations", GENERATION_COLUMNS, rows, self.state.step, save=True)
+
+    def _log(self, weights: dict[str, float], val_losses: dict[str, float], grad_norm: float | None) -> None:
+        """One metrics record over the window since the last, then a fresh window."""
+        window = self.window
+        record = metrics_record(
+            self.state.step,
+            loss=self._window_loss(weights),
+            lr=self.engine.get_lr()[0],
+            task_names=self.names,
+            task_losses=task_means(self.names, window.sums, window.counts),
+            weights=weights,
+            val_losses=val_losses,
+            throughput=self.throughput.fields(),
+            grad_norm=grad_norm,
+            skipped_steps=self.guard.skipped,
+            balancer=self.balancer.metrics(),
+            adapter=self.adapter.metrics(),
+        )
+        self.logger.log(record)
+        self.progress.logged(record)
+        window.clear()
+
+    def _window_loss(self, weights: dict[str, float]) -> float:
+        """The balanced loss of the window's tokens, as a step's is of its own: NaN if every step in it was skipped."""
+        sums, counts = self.window.sums, self.window.counts
+        task_weights = self.balancer.reduction(torch.tensor([weights[n] for n in self.names]), counts)
+        return float(balanced_loss(sums, counts, task_weights)) if counts.sum() > 0 else math.nan
+
+    def _checkpoint(self) -> None:
+        """A checkpoint, unless the weights hold non-finite values: then the run stops, the last good one intact."""
+        t, step = self.trainer, self.state.step
+        with self.throughput.paused():
+            if bad := nonfinite_parameters(self.engine.module):  # collective; a pass over the weights, at saves only
+                self._stop(nonfinite_weights_message(step, bad, self._last_checkpoint()))
+            run_state, rank_state = self.resumable.run_state(), self.resumable.rank_state()
+            save_checkpoint(
+                self.engine,
+                self.output_dir,
+                step,
+                run_state,
+                rank_state,
+                self.cfg.adapter,
+                self.tokenizer,
+                self.run_inputs,
+            )
+            prune_checkpoints(self.output_dir, t.save_total_limit, protect=self.resume_from)
+
+    def _last_checkpoint(self) -> Path | None:
+        found = complete_checkpoints(self.output_dir)
+        return found[-1] if found else self.resume_from
 
     # ---- wrap up ----------------------------------------------------------------------------------------------
-    progress.close()
-    preemption.restore()
-    final_val = val_losses or validate()
-    elapsed = time.perf_counter() - run_start
-    run_summary = summary(
-        tasks, step, elapsed, tokens_seen, initial_val, final_val, balancer, trainable, guard.skipped
-    )
-    if rank == 0:
-        (output_dir / "summary.json").write_text(json.dumps(run_summary, indent=2))
-        print_summary(run_summary)
-        print(f"outputs in {output_dir}")
-    logger.finish()
-    return run_summary
+    def _wrap_up(self, val_losses: dict[str, float], run_start: float) -> dict[str, Any]:
+        """The summary, with the last step's validation losses (measured now if the loop measured none)."""
+        state = self.state
+        self.progress.close()
+        self.preemption.restore()
+        final_val = val_losses or self._validate()
+        elapsed = time.perf_counter() - run_start
+        run_summary = summary(
+            self.tasks,
+            state.step,
+            elapsed,
+            state.tokens,
+            state.initial_val_losses,
+            final_val,
+            self.balancer,
+            self.trainable,
+            self.guard.skipped,
+        )
+        if self.rank == 0:
+            (self.output_dir / "summary.json").write_text(json.dumps(run_summary, indent=2))
+            print_summary(run_summary)
+            print(f"outputs in {self.output_dir}")
+        self.logger.finish()
+        return run_summary
 
+    def _preempted(self) -> dict[str, Any]:
+        self.progress.close()
+        if self.rank == 0:
+            print(f"mtft: preempted; saved checkpoint-{self.state.step}. Resume with trainer.resume=auto", flush=True)
+        self.preemption.restore()
+        self.logger.finish()
+        return {"preempted_at": self.state.step}
 
-def _last_checkpoint(output_dir: Path, resumed_from: Path | None) -> Path | None:
-    found = complete_checkpoints(output_dir)
-    return found[-1] if found else resumed_from
+    def _stop(self, message: str) -> NoReturn:
+        """The run cannot go on (training/guard.py): close up, and fail loudly."""
+        self.progress.close()
+        self.preemption.restore()
+        self.logger.finish()
+        raise TrainingDiverged(message)
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items()}
-
-
-def _record(
-    step: int,
-    names: list[str],
-    window: torch.Tensor,
-    weights: dict[str, float],
-    val_losses: dict[str, float],
-    engine,
-    reduction: Reduction,
-) -> dict[str, Any]:
-    """One metrics.jsonl line: the window's exact per-task means and the balanced loss built from them."""
-    sums, counts = window
-    task_losses = {n: float(sums[i] / counts[i]) for i, n in enumerate(names) if counts[i] > 0}
-    weights_tensor = reduction(torch.tensor([weights[n] for n in names]), counts)
-    trained = counts.sum() > 0  # not if every step since the last record was skipped
-    record: dict[str, Any] = {
-        "step": step,
-        "loss": float(balanced_loss(sums, counts, weights_tensor)) if trained else math.nan,
-        "lr": engine.get_lr()[0],
-    }
-    for name in names:
-        if name in task_losses:
-            record[f"task/{name}/loss"] = task_losses[name]
-        record[f"task/{name}/weight"] = weights[name]
-        if name in val_losses:
-            record[f"task/{name}/val_loss"] = val_losses[name]
-    return record

@@ -22,6 +22,15 @@ def test_the_loop_reaches_the_adapter_only_through_its_handle():
     calls = {
         node.attr
         for node in ast.walk(ast.parse(source))
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "adapter"
+        if isinstance(node, ast.Attribute) and _holder(node.value) == "adapter"
     }
     assert calls == {"prepare", "metrics"}  # the step and validation use before_forward, aux_loss, after_step
+
+
+def _holder(node: ast.expr) -> str | None:
+    """The name a handle is held by: `adapter` for both `adapter.x` and `self.adapter.x` (the recipe's attribute)."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
+        return node.attr
+    return None
