@@ -3,6 +3,7 @@ collected from the adapter and balancer registries."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import os
 import subprocess
@@ -105,3 +106,20 @@ def short_run_overrides(name: str) -> list[str]:
     """`balancer.<field>=<value>` for each SHORT_RUN field that balancer `name`'s config has."""
     fields = {f.name for f in dataclasses.fields(BALANCERS[name].config)}
     return [f"balancer.{key}={value}" for key, value in SHORT_RUN.items() if key in fields]
+
+
+def handle_attributes(source: str, handle: str) -> set[str]:
+    """The attributes that the code in `source` reads of `handle` (e.g. "balancer"), whether a function holds it
+    as a local (`balancer.observe`) or the recipe as its own attribute (`self.balancer.observe`)."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Attribute):
+            continue
+        holder = node.value
+        if isinstance(holder, ast.Attribute) and isinstance(holder.value, ast.Name) and holder.value.id == "self":
+            name = holder.attr
+        else:
+            name = holder.id if isinstance(holder, ast.Name) else None
+        if name == handle:
+            found.add(node.attr)
+    return found

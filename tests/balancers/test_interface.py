@@ -3,11 +3,11 @@ other attribute of it (issue 12)."""
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import mtft.training
 from mtft.balancers.base import Balancer
+from tests.helpers import handle_attributes
 
 INTERFACE = {
     "start",
@@ -29,19 +29,10 @@ def test_the_interface_is_what_the_base_class_defines():
 
 
 def test_the_trainer_reads_only_the_interface():
-    used = set()
-    for path in Path(mtft.training.__file__).parent.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Attribute) and _holder(node.value) == "balancer":
-                used.add((path.name, node.attr))
+    used = {
+        (path.name, attr)
+        for path in Path(mtft.training.__file__).parent.glob("*.py")
+        for attr in handle_attributes(path.read_text(), "balancer")
+    }
     assert {attr for _, attr in used} <= INTERFACE, sorted(used)
     assert {"start", "val_request", "observe", "after_step", "reduction"} <= {attr for _, attr in used}
-
-
-def _holder(node: ast.expr) -> str | None:
-    """The name a handle is held by: `balancer` for `balancer.x` and `self.balancer.x` (the recipe's attribute)."""
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
-        return node.attr
-    return None

@@ -6,6 +6,7 @@ import ast
 from pathlib import Path
 
 import mtft.training
+from tests.helpers import handle_attributes
 
 
 def test_the_training_package_imports_no_mixture_of_experts_or_prior_internals():
@@ -19,18 +20,5 @@ def test_the_training_package_imports_no_mixture_of_experts_or_prior_internals()
 
 def test_the_loop_reaches_the_adapter_only_through_its_handle():
     source = (Path(mtft.training.__file__).parent / "loop.py").read_text()
-    calls = {
-        node.attr
-        for node in ast.walk(ast.parse(source))
-        if isinstance(node, ast.Attribute) and _holder(node.value) == "adapter"
-    }
+    calls = handle_attributes(source, "adapter")
     assert calls == {"prepare", "metrics"}  # the step and validation use before_forward, aux_loss, after_step
-
-
-def _holder(node: ast.expr) -> str | None:
-    """The name a handle is held by: `adapter` for both `adapter.x` and `self.adapter.x` (the recipe's attribute)."""
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
-        return node.attr
-    return None
