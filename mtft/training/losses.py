@@ -30,13 +30,14 @@ def token_losses(logits_BTV: torch.Tensor, labels_BT: torch.Tensor) -> torch.Ten
 def per_task_sums(
     losses_BT: torch.Tensor, labels_BT: torch.Tensor, task_ids_BT: torch.Tensor, num_tasks: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss sum, token count) per task over the predicted positions; labels/task ids unshifted as in the batch."""
+    """(loss sum, token count) per task over the predicted positions; labels/task ids unshifted as in the batch.
+    By masks, not by selecting the counted tokens: a selection's size is data-dependent and would make the host
+    wait for the device."""
     counted = labels_BT[:, 1:] != IGNORE
-    tasks = task_ids_BT[:, 1:][counted]
-    sums = torch.zeros(num_tasks, dtype=losses_BT.dtype, device=losses_BT.device).index_add(
-        0, tasks, losses_BT[counted]
-    )
-    counts = torch.bincount(tasks, minlength=num_tasks).to(losses_BT.dtype)
+    tasks = torch.where(counted, task_ids_BT[:, 1:], 0).flatten()
+    zeros = torch.zeros(num_tasks, dtype=losses_BT.dtype, device=losses_BT.device)
+    sums = zeros.index_add(0, tasks, torch.where(counted, losses_BT, 0.0).flatten())
+    counts = zeros.index_add(0, tasks, counted.flatten().to(losses_BT.dtype))
     return sums, counts
 
 
@@ -50,8 +51,7 @@ def balanced_loss(sums: torch.Tensor, step_counts: torch.Tensor, weights: torch.
     """This micro-batch's share of Σ_t w_t·L_t / Σ_t w_t (see the module docstring). Tasks with no tokens in the
     step take no part; if every present task has weight 0 the loss is 0 (and so is the gradient)."""
     present = step_counts > 0
-    weight_sum = weights[present].sum()
-    if weight_sum <= 0:
-        return sums.sum() * 0.0
+    weight_sum = torch.where(present, weights, 0.0).sum()
     per_task = torch.where(present, sums / step_counts.clamp(min=1), torch.zeros_like(sums))
-    return (weights * per_task).sum() / weight_sum
+    # no `if` on a device value (the host would wait); a clamped divisor keeps the unused branch finite
+    return torch.where(weight_sum > 0, (weights * per_task).sum() / weight_sum.clamp(min=1e-30), sums.sum() * 0.0)

@@ -45,15 +45,20 @@ def optimizer_step(
     reduction: Reduction,
     token_losses: TokenLosses = full_token_losses,
 ) -> StepResult:
-    """One optimizer step over `micro_batches` (the engine's gradient-accumulation count of them).
+    """One optimizer step over `micro_batches` (the engine's gradient-accumulation count of them), which may
+    still be on the CPU: what is counted of them is counted there, and each moves to the device just before its
+    forward, so the step waits on the device only where it must (the engine's own checks, and its result).
 
     A step whose loss or gradient is not finite is skipped by the engine's overflow check (training/guard.py);
     then the routers' loads and balancing biases do not move either.
     """
-    step_counts = all_reduce_sum(sum(label_counts(b["labels"], b["task_ids"], num_tasks) for b in micro_batches))
+    local = [sum(f(b) for b in micro_batches) for f in (real_tokens, count_samples, attended_positions)]
+    counts = sum(label_counts(b["labels"], b["task_ids"], num_tasks) for b in micro_batches)
+    step_counts = all_reduce_sum(counts.to(engine.device))
     weights = reduction(weights, step_counts)
     step_sums = torch.zeros(num_tasks, device=engine.device)
     for batch in micro_batches:
+        batch = on_device(batch, engine.device)
         loss, sums = micro_batch_loss(engine, batch, step_counts, weights, adapter, len(micro_batches), token_losses)
         # The loss is already normalised for the whole step: no 1/GAS; DeepSpeed averages over ranks, undo that.
         engine.backward(poison_if_nonfinite(loss) * engine.world_size, scale_wrt_gas=False)
@@ -62,13 +67,16 @@ def optimizer_step(
     applied = engine.was_step_applied()
     adapter.after_step(applied)
     norm = engine.get_global_grad_norm()
-    local = [sum(f(b) for b in micro_batches) for f in (real_tokens, count_samples, attended_positions)]
     reduced = all_reduce_sum(torch.cat([step_sums, torch.tensor(local, device=engine.device, dtype=torch.float64)]))
     sums, (tokens, samples, attended) = reduced[:num_tasks].float().cpu(), reduced[num_tasks:].tolist()
     counts = step_counts.cpu()
     step_loss = float(balanced_loss(sums, counts, weights.cpu()))
     grad_norm = None if norm is None else float(norm)
     return StepResult(sums, counts, step_loss, int(tokens), int(samples), int(attended), applied, grad_norm)
+
+
+def on_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def micro_batch_loss(
@@ -107,6 +115,7 @@ def first_nonfinite(
     weights = reduction(weights, result.counts.to(engine.device))
     bad: list[str] = []
     for batch in micro_batches:
+        batch = on_device(batch, engine.device)
         loss, _ = micro_batch_loss(engine.module, batch, result.counts.to(engine.device), weights, adapter, 1)
         bad += [name for name in nonfinite_gradients(engine.module, loss) if name not in bad]
     bad = gather_names(bad)
