@@ -56,7 +56,8 @@ class MixedBatches:
         if not self.pack_to:
             return collate([self._sample(self._take()) for _ in range(self.micro_batch_size)], self.pad_token_id)
         rows, self.pending = pack_rows(self.pending, self._take, self._length, self.micro_batch_size, self.pack_to)
-        return collate_rows([[self._sample(item) for item in row] for row in rows], self.pad_token_id)
+        samples = [[self._sample(item) for item in row] for row in rows]
+        return collate_rows(samples, self.pad_token_id, width=self.pack_to)
 
     def state_dict(self) -> dict[str, Any]:
         """This rank's position (ranks differ once packing has run)."""

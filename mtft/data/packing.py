@@ -54,9 +54,13 @@ def pack_rows(
     return [row for row in placed if row], deferred + list(queue)
 
 
-def collate_rows(rows: list[list[Sample]], pad_token_id: int, multiple_of: int = 8) -> dict[str, torch.Tensor]:
-    """Packed rows to a batch: restarting position ids, per-token task ids, each sample's first label masked."""
-    width = round_up(max(sum(len(s.input_ids) for s in row) for row in rows), multiple_of)
+def collate_rows(
+    rows: list[list[Sample]], pad_token_id: int, multiple_of: int = 8, width: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Packed rows to a batch: restarting position ids, per-token task ids, each sample's first label masked.
+    `width`: every batch exactly this wide (the packing length), so shapes never change from step to step and a
+    compiled model is never recompiled; else the longest row, rounded up to `multiple_of`."""
+    width = width or round_up(max(sum(len(s.input_ids) for s in row) for row in rows), multiple_of)
     input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
     task_ids = torch.full((len(rows), width), PAD_TASK, dtype=torch.long)
