@@ -38,6 +38,13 @@ class TrainerConfig:
     resume: str | None = None  # None, "auto" (newest checkpoint in output_dir) or a checkpoint path
     # resume even though the data config or seed changed: weights, optimizer and step kept; sampler, balancer restart
     resume_allow_changes: bool = False
+    # full: the model's logits, then the loss; chunked: the output head and loss a chunk of tokens at a time, no
+    # full logits in memory (training/cross_entropy.py); not under ZeRO-3
+    cross_entropy: str = "full"
+    # recompute each decoder layer's activations in the backward instead of keeping them: less memory, ~1/3 more time
+    gradient_checkpointing: bool = False
+    # torch.compile each decoder layer (in place; one compilation serves every layer): fewer, fused kernels
+    compile: bool = False
 
     def __post_init__(self) -> None:
         for key in ("max_steps", "micro_batch_size", "grad_accum_steps", "eval_steps", "eval_batch_size"):
@@ -54,6 +61,7 @@ class TrainerConfig:
         check(self.save_total_limit >= 0, "save_total_limit", f"must be >= 0, got {self.save_total_limit}")
         check(not self.resume_allow_changes or self.resume, "resume_allow_changes", "applies only with trainer.resume")
         check_choice(self.lr_scheduler, "lr_scheduler", tuple(s.value for s in SchedulerType))
+        check_choice(self.cross_entropy, "cross_entropy", ("full", "chunked"))
 
 
 @dataclass

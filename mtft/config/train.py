@@ -30,6 +30,13 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.balancer.check_tasks(self.data.task_names)
+        if self.trainer.compile and self.deepspeed.stage == 3:  # ZeRO-3's gathering hooks break the compiled graphs
+            raise ConfigError("trainer.compile", "not available under ZeRO-3 (deepspeed stage 3)")
+        if self.trainer.cross_entropy == "chunked" and self.deepspeed.stage == 3:
+            # the chunked loss reads the output head's weight directly, which ZeRO-3 keeps partitioned
+            raise ConfigError(
+                "trainer.cross_entropy", "chunked is not available under ZeRO-3 (deepspeed stage 3); use full"
+            )
 
 
 def build_train_config(raw: dict[str, Any]) -> TrainConfig:
