@@ -14,7 +14,7 @@ configuration's own weights and optimizer state, plus the largest transient of i
   `compile` is trainer.compile, `chunked` trainer.cross_entropy=chunked, `ckpt` trainer.gradient_checkpointing.
 
 Model shapes are Qwen2.5's (0.5B, 1.5B, 7B) with random weights, built on the device, nothing downloaded; the
-tokenizer is mtft's byte tokenizer, and the data is synthetic: three tasks of 200-1500-character samples.
+tokenizer is mtft's byte tokenizer, and the data is synthetic: three tasks whose samples fit a packed row whole.
 `--dry-run` runs the same code at a tiny shape in fp32 on whatever device is there, for CI.
 """
 
@@ -29,7 +29,8 @@ import string
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -104,14 +105,15 @@ def adapter_config(name: str, model: torch.nn.Module) -> Any:
     raise ValueError(f"unknown adapter {name!r}; choose lora, smora, molora or mor1e")
 
 
-def synthetic_tasks(directory: Path, samples: int = 300, seed: int = 0) -> list[TaskSpec]:
-    """Three tasks (echo, reverse, upper) over random lowercase text of 200-1500 characters."""
+def synthetic_tasks(directory: Path, seq: int, samples: int = 300, seed: int = 0) -> list[TaskSpec]:
+    """Three tasks (echo, reverse, upper) over random lowercase text of seq/16 to 7·seq/16 characters: a sample
+    (text in, text out, one byte token per character) fits a packed row whole, and a row holds about three."""
     rng = random.Random(seed)
     specs = []
     for name, answer in (("echo", lambda s: s), ("reverse", lambda s: s[::-1]), ("upper", str.upper)):
         lines = []
         for _ in range(samples):
-            text = "".join(rng.choices(string.ascii_lowercase + " ", k=rng.randint(200, 1500)))
+            text = "".join(rng.choices(string.ascii_lowercase + " ", k=rng.randint(seq // 16, 7 * seq // 16)))
             messages = [{"role": "user", "content": f"{name}: {text}"}, {"role": "assistant", "content": answer(text)}]
             lines.append(json.dumps({"messages": messages}))
         path = directory / f"{name}.jsonl"
@@ -189,7 +191,7 @@ class Mtft:
         self.token_losses = CROSS_ENTROPY[trainer.cross_entropy]
 
     def step(self) -> dict[str, torch.Tensor]:
-        batch = {k: v.to(self.engine.device) for k, v in self.stream.next().items()}
+        batch = self.stream.next()  # on the host, as the training loop hands it over
         result = optimizer_step(
             self.engine, [batch], self.weights, len(self.tasks), self.runtime, lambda w, c: w, self.token_losses
         )
@@ -220,69 +222,101 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     init_distributed()
     tokenizer = build_byte_tokenizer()
     workdir = Path(tempfile.mkdtemp(prefix="mtft-bench-gpu-"))
-    data = DataConfig(tasks=synthetic_tasks(workdir), packing=True, max_seq_len=args.seq, overlong="truncate")
+    data = DataConfig(
+        tasks=synthetic_tasks(workdir, args.seq), packing=True, max_seq_len=args.seq, overlong="truncate"
+    )
 
+    if any("compile" in name for name in args.configs):  # each compiles the same layer code with another adapter
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     runners: dict[str, Any] = {}
     resident: dict[str, int] = {}
+    failures: dict[str, str] = {}
     for name in args.configs:
         before = torch.cuda.memory_allocated() if cuda else 0
         print(f"building {name} ...", flush=True)
-        if name == "plain":
-            runners[name] = Plain(setup, prebuilt_batches(data, tokenizer, args.batch, 8, device))
-        else:
-            runners[name] = Mtft(setup, name, data, tokenizer)
+        try:
+            if name == "plain":
+                runners[name] = Plain(setup, prebuilt_batches(data, tokenizer, args.batch, 8, device))
+            else:
+                runners[name] = Mtft(setup, name, data, tokenizer)
+        except Exception as err:  # one configuration's failure is reported, the others still measured
+            failures[name] = _failed(name, "building", err)
+            continue
         resident[name] = (torch.cuda.memory_allocated() if cuda else 0) - before
 
-    times: dict[str, list[float]] = {n: [] for n in runners}
-    tokens: dict[str, list[int]] = {n: [] for n in runners}
-    attended: dict[str, list[int]] = {n: [] for n in runners}
-    transient: dict[str, int] = dict.fromkeys(runners, 0)
-    warm_seconds: dict[str, float] = {}
+    measured = {name: Measured(resident=resident[name]) for name in runners}
     for round_ in range(args.rounds):
-        for name, runner in runners.items():
-            if round_ == 0:  # warm-up: compilation, allocator, autotuning
-                start = time.perf_counter()
-                for _ in range(args.warmup):
-                    runner.step()
-                _sync(device)
-                warm_seconds[name] = time.perf_counter() - start
-            if cuda:
-                torch.cuda.reset_peak_memory_stats()
-                base_memory = torch.cuda.memory_allocated()
-            for _ in range(args.steps):
-                _sync(device)
-                start = time.perf_counter()
-                batch = runner.step()
-                _sync(device)
-                times[name].append(time.perf_counter() - start)
-                tokens[name].append(int((batch["task_ids"] >= 0).sum()))
-                attended[name].append(attended_positions(batch))
-            if cuda:
-                transient[name] = max(transient[name], torch.cuda.max_memory_allocated() - base_memory)
+        for name, runner in list(runners.items()):
+            try:
+                measure(runner, measured[name], device, args.steps, args.warmup if round_ == 0 else 0)
+            except Exception as err:
+                failures[name] = _failed(name, "training", err)
+                del runners[name], measured[name]
+                if cuda:
+                    torch.cuda.empty_cache()
         print(f"round {round_ + 1}/{args.rounds} done", flush=True)
+        report = _report(args, setup, runners, measured, failures)
+        if args.out:  # after every round: a run cut short still leaves what it measured
+            args.out.write_text(json.dumps(report, indent=2))
+    if args.profile:
+        args.profile.write_text("".join(_profile(name, runner, device) for name, runner in runners.items()))
+        print(f"profiles written to {args.profile}", flush=True)
+    return report
 
-    peak = peak_flops(None, precision)
+
+@dataclass
+class Measured:
+    resident: int  # bytes of GPU memory the configuration holds between steps (weights, optimizer state)
+    times: list[float] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    attended: list[int] = field(default_factory=list)
+    transient: int = 0  # the most GPU memory its steps allocated on top
+    warmup_seconds: float = 0.0
+
+
+def measure(runner: Any, into: Measured, device: torch.device, steps: int, warmup: int) -> None:
+    """`warmup` untimed steps (compilation, allocator, autotuning), then `steps` timed ones."""
+    start = time.perf_counter()
+    for _ in range(warmup):
+        runner.step()
+    _sync(device)
+    into.warmup_seconds += time.perf_counter() - start
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base_memory = torch.cuda.memory_allocated()
+    for _ in range(steps):
+        _sync(device)
+        start = time.perf_counter()
+        batch = runner.step()
+        _sync(device)
+        into.times.append(time.perf_counter() - start)
+        into.tokens.append(int((batch["task_ids"] >= 0).sum()))
+        into.attended.append(attended_positions(batch))
+    if device.type == "cuda":
+        into.transient = max(into.transient, torch.cuda.max_memory_allocated() - base_memory)
+
+
+def _report(
+    args: argparse.Namespace, setup: Setup, runners: dict[str, Any], measured: dict[str, Measured], failures
+) -> dict[str, Any]:
+    cuda = setup.device.type == "cuda"
+    peak = peak_flops(None, setup.precision)
     results: dict[str, dict[str, Any]] = {}
     for name, runner in runners.items():
+        m = measured[name]
         model = runner.model if name == "plain" else runner.engine.module
         params, trainable = matmul_parameters(model)
-        step_seconds = statistics.median(times[name])
-        tokens_per_step = statistics.fmean(tokens[name])
-        flops = step_flops(
-            tokens_per_step,
-            statistics.fmean(attended[name]),
-            params,
-            trainable,
-            shape["num_hidden_layers"],
-            shape["hidden_size"],
-        )
+        step_seconds = statistics.median(m.times)
+        tokens_per_step = statistics.fmean(m.tokens)
+        layers, hidden = setup.shape["num_hidden_layers"], setup.shape["hidden_size"]
+        flops = step_flops(tokens_per_step, statistics.fmean(m.attended), params, trainable, layers, hidden)
         results[name] = {
             "step_seconds": step_seconds,
             "tokens_per_second": tokens_per_step / step_seconds,
             "mfu": flops / step_seconds / peak if peak else None,
-            "peak_gb": (resident[name] + transient[name]) / 1e9 if cuda else None,
+            "peak_gb": (m.resident + m.transient) / 1e9 if cuda else None,
             "trainable_parameters": trainable,
-            "warmup_seconds": warm_seconds[name],
+            "warmup_seconds": m.warmup_seconds,
         }
     ratios = {}
     if "plain" in results:
@@ -291,26 +325,50 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 ratios[f"{name}_throughput_over_plain"] = (
                     r["tokens_per_second"] / results["plain"]["tokens_per_second"]
                 )
-    loras = [n for n in results if n.split("+")[0] == "lora"]
     for name, r in results.items():
         adapter, *flags = name.split("+")
         twin = "+".join(["lora", *flags])
-        if adapter not in ("lora", "plain") and twin in loras:
+        if adapter not in ("lora", "plain") and twin in results:
             ratios[f"{name}_step_over_{twin}"] = r["step_seconds"] / results[twin]["step_seconds"]
     return {
         "suite": "gpu",
+        "command": args.command,
         "date": time.strftime("%Y-%m-%d"),
         "device": torch.cuda.get_device_name() if cuda else "cpu (dry run)",
         "versions": _versions(),
-        "shape": args.shape if not args.dry_run else "tiny",
-        "precision": precision,
-        "attention": attention,
+        "shape": "tiny" if args.dry_run else args.shape,
+        "precision": setup.precision,
+        "attention": setup.attention,
         "tokens_slots_per_step": args.batch * args.seq,
         "rounds": args.rounds,
         "steps_per_round": args.steps,
         "results": results,
         "ratios": ratios,
+        "failures": failures,
     }
+
+
+def _failed(name: str, stage: str, err: Exception) -> str:
+    traceback.print_exc()
+    message = f"{stage}: {type(err).__name__}: {err}".splitlines()[0][:500]
+    print(f"{name}: FAILED {message}", flush=True)
+    return message
+
+
+def _profile(name: str, runner: Any, device: torch.device) -> str:
+    """One step under the profiler: kernels launched, host-device syncs, and the ops that took the most time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        runner.step()
+        _sync(device)
+    events = prof.events()
+    kernels = sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    syncs = sum(1 for e in events if e.name in ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpyAsync"))
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=70)
+    return f"== {name}: {kernels} kernels, {syncs} synchronising calls or copies in one step ==\n{table}\n"
 
 
 def _versions() -> dict[str, str]:
@@ -338,6 +396,8 @@ def print_table(report: dict[str, Any]) -> None:
         print(f"{r['warmup_seconds']:>11.1f}")
     for name, value in report["ratios"].items():
         print(f"{name:<60}{value:>8.3f}")
+    for name, message in report["failures"].items():
+        print(f"{name}: FAILED {message}")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -356,8 +416,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per configuration before round 1")
     parser.add_argument("--dry-run", action="store_true", help="a tiny shape in fp32: the code path, for CI")
     parser.add_argument("--out", type=Path, help="write the report as JSON here")
+    parser.add_argument("--profile", type=Path, help="profile one step of each configuration; tables to this file")
     args = parser.parse_args(argv)
     args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    if min(args.rounds, args.steps, args.batch, args.seq) < 1 or args.warmup < 0:
+        parser.error("--rounds, --steps, --batch and --seq must be at least 1, --warmup at least 0")
     if args.dry_run:
         args.seq, args.batch, args.rounds, args.steps, args.warmup = min(args.seq, 256), 2, 1, 1, 1
     return args
@@ -369,13 +432,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.dry_run and not torch.cuda.is_available():
         print("mtft-bench gpu: error: no CUDA device here; --dry-run runs the code path on a CPU", file=sys.stderr)
         return 2
+    args.command = shlex.join(["mtft-bench", "gpu", *argv])
     report = run(args)
-    report["command"] = shlex.join(["mtft-bench", "gpu", *argv])
     print_table(report)
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))
         print(f"written to {args.out}")
-    return 0
+    return 1 if report["failures"] else 0
 
 
 if __name__ == "__main__":
