@@ -88,24 +88,12 @@ class TrainingRecipe:
 
     # ---- setup ------------------------------------------------------------------------------------------------
     def __init__(self, cfg: TrainConfig):
-        self.cfg = cfg
-        t = self.trainer = cfg.trainer
+        self.cfg, self.trainer = cfg, cfg.trainer
         self.rank, self.world_size = init_distributed()
-        self.output_dir = Path(same_on_all_ranks(t.output_dir))  # the default holds a timestamp each rank resolved
-        self.resume_from = find_resume_checkpoint(self.output_dir, t.resume) if t.resume else None
-        self.run_inputs = {"data": dataclasses.asdict(cfg.data), "trainer": {"seed": t.seed}}  # the data stream's
-        changes = input_changes(self.resume_from, self.run_inputs) if self.resume_from is not None else []
-        refuse_changes(self.resume_from, changes, t.resume_allow_changes)  # before the model loads
-        if self.resume_from is None and (self.output_dir / "metrics.jsonl").exists() and t.resume != "auto":
-            raise ConfigError(
-                "trainer.output_dir",
-                f"{self.output_dir} already holds a run; set trainer.resume=auto or pick a new directory",
-            )
-        prepare_output_dir(self.output_dir)  # unwritable: an error now, not at the first checkpoint
-        set_seed(t.seed)  # every random draw below (model init, adapter init) follows from it, in this order
+        changes = self._setup_output_dir()
+        set_seed(self.trainer.seed)  # every random draw below (model init, adapter init) follows from it, in order
         if not use_bars(cfg.logger.progress, self.rank):  # tokenizing bars only where a person watches a terminal
             datasets.disable_progress_bars()
-
         self._setup_model_and_tasks()
         self._setup_training()
         self._setup_logging()
@@ -115,10 +103,28 @@ class TrainingRecipe:
             self._resume(changes)
         self.logger.drop_after(self.state.step)  # records a crashed run wrote past its last checkpoint
         self._write_run_files()
-        self.progress = Progress(cfg.logger.progress, self.rank, t.max_steps, self.state.step)
+        self.progress = Progress(cfg.logger.progress, self.rank, self.trainer.max_steps, self.state.step)
         if not self.state.initial_val_losses:
             self.state.initial_val_losses = self._validate()
             self.balancer.start(self.state.initial_val_losses)
+
+    def _setup_output_dir(self) -> list[str]:
+        """The output directory and the checkpoint to resume from, checked before any model loads, so a mistake
+        costs seconds. Returns how this run's data config and seed differ from the checkpoint's (allowed ones)."""
+        t = self.trainer
+        self.output_dir = Path(same_on_all_ranks(t.output_dir))  # the default holds a timestamp each rank resolved
+        self.resume_from = find_resume_checkpoint(self.output_dir, t.resume) if t.resume else None
+        # what the data stream follows: a resume with other values cannot continue it
+        self.run_inputs = {"data": dataclasses.asdict(self.cfg.data), "trainer": {"seed": t.seed}}
+        changes = input_changes(self.resume_from, self.run_inputs) if self.resume_from is not None else []
+        refuse_changes(self.resume_from, changes, t.resume_allow_changes)
+        if self.resume_from is None and (self.output_dir / "metrics.jsonl").exists() and t.resume != "auto":
+            raise ConfigError(
+                "trainer.output_dir",
+                f"{self.output_dir} already holds a run; set trainer.resume=auto or pick a new directory",
+            )
+        prepare_output_dir(self.output_dir)  # unwritable: an error now, not at the first checkpoint
+        return changes
 
     def _setup_model_and_tasks(self) -> None:
         """Tokenizer, base model with its adapter injected, tokenized tasks, and the adapter's runtime handle."""
@@ -152,6 +158,7 @@ class TrainingRecipe:
         self.val_cycle = ValidationCycle(self.tasks, cycle_batch, pad, t.seed, self.rank, self.world_size)
 
     def _setup_logging(self) -> None:
+        """The run logger (metrics.jsonl and a backend), throughput, and the window of the next metrics record."""
         cfg = self.cfg
         self.run_config = redact(dataclasses.asdict(cfg))  # no API key or token from the environment in any record
         self.logger = build_run_logger(cfg.logger, self.output_dir, self.run_config, self.rank)
@@ -171,6 +178,7 @@ class TrainingRecipe:
         self.resumable.load(run_state, rank_state, same_data=not changes and not more)
 
     def _write_run_files(self) -> None:
+        """config.yaml and data_report.json (rank 0), and the data report as the logger's first table."""
         report = data_report(self.tasks, self.probabilities)
         if self.rank == 0:
             (self.output_dir / "config.yaml").write_text(yaml.safe_dump(self.run_config, sort_keys=False))
@@ -184,12 +192,14 @@ class TrainingRecipe:
 
     # ---- loop -------------------------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
+        """Optimizer steps up to trainer.max_steps, with a checkpoint every trainer.save_steps, at the end, and on
+        preemption (which ends the run early)."""
         t, state = self.trainer, self.state
         run_start = time.perf_counter()
         val_losses: dict[str, float] = {}
         self.engine.train()
         self.throughput.reset()
-        self.preemption = Preemption()
+        self.preemption = Preemption()  # from here on a SIGTERM or SIGUSR1 ends the run after a step, saved
         while state.step < t.max_steps:
             val_losses = self._train_step()
             preempted = self.preemption.requested()
