@@ -372,16 +372,10 @@ def _profile(name: str, runner: Any, device: torch.device) -> str:
 
 
 def _versions() -> dict[str, str]:
-    import deepspeed
-    import peft
-    import transformers
+    from importlib.metadata import version
 
-    return {
-        "torch": torch.__version__,
-        "cuda": str(torch.version.cuda),
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "deepspeed": deepspeed.__version__,
+    return {"torch": torch.__version__, "cuda": str(torch.version.cuda)} | {
+        name: version(name) for name in ("transformers", "peft", "deepspeed")
     }
 
 

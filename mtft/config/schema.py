@@ -67,13 +67,13 @@ class TrainerConfig:
 @dataclass
 class DeepSpeedConfig:
     stage: int = 0  # ZeRO stage
-    precision: str = "fp32"  # fp32 | bf16 | fp16
+    precision: str = "auto"  # auto (bf16 on a GPU that has it, else fp32) | fp32 | bf16 | fp16
     offload_optimizer: bool = False  # optimizer state and step on the CPU (ZeRO-Offload; stage 1-3)
     offload_params: bool = False  # parameters on the CPU between uses (ZeRO-Infinity; stage 3 only)
     config_file: str | None = None  # a user's own DeepSpeed JSON; batch sizes and clipping are still filled from ours
 
     def __post_init__(self) -> None:
         check(self.stage in (0, 1, 2, 3), "stage", f"ZeRO stage must be 0, 1, 2 or 3, got {self.stage}")
-        check_choice(self.precision, "precision", ("fp32", "bf16", "fp16"))
+        check_choice(self.precision, "precision", ("auto", "fp32", "bf16", "fp16"))
         check(not self.offload_optimizer or self.stage > 0, "offload_optimizer", "needs ZeRO stage 1, 2 or 3")
         check(not self.offload_params or self.stage == 3, "offload_params", "needs ZeRO stage 3")

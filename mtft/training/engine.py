@@ -50,6 +50,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def resolve_precision(precision: str) -> str:
+    """`auto` made concrete: bf16 where the GPU computes in it (Ampere and later), else fp32 (a CPU, older GPUs)."""
+    if precision != "auto":
+        return precision
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+
+
 def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
     """The engine's config, filled from ours so batch sizes, precision and clipping are never typed twice.
     A user's own JSON (deepspeed.config_file) supplies everything else."""
@@ -81,15 +88,16 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
         zero["offload_optimizer"] = {**offload, **zero.get("offload_optimizer", {})}
     if cfg.deepspeed.offload_params:
         zero["offload_param"] = {**offload, **zero.get("offload_param", {})}
-    ds["bf16"] = {**ds.get("bf16", {}), "enabled": cfg.deepspeed.precision == "bf16"}
-    ds["fp16"] = {**ds.get("fp16", {}), "enabled": cfg.deepspeed.precision == "fp16"}
+    precision = resolve_precision(cfg.deepspeed.precision)
+    ds["bf16"] = {**ds.get("bf16", {}), "enabled": precision == "bf16"}
+    ds["fp16"] = {**ds.get("fp16", {}), "enabled": precision == "fp16"}
     ds["zero_allow_untested_optimizer"] = True  # our AdamW is a plain torch optimizer
     return ds
 
 
 def _unchecked_by_deepspeed(cfg: TrainConfig) -> bool:
     """Plain fp32 without ZeRO: the one setup where DeepSpeed steps the optimizer without an overflow check."""
-    return cfg.deepspeed.stage == 0 and cfg.deepspeed.precision == "fp32"
+    return cfg.deepspeed.stage == 0 and resolve_precision(cfg.deepspeed.precision) == "fp32"
 
 
 def build_engine(model: nn.Module, cfg: TrainConfig, world_size: int):

@@ -38,12 +38,14 @@ from mtft.logging.progress import Progress, use_bars
 from mtft.logging.records import LossWindow, metrics_record, task_means
 from mtft.logging.secrets import redact
 from mtft.logging.throughput import ThroughputWindow, peak_flops
-from mtft.models import load_model, load_tokenizer
+from mtft.models import compile_blocks, enable_gradient_checkpointing, load_model, load_tokenizer
+from mtft.training.cross_entropy import CROSS_ENTROPY
 from mtft.training.engine import (
     build_engine,
     deepspeed_config,
     generation_is_collective,
     init_distributed,
+    resolve_precision,
     sharded_loading,
 )
 from mtft.training.guard import (
@@ -90,6 +92,10 @@ class TrainingRecipe:
     def __init__(self, cfg: TrainConfig):
         self.cfg, self.trainer = cfg, cfg.trainer
         self.rank, self.world_size = init_distributed()
+        if cfg.deepspeed.precision == "auto":  # made concrete here, so config.yaml records what ran
+            cfg.deepspeed.precision = resolve_precision("auto")
+            if self.rank == 0:
+                print(f"mtft: precision {cfg.deepspeed.precision} (deepspeed.precision=auto)", flush=True)
         changes = self._setup_output_dir()
         set_seed(self.trainer.seed)  # every random draw below (model init, adapter init) follows from it, in order
         if not use_bars(cfg.logger.progress, self.rank):  # tokenizing bars only where a person watches a terminal
@@ -139,6 +145,11 @@ class TrainingRecipe:
         method = ADAPTERS[cfg.adapter.name]
         self.model = method.inject(model, cfg.adapter)
         self.adapter = method.runtime(self.model, cfg.adapter)  # the loop's one handle on the adapter
+        if self.trainer.gradient_checkpointing:
+            enable_gradient_checkpointing(self.model, self.adapter.recomputation)
+        if self.trainer.compile:
+            compile_blocks(self.model)
+        self.token_losses = CROSS_ENTROPY[self.trainer.cross_entropy]
 
     def _setup_training(self) -> None:
         """The engine, the balancer and the guard, and the data streams: training batches and validation cycle."""
@@ -213,10 +224,12 @@ class TrainingRecipe:
         """One optimizer step, then what follows it at its intervals: validation and sample generations, the
         balancer's observation, a metrics record. Returns the validation losses measured ({} if none)."""
         t, state, names = self.trainer, self.state, self.names
-        micro_batches = [_to(self.batches.next(), self.engine.device) for _ in range(t.grad_accum_steps)]
+        micro_batches = [self.batches.next() for _ in range(t.grad_accum_steps)]  # on the host: the step moves them
         weights_now = self.balancer.weights()
         weights = torch.tensor([weights_now[n] for n in names], device=self.engine.device)
-        result = optimizer_step(self.engine, micro_batches, weights, len(names), self.adapter, self.balancer.reduction)
+        result = optimizer_step(
+            self.engine, micro_batches, weights, len(names), self.adapter, self.balancer.reduction, self.token_losses
+        )
         state.step += 1
         state.tokens += result.tokens
         self.throughput.add(result.tokens, result.samples, result.attended)
@@ -381,7 +394,3 @@ class TrainingRecipe:
         self.preemption.restore()
         self.logger.finish()
         raise TrainingDiverged(message)
-
-
-def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in batch.items()}
