@@ -11,7 +11,8 @@ configuration's own weights and optimizer state, plus the largest transient of i
   nothing for data).
 - `<adapter>[+compile][+chunked][+ckpt]`: mtft's own step (`training.step.optimizer_step` on the DeepSpeed engine,
   ZeRO-0) with the micro-batch drawn from mtft's packing pipeline inside the timed step, as in training;
-  `compile` is trainer.compile, `chunked` trainer.cross_entropy=chunked, `ckpt` trainer.gradient_checkpointing.
+  `compile` is trainer.compile, `chunked` trainer.cross_entropy=chunked, `ckpt` trainer.gradient_checkpointing,
+  `zero1`/`zero2` the DeepSpeed stage (else ZeRO-0).
 
 Model shapes are Qwen2.5's (0.5B, 1.5B, 7B) with random weights, built on the device, nothing downloaded; the
 tokenizer is mtft's byte tokenizer, and the data is synthetic: three tasks whose samples fit a packed row whole.
@@ -72,7 +73,7 @@ SHAPES: dict[str, dict[str, Any]] = {
     ),
     "tiny": dict(TINY, vocab_size=512),
 }
-FLAGS = ("compile", "chunked", "ckpt")
+FLAGS = ("compile", "chunked", "ckpt", "zero1", "zero2")
 LORA_RANK, ALPHA = 64, 128.0
 
 
@@ -170,9 +171,9 @@ class Mtft:
             lr_scheduler="constant",
             cross_entropy="chunked" if "chunked" in flags else "full",
         )
-        cfg = TrainConfig(
-            data=data, adapter=adapter_cfg, trainer=trainer, deepspeed=DeepSpeedConfig(precision=setup.precision)
-        )
+        stage = 2 if "zero2" in flags else 1 if "zero1" in flags else 0
+        deepspeed = DeepSpeedConfig(precision=setup.precision, stage=stage)
+        cfg = TrainConfig(data=data, adapter=adapter_cfg, trainer=trainer, deepspeed=deepspeed)
         method = ADAPTERS[adapter]
         model = method.inject(base, adapter_cfg)
         self.runtime = method.runtime(model, adapter_cfg)
@@ -400,7 +401,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--configs",
         default="plain,lora,smora,molora,mor1e",
-        help="comma-separated: plain, or an adapter (lora, smora, molora, mor1e) with +compile, +chunked, +ckpt",
+        help="comma-separated: plain, or an adapter (lora, smora, molora, mor1e) with +compile, +chunked, +ckpt, +zero1|2",
     )
     parser.add_argument("--attention", default="auto", help="auto | sdpa | flash_attention_2 | eager | ...")
     parser.add_argument("--batch", type=int, default=4, help="packed rows per micro-batch")
