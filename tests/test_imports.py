@@ -54,15 +54,10 @@ LAYERS: dict[str, int] = {
     "registry": 8,
 }
 
-# Known violations, each an exact (importing file, imported module) pair. MoR1E's intuition prior runs the base
-# model over a task's samples, so the adapters use data's Sample/TaskData and collation. The adapter-handle work
-# (issue 12, item 1) removes them: the loop will hand the prior its inputs. Until then they are allowed here, and
-# an entry whose import has gone fails the test, so the list can only shrink.
-ALLOWED: set[tuple[str, str]] = {
-    ("mtft/adapters/intuition.py", "mtft.data.collate"),
-    ("mtft/adapters/intuition.py", "mtft.data.tasks"),
-    ("mtft/adapters/intuition.py", "mtft.data.tokenize"),
-}
+# Known violations, each an exact (importing file, imported module) pair; none is left (MoR1E's intuition prior,
+# the last, now takes prompts as token ids). An entry whose import has gone fails the test, so the list can only
+# shrink.
+ALLOWED: set[tuple[str, str]] = set()
 
 # Hydra stops at the edge: only these units compose YAML or touch OmegaConf objects.
 HYDRA_UNITS = {"cli", "config"}

@@ -19,9 +19,6 @@ import torch.distributed as dist
 from torch import nn
 
 from mtft.adapters.moe import PRIOR_MODULE, ExpertsRuntime, base_only
-from mtft.data.collate import collate, model_inputs
-from mtft.data.tasks import Sample, TaskData
-from mtft.data.tokenize import IGNORE
 from mtft.distributed import all_reduce_sum
 
 MODULE_NAME = PRIOR_MODULE
@@ -72,19 +69,23 @@ def embed(model: nn.Module, batch: dict[str, torch.Tensor], layer: int) -> torch
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}
     with base_only(model):
-        hidden = model(**model_inputs(batch), output_hidden_states=True).hidden_states[layer]
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        hidden = model(**inputs, output_hidden_states=True).hidden_states[layer]
     mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
     return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1)
 
 
-def prepare(model: nn.Module, tasks: list[TaskData], pad_token_id: int, seed: int, batch_size: int = 64) -> None:
-    """Fit the centroids on the training prompts and give every sample (train and validation) its prior."""
+def prepare(model: nn.Module, tasks: list, pad_token_id: int, seed: int, batch_size: int = 64) -> None:
+    """Fit the centroids on the training prompts and give every sample (train and validation) its prior.
+    `tasks`: the loop's TaskData, read only through `train`/`val` samples, each with `prompt()` token ids and a
+    `prior` to set (the one per-sample routing input the data pipeline carries to the routers)."""
     prior: IntuitionPrior = getattr(model, MODULE_NAME)
     was_training = model.training
     model.eval()
     samples = {split: [s for task in tasks for s in getattr(task, split)] for split in ("train", "val")}
     embeddings = {
-        split: embed_prompts(model, group, pad_token_id, prior.layer, batch_size) for split, group in samples.items()
+        split: embed_prompts(model, [s.prompt() for s in group], pad_token_id, prior.layer, batch_size)
+        for split, group in samples.items()
     }
     prior.fit(embeddings["train"], seed)
     for split, vectors in embeddings.items():
@@ -93,24 +94,34 @@ def prepare(model: nn.Module, tasks: list[TaskData], pad_token_id: int, seed: in
     model.train(was_training)
 
 
-def embed_prompts(model: nn.Module, samples: list[Sample], pad_token_id: int, layer: int, batch_size: int):
-    """(samples, hidden) embeddings of the samples' prompts, every rank getting all of them. Rank r embeds batches
-    r, r + W, ...; every rank runs the same number of forwards (ZeRO-3's are collective), then one sum over
-    ranks puts each embedding everywhere."""
+def embed_prompts(model: nn.Module, prompts: list[list[int]], pad_token_id: int, layer: int, batch_size: int):
+    """(prompts, hidden) embeddings of the prompts' token ids, every rank getting all of them. Rank r embeds
+    batches r, r + W, ...; every rank runs the same number of forwards (ZeRO-3's are collective), then one sum
+    over ranks puts each embedding everywhere."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    prompts = [Sample(s.prompt(), [IGNORE] * len(s.prompt()), s.task_id) for s in samples]
     starts = range(0, len(prompts), batch_size)
     rounds = -(-len(starts) // world)
     out = None
     for turn in range(rounds):
         index = turn * world + rank
         start = starts[index] if index < len(starts) else 0  # no batch left for this rank: a discarded forward
-        vectors = embed(model, collate(prompts[start : start + batch_size], pad_token_id), layer)
+        vectors = embed(model, right_padded(prompts[start : start + batch_size], pad_token_id), layer)
         if out is None:
             out = vectors.new_zeros(len(prompts), vectors.shape[-1])
         if index < len(starts):
             out[start : start + len(vectors)] = vectors
     return all_reduce_sum(out)
+
+
+def right_padded(prompts: list[list[int]], pad_token_id: int, multiple_of: int = 8) -> dict[str, torch.Tensor]:
+    """Token id lists as one batch, right-padded to the longest rounded up to `multiple_of`, as training's batches."""
+    width = -(-max(len(p) for p in prompts) // multiple_of) * multiple_of
+    input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, : len(prompt)] = torch.tensor(prompt)
+        attention_mask[row, : len(prompt)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
 def prior_for(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> None:
@@ -136,7 +147,7 @@ class PriorRuntime(ExpertsRuntime):
         super().__init__(model)
         self.model = model
 
-    def prepare(self, model: nn.Module, tasks: list[TaskData], pad_token_id: int, seed: int) -> None:
+    def prepare(self, model: nn.Module, tasks: list, pad_token_id: int, seed: int) -> None:
         prepare(model, tasks, pad_token_id, seed)
 
     def before_forward(self, batch: dict[str, torch.Tensor]) -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from mtft.bench import adapters, balancer, data, gpu, gpu_smoke, load
+from mtft.bench import adapters, balancer, data, gpu, gpu_smoke, load, memory
 
 SUITES: dict[str, Callable[[], dict[str, Any]]] = {
     "adapters": adapters.run,
     "balancer": balancer.run,
     "data": data.run,
+    "memory": memory.run,
 }
 # Suites with their own options and checks: `mtft-bench gpu-smoke --help`; each returns the exit status.
 COMMANDS: dict[str, Callable[[list[str]], int]] = {"gpu": gpu.main, "gpu-smoke": gpu_smoke.main, "load": load.main}

@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,23 +88,30 @@ class Setup:
     attention: str
 
 
+def _mor1e_matching_lora(model: torch.nn.Module) -> MoR1EConfig:
+    """r1 = r2 = r whose MoR1E has about LoRA r64's trainable parameters on this model's Linear shapes."""
+    head = model.get_output_embeddings()
+    shapes = [
+        (m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head
+    ]
+    lora = sum(LORA_RANK * (i + o) for i, o in shapes)
+    r = min(range(1, 4 * LORA_RANK), key=lambda r: abs(sum(r * (i + o) + i * r * r for i, o in shapes) - lora))
+    return MoR1EConfig(num_down=r, num_up=r, top_k=8, alpha=ALPHA)
+
+
+# The issue's comparison: LoRA r64; SMoRA r64 top-8; MoLoRA 8 experts × r8, top-2; MoR1E at LoRA r64's parameters.
+ADAPTER_CONFIGS: dict[str, Callable[[torch.nn.Module], Any]] = {
+    "lora": lambda model: LoraConfig(rank=LORA_RANK, alpha=ALPHA),
+    "smora": lambda model: SMoRAConfig(rank=LORA_RANK, top_k=8, alpha=ALPHA),
+    "molora": lambda model: MoLoRAConfig(num_experts=8, expert_rank=8, top_k=2, alpha=ALPHA),
+    "mor1e": _mor1e_matching_lora,
+}
+
+
 def adapter_config(name: str, model: torch.nn.Module) -> Any:
-    """The issue's comparison: LoRA r64; SMoRA r64 top-8; MoLoRA 8 experts × r8, top-2; MoR1E with r1 = r2 chosen
-    so its trainable parameters are closest to LoRA r64's on this model's Linear shapes."""
-    if name == "lora":
-        return LoraConfig(rank=LORA_RANK, alpha=ALPHA)
-    if name == "smora":
-        return SMoRAConfig(rank=LORA_RANK, top_k=8, alpha=ALPHA)
-    if name == "molora":
-        return MoLoRAConfig(num_experts=8, expert_rank=8, top_k=2, alpha=ALPHA)
-    if name == "mor1e":
-        head = model.get_output_embeddings()
-        linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head]
-        shapes = [(m.in_features, m.out_features) for m in linears]
-        lora = sum(LORA_RANK * (i + o) for i, o in shapes)
-        r = min(range(1, 4 * LORA_RANK), key=lambda r: abs(sum(r * (i + o) + i * r * r for i, o in shapes) - lora))
-        return MoR1EConfig(num_down=r, num_up=r, top_k=8, alpha=ALPHA)
-    raise ValueError(f"unknown adapter {name!r}; choose lora, smora, molora or mor1e")
+    if name not in ADAPTER_CONFIGS:
+        raise ValueError(f"unknown adapter {name!r}; choose {', '.join(ADAPTER_CONFIGS)}")
+    return ADAPTER_CONFIGS[name](model)
 
 
 def synthetic_tasks(directory: Path, seq: int, samples: int = 300, seed: int = 0) -> list[TaskSpec]:
@@ -401,7 +409,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--configs",
         default="plain,lora,smora,molora,mor1e",
-        help="comma-separated: plain, or an adapter (lora, smora, molora, mor1e) with +compile, +chunked, +ckpt, +zero1|2",
+        help="comma-separated: plain, or an adapter (lora, smora, molora, mor1e) + compile, chunked, ckpt, zero1|2",
     )
     parser.add_argument("--attention", default="auto", help="auto | sdpa | flash_attention_2 | eager | ...")
     parser.add_argument("--batch", type=int, default=4, help="packed rows per micro-batch")

@@ -131,8 +131,8 @@ def test_ranks_share_the_prompt_embeddings(prepared, monkeypatch):
     import mtft.adapters.intuition as intuition
 
     model, tasks, tokenizer = prepared
-    samples = tasks[0].train[:20]
-    alone = intuition.embed_prompts(model, samples, tokenizer.pad_token_id, -1, batch_size=3)  # 7 batches
+    prompts = [s.prompt() for s in tasks[0].train[:20]]
+    alone = intuition.embed_prompts(model, prompts, tokenizer.pad_token_id, -1, batch_size=3)  # 7 batches
 
     forwards = {0: 0, 1: 0}
     real_embed = intuition.embed
@@ -148,7 +148,7 @@ def test_ranks_share_the_prompt_embeddings(prepared, monkeypatch):
         monkeypatch.setattr(intuition, "dist", fake_dist)
         monkeypatch.setattr(intuition, "embed", counting_embed)
         monkeypatch.setattr(intuition, "all_reduce_sum", lambda tensor: tensor)  # this rank's share only
-        parts.append(intuition.embed_prompts(model, samples, tokenizer.pad_token_id, -1, batch_size=3))
+        parts.append(intuition.embed_prompts(model, prompts, tokenizer.pad_token_id, -1, batch_size=3))
     assert forwards == {0: 4, 1: 4}  # 7 batches over 2 ranks: rank 1's fourth forward is a discarded filler
     filled = [set(part.abs().sum(1).nonzero().flatten().tolist()) for part in parts]
     assert filled[0].isdisjoint(filled[1]) and filled[0] | filled[1] == set(range(20))

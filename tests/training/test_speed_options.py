@@ -26,4 +26,6 @@ def test_chunked_loss_with_checkpointing_trains_as_the_plain_path(tmp_path):
     plain_losses, plain_entropy = _losses(tmp_path / "plain")
     fast_losses, fast_entropy = _losses(tmp_path / "fast")
     assert fast_losses == pytest.approx(plain_losses, rel=1e-5)
-    assert None not in plain_entropy and fast_entropy == pytest.approx(plain_entropy, rel=1e-5)  # routing statistics counted once, as without
+    assert None not in plain_entropy and fast_entropy == pytest.approx(
+        plain_entropy, rel=1e-5
+    )  # routing statistics counted once, as without
