@@ -34,23 +34,15 @@ CHUNK_ELEMENTS = 1 << 28
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden_NH, weight_VH, bias_V, targets_N, chunk):
-        need_hidden_grad, need_weight_grad = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         losses = hidden_NH.new_empty(hidden_NH.size(0), dtype=torch.float32)
-        grad_hidden = torch.empty_like(hidden_NH) if need_hidden_grad else None
-        for start in range(0, hidden_NH.size(0), chunk):
-            rows = slice(start, start + chunk)
-            logits = _logits(hidden_NH[rows], weight_VH, bias_V)
-            targets = targets_N[rows]
-            counted = targets != IGNORE
-            safe = torch.where(counted, targets, 0)
-            lse = torch.logsumexp(logits, dim=-1)
-            losses[rows] = torch.where(counted, lse - logits.gather(1, safe[:, None]).squeeze(1), 0.0)
-            if need_hidden_grad:
-                grad_logits = _grad_logits(logits, lse, safe, counted)
+        grad_hidden = torch.empty_like(hidden_NH) if ctx.needs_input_grad[0] else None
+        for rows in _chunks(hidden_NH.size(0), chunk):
+            losses[rows], grad_logits = _chunk(hidden_NH[rows], weight_VH, bias_V, targets_N[rows])
+            if grad_hidden is not None:
                 grad_hidden[rows] = (grad_logits.to(weight_VH.dtype) @ weight_VH).to(hidden_NH.dtype)
         ctx.chunk = chunk
-        recompute = need_weight_grad or ctx.needs_input_grad[2]  # the head trains: its gradient needs the logits
-        ctx.save_for_backward(grad_hidden, hidden_NH if recompute else None, weight_VH, bias_V, targets_N)
+        head_trains = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]  # its gradient needs the logits again
+        ctx.save_for_backward(grad_hidden, hidden_NH if head_trains else None, weight_VH, bias_V, targets_N)
         return losses
 
     @staticmethod
@@ -59,36 +51,37 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_h = grad_hidden * grad_losses_N[:, None].to(grad_hidden.dtype)
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            grad_w = torch.zeros_like(weight_VH, dtype=torch.float32) if ctx.needs_input_grad[1] else None
-            grad_b = torch.zeros_like(bias_V, dtype=torch.float32) if ctx.needs_input_grad[2] else None
-            for start in range(0, hidden_NH.size(0), ctx.chunk):
-                rows = slice(start, start + ctx.chunk)
-                logits = _logits(hidden_NH[rows], weight_VH, bias_V)
-                targets = targets_N[rows]
-                counted = targets != IGNORE
-                lse = torch.logsumexp(logits, dim=-1)
-                scaled = _grad_logits(logits, lse, torch.where(counted, targets, 0), counted)
-                scaled *= grad_losses_N[rows, None]
-                if grad_w is not None:
-                    grad_w += scaled.t() @ hidden_NH[rows].float()
+        if hidden_NH is not None:
+            grad_w = torch.zeros_like(weight_VH, dtype=torch.float32)
+            grad_b = torch.zeros_like(bias_V, dtype=torch.float32) if bias_V is not None else None
+            for rows in _chunks(hidden_NH.size(0), ctx.chunk):
+                _, grad_logits = _chunk(hidden_NH[rows], weight_VH, bias_V, targets_N[rows])
+                grad_logits *= grad_losses_N[rows, None]
+                grad_w += grad_logits.t() @ hidden_NH[rows].float()
                 if grad_b is not None:
-                    grad_b += scaled.sum(0)
-            grad_w = grad_w.to(weight_VH.dtype) if grad_w is not None else None
-            grad_b = grad_b.to(bias_V.dtype) if grad_b is not None else None
+                    grad_b += grad_logits.sum(0)
+            grad_w = grad_w.to(weight_VH.dtype) if ctx.needs_input_grad[1] else None
+            grad_b = grad_b.to(bias_V.dtype) if ctx.needs_input_grad[2] else None
         return grad_h, grad_w, grad_b, None, None
 
 
-def _logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def _chunks(n: int, chunk: int) -> list[slice]:
+    return [slice(start, start + chunk) for start in range(0, n, chunk)]
+
+
+def _chunk(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor):
+    """One chunk's (per-token losses, ∂loss/∂logits = softmax − onehot(target)), both fp32, 0 on ignored rows.
+    The gradient is computed in place over the logits: one logits-sized buffer per chunk."""
     logits = (hidden @ weight.t()).float()
-    return logits + bias.float() if bias is not None else logits
-
-
-def _grad_logits(logits: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor, counted: torch.Tensor):
-    """∂ℓ/∂logits = softmax − onehot(target), zero on ignored rows; computed in place over `logits`."""
+    if bias is not None:
+        logits += bias.float()
+    counted = targets != IGNORE
+    safe = torch.where(counted, targets, 0)
+    lse = torch.logsumexp(logits, dim=-1)
+    losses = torch.where(counted, lse - logits.gather(1, safe[:, None]).squeeze(1), 0.0)
     grad = logits.sub_(lse[:, None]).exp_()
-    grad.scatter_add_(1, targets[:, None], torch.full_like(lse[:, None], -1.0))
-    return grad.mul_(counted[:, None])
+    grad.scatter_add_(1, safe[:, None], torch.full_like(lse[:, None], -1.0))
+    return losses, grad.mul_(counted[:, None])
 
 
 def linear_cross_entropy(

@@ -21,4 +21,5 @@ def test_the_training_package_imports_no_mixture_of_experts_or_prior_internals()
 def test_the_loop_reaches_the_adapter_only_through_its_handle():
     source = (Path(mtft.training.__file__).parent / "loop.py").read_text()
     calls = handle_attributes(source, "adapter")
-    assert calls == {"prepare", "metrics"}  # the step and validation use before_forward, aux_loss, after_step
+    # the step and validation use before_forward, aux_loss and after_step; checkpointing is given recomputation
+    assert calls == {"prepare", "metrics", "recomputation"}
