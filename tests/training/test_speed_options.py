@@ -29,3 +29,43 @@ def test_chunked_loss_with_checkpointing_trains_as_the_plain_path(tmp_path):
     assert None not in plain_entropy and fast_entropy == pytest.approx(
         plain_entropy, rel=1e-5
     )  # routing statistics counted once, as without
+
+
+def test_auto_attention_is_sdpa_on_a_cpu_and_flash_attention_where_it_can_run(monkeypatch):
+    import importlib.util
+
+    import torch
+
+    from mtft.models import resolve_attention
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_attention("auto") == "sdpa"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # CUDA, but no flash-attn installed
+    assert resolve_attention("auto") == "sdpa"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    assert resolve_attention("auto") == "flash_attention_2"
+    assert resolve_attention("eager") == "eager"  # an explicit choice is kept
+
+
+def test_auto_precision_is_fp32_on_a_cpu_and_bf16_on_a_gpu_that_has_it(monkeypatch):
+    import torch
+
+    from mtft.training.engine import resolve_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_precision("auto") == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)  # e.g. a V100
+    assert resolve_precision("auto") == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert resolve_precision("auto") == "bf16"
+    assert resolve_precision("fp16") == "fp16"
+
+
+def test_the_run_records_the_choices_auto_made(tmp_path, capsys):
+    out = tmp_path / "run"
+    train(compose_config([*STEPS, "trainer.max_steps=1", f"trainer.output_dir={out}"]))
+    printed = capsys.readouterr().out
+    assert "precision fp32 (deepspeed.precision=auto)" in printed and "attention sdpa" in printed
+    assert "precision: fp32" in (out / "config.yaml").read_text()
