@@ -12,7 +12,7 @@ configuration's own weights and optimizer state, plus the largest transient of i
 - `<adapter>[+compile][+chunked][+ckpt]`: mtft's own step (`training.step.optimizer_step` on the DeepSpeed engine,
   ZeRO-0) with the micro-batch drawn from mtft's packing pipeline inside the timed step, as in training;
   `compile` is trainer.compile, `chunked` trainer.cross_entropy=chunked, `ckpt` trainer.gradient_checkpointing,
-  `zero1`/`zero2` the DeepSpeed stage (else ZeRO-0).
+  `zero1`/`zero2` the DeepSpeed stage (else ZeRO-0), `fused` trainer.optimizer=fused_adamw.
 
 Model shapes are Qwen2.5's (0.5B, 1.5B, 7B) with random weights, built on the device, nothing downloaded; the
 tokenizer is mtft's byte tokenizer, and the data is synthetic: three tasks whose samples fit a packed row whole.
@@ -74,7 +74,7 @@ SHAPES: dict[str, dict[str, Any]] = {
     ),
     "tiny": dict(TINY, vocab_size=512),
 }
-FLAGS = ("compile", "chunked", "ckpt", "zero1", "zero2")
+FLAGS = ("compile", "chunked", "ckpt", "zero1", "zero2", "fused")
 LORA_RANK, ALPHA = 64, 128.0
 
 
@@ -178,6 +178,7 @@ class Mtft:
             warmup_steps=0,
             lr_scheduler="constant",
             cross_entropy="chunked" if "chunked" in flags else "full",
+            optimizer="fused_adamw" if "fused" in flags else "adamw",
         )
         stage = 2 if "zero2" in flags else 1 if "zero1" in flags else 0
         deepspeed = DeepSpeedConfig(precision=setup.precision, stage=stage)
@@ -409,7 +410,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--configs",
         default="plain,lora,smora,molora,mor1e",
-        help="comma-separated: plain, or an adapter (lora, smora, molora, mor1e) + compile, chunked, ckpt, zero1|2",
+        help="comma-separated: plain, or lora|smora|molora|mor1e [+compile +chunked +ckpt +zero1|2 +fused]",
     )
     parser.add_argument("--attention", default="auto", help="auto | sdpa | flash_attention_2 | eager | ...")
     parser.add_argument("--batch", type=int, default=4, help="packed rows per micro-batch")

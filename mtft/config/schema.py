@@ -45,6 +45,9 @@ class TrainerConfig:
     gradient_checkpointing: bool = False
     # torch.compile each decoder layer (in place; one compilation serves every layer): fewer, fused kernels
     compile: bool = False
+    # adamw: torch's AdamW; fused_adamw: DeepSpeed's FusedAdam (CUDA only; its kernel builds on first use), with
+    # which DeepSpeed's bf16/fp16 ZeRO-0 path keeps one flat fp32 master copy instead of one per tensor
+    optimizer: str = "adamw"
 
     def __post_init__(self) -> None:
         for key in ("max_steps", "micro_batch_size", "grad_accum_steps", "eval_steps", "eval_batch_size"):
@@ -62,6 +65,7 @@ class TrainerConfig:
         check(not self.resume_allow_changes or self.resume, "resume_allow_changes", "applies only with trainer.resume")
         check_choice(self.lr_scheduler, "lr_scheduler", tuple(s.value for s in SchedulerType))
         check_choice(self.cross_entropy, "cross_entropy", ("full", "chunked"))
+        check_choice(self.optimizer, "optimizer", ("adamw", "fused_adamw"))
 
 
 @dataclass

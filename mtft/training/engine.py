@@ -109,11 +109,20 @@ def build_engine(model: nn.Module, cfg: TrainConfig, world_size: int):
 
     t = cfg.trainer
     trainable = [p for p in model.parameters() if p.requires_grad]
+    if t.optimizer == "fused_adamw" and (_unchecked_by_deepspeed(cfg) or cfg.deepspeed.offload_optimizer):
+        raise ConfigError("trainer.optimizer", "fused_adamw needs bf16/fp16 or ZeRO, and no optimizer offload")
+    if t.optimizer == "fused_adamw" and not torch.cuda.is_available():
+        raise ConfigError("trainer.optimizer", "fused_adamw is DeepSpeed's CUDA FusedAdam; without a GPU use adamw")
     if _unchecked_by_deepspeed(cfg):
         optimizer = FiniteCheckedAdamW(trainable, t.max_grad_norm, lr=t.lr, weight_decay=t.weight_decay)
+    elif cfg.deepspeed.offload_optimizer:
+        optimizer = DeepSpeedCPUAdam(trainable, lr=t.lr, weight_decay=t.weight_decay)
+    elif t.optimizer == "fused_adamw":
+        from deepspeed.ops.adam import FusedAdam
+
+        optimizer = FusedAdam(trainable, lr=t.lr, weight_decay=t.weight_decay, adam_w_mode=True)
     else:
-        adamw = DeepSpeedCPUAdam if cfg.deepspeed.offload_optimizer else torch.optim.AdamW
-        optimizer = adamw(trainable, lr=t.lr, weight_decay=t.weight_decay)
+        optimizer = torch.optim.AdamW(trainable, lr=t.lr, weight_decay=t.weight_decay)
     scheduler = get_scheduler(
         t.lr_scheduler, optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=t.max_steps
     )

@@ -69,3 +69,16 @@ def test_the_run_records_the_choices_auto_made(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "precision fp32 (deepspeed.precision=auto)" in printed and "attention sdpa" in printed
     assert "precision: fp32" in (out / "config.yaml").read_text()
+
+
+def test_fused_adamw_where_it_cannot_run_is_a_config_error_naming_the_key(tmp_path, monkeypatch):
+    import torch
+
+    from mtft.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for setting, why in ((["deepspeed=zero2"], "CUDA"), (["deepspeed=zero0"], "bf16/fp16 or ZeRO")):
+        cfg = compose_config([*STEPS, "trainer.optimizer=fused_adamw", *setting])
+        cfg.trainer.output_dir = str(tmp_path / setting[0])
+        with pytest.raises(ConfigError, match=f"trainer.optimizer.*{why}"):
+            train(cfg)
