@@ -55,13 +55,13 @@ class MoLoRALinear(ExpertLinear):
         chosen = top_k_mask(probs.detach(), self.top_k)
         self.record_load(chosen)
         gates = chosen * probs
-        gates = (gates / gates.sum(-1, keepdim=True)).to(x.dtype)
+        gates = (self.scaling * gates / gates.sum(-1, keepdim=True)).to(x.dtype)  # α/r_e here: (tokens × E), small
         if self.training and self.aux_coef > 0:
             aux = self.switch_loss(probs, chosen)  # also when recomputing: a checkpointed rerun saves the same tensors
             if not self.recomputing:
                 self.aux_loss = aux
         hidden = F.linear(x, self.lora_A).unflatten(-1, (self.num_experts, self.expert_rank))
-        return self.scaling * F.linear((hidden * gates.unsqueeze(-1)).flatten(-2), self.lora_B)
+        return F.linear((hidden * gates.unsqueeze(-1)).flatten(-2), self.lora_B)
 
     def switch_loss(self, probs: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
         """coef · E · Σ_e f_e·P_e over the real tokens; `probs` (fp32) and `chosen` are (..., experts)."""

@@ -81,9 +81,9 @@ class MoR1ELinear(ExpertLinear):
         return self.k_eff * gates / gates.sum(-1, keepdim=True)
 
     def update(self, x: torch.Tensor) -> torch.Tensor:
-        gates = self.gates(x).to(x.dtype).unflatten(-1, self.shape)  # (..., r1, r2)
+        gates = (self.scaling * self.gates(x)).to(x.dtype).unflatten(-1, self.shape)  # (..., r1, r2); α/k_eff here
         mixed = torch.einsum("...ij,...i->...j", gates, F.linear(x, self.lora_A))
-        return self.scaling * F.linear(mixed, self.lora_B)
+        return F.linear(mixed, self.lora_B)
 
 
 def inject(model: nn.Module, cfg: MoR1EConfig) -> nn.Module:

@@ -53,8 +53,9 @@ class SMoRALinear(ExpertLinear):
         active = top_k_mask(scores.detach().float() + self.rank_bias, self.top_k).to(scores.dtype)
         self.record_load(active)
         gates = active * scores
-        gates = self.top_k * gates / gates.sum(-1, keepdim=True).clamp_min(1e-9)
-        return self.scaling * F.linear(gates * F.linear(x, self.lora_A), self.lora_B)
+        # α/k folded into the (tokens × r) gates rather than applied to the (tokens × out) update: one pass less
+        gates = (self.top_k * self.scaling) * gates / gates.sum(-1, keepdim=True).clamp_min(1e-9)
+        return F.linear(gates * F.linear(x, self.lora_A), self.lora_B)
 
     @torch.no_grad()
     def after_optimizer_step(self, step_load: torch.Tensor) -> None:
