@@ -50,6 +50,10 @@ class AdapterRuntime:
         """Before training, on the engine's device, with the tokenized tasks (e.g. MoR1E fits its prior).
         Deterministic, so a resumed run recomputes the same."""
 
+    def prepare_inference(self, model: nn.Module, tasks: list, pad_token_id: int) -> None:
+        """Before evaluating a trained model: what `prepare` fitted is restored with the weights; only the
+        samples' routing inputs are computed from it (e.g. MoR1E's prior, from the saved centroids)."""
+
     def before_forward(self, batch: dict[str, torch.Tensor]) -> None:
         """Whatever the next forward needs to know about its batch beyond the model's inputs."""
 

@@ -94,6 +94,17 @@ def prepare(model: nn.Module, tasks: list, pad_token_id: int, seed: int, batch_s
     model.train(was_training)
 
 
+def assign_priors(model: nn.Module, samples: list, pad_token_id: int, batch_size: int = 64) -> None:
+    """Give each sample its prior from the centroids the model already holds (trained and saved), as at inference."""
+    prior: IntuitionPrior = getattr(model, MODULE_NAME)
+    was_training = model.training
+    model.eval()
+    vectors = embed_prompts(model, [s.prompt() for s in samples], pad_token_id, prior.layer, batch_size)
+    for sample, affinity in zip(samples, prior.affinities(vectors).tolist(), strict=True):
+        sample.prior = affinity
+    model.train(was_training)
+
+
 def embed_prompts(model: nn.Module, prompts: list[list[int]], pad_token_id: int, layer: int, batch_size: int):
     """(prompts, hidden) embeddings of the prompts' token ids, every rank getting all of them. Rank r embeds
     batches r, r + W, ...; every rank runs the same number of forwards (ZeRO-3's are collective), then one sum
@@ -149,6 +160,9 @@ class PriorRuntime(ExpertsRuntime):
 
     def prepare(self, model: nn.Module, tasks: list, pad_token_id: int, seed: int) -> None:
         prepare(model, tasks, pad_token_id, seed)
+
+    def prepare_inference(self, model: nn.Module, tasks: list, pad_token_id: int) -> None:
+        assign_priors(model, [s for task in tasks for split in (task.train, task.val) for s in split], pad_token_id)
 
     def before_forward(self, batch: dict[str, torch.Tensor]) -> None:
         super().before_forward(batch)

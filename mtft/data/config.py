@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from mtft.data.formats import FORMATS
 from mtft.errors import check, check_choice
 
+GENERATION_METRICS = ("exact_match", "accuracy", "token_f1", "rouge_l", "chrf")  # eval/metrics.py computes them
+
 
 @dataclass
 class TaskSpec:
@@ -23,10 +25,15 @@ class TaskSpec:
     val_path: str | None = None  # a separate validation source; then nothing is split off `path`
     max_samples: int | None = None  # keep the first N usable samples; later records are not read
     fields: dict[str, str] | None = None  # {our field: your column}, e.g. {instruction: question, output: answer}
+    # mtft-eval's generation metrics for this task (eval/metrics.py); None: exact_match and token_f1
+    metrics: list[str] | None = None
+    answer_pattern: str | None = None  # a regex picking the answer out of an output, for metric `accuracy`
 
     def __post_init__(self) -> None:
         self.fields = self.fields or {}
         check(self.name not in ("", "???"), "name", "every task needs a name")
+        unknown = [m for m in self.metrics or [] if m not in GENERATION_METRICS]
+        check(not unknown, "metrics", f"unknown {unknown}; choose from {', '.join(GENERATION_METRICS)}")
         check(self.path not in ("", "???"), "path", f"task '{self.name}' needs a path")
         check_choice(self.format, "format", ("auto", *FORMATS))
         check(self.weight is None or self.weight >= 0, "weight", f"must be >= 0, got {self.weight}")

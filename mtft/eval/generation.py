@@ -57,3 +57,41 @@ def sample_generations(
             )
     model.train(was_training)
     return rows
+
+
+@torch.no_grad()
+def generate_batch(
+    model,
+    prompts: list[list[int]],
+    tokenizer: PreTrainedTokenizerBase,
+    max_new_tokens: int,
+    stop_ids: list[int],
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    priors: list[list[float]] | None = None,
+) -> list[list[int]]:
+    """Each prompt's continuation (token ids, up to the first stop token, which is dropped), decoded together:
+    left-padded so every prompt ends where generation starts, with the KV cache. `priors`: MoR1E's per-sample
+    routing prior, one per prompt."""
+    device = next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+    attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    if priors is not None:
+        set_instance_prior(model, torch.tensor(priors, device=device)[:, None, :])
+    sampling = {"do_sample": True, "temperature": temperature} if do_sample else {"do_sample": False}
+    output = model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        max_new_tokens=max_new_tokens,
+        use_cache=True,
+        eos_token_id=stop_ids,
+        pad_token_id=pad,
+        **sampling,
+    )[:, width:]
+    continuations = []
+    for row in output.tolist():
+        end = next((i for i, token in enumerate(row) if token in stop_ids), len(row))
+        continuations.append(row[:end])
+    return continuations

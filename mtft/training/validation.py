@@ -19,11 +19,12 @@ def validation_losses(
     """Each rank evaluates its own batches; token sums and counts are all-reduced. Tasks with no tokens anywhere
     are absent from the result."""
     num_tasks = len(task_names)
-    totals = torch.zeros(2, num_tasks, device=engine.device)
-    was_training = engine.module.training
+    device = engine.device if hasattr(engine, "device") else next(engine.parameters()).device  # or a plain model
+    totals = torch.zeros(2, num_tasks, device=device)
+    was_training = getattr(engine, "module", engine).training
     engine.eval()
     for batch in batches:
-        batch = {k: v.to(engine.device) for k, v in batch.items()}
+        batch = {k: v.to(device) for k, v in batch.items()}
         adapter.before_forward(batch)
         logits = engine(**model_inputs(batch)).logits
         losses = token_losses(logits, batch["labels"])

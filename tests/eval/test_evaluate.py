@@ -1,0 +1,77 @@
+"""mtft-eval: a trained checkpoint's per-task losses equal the run's own final validation, its generations are
+the model's own (batched, left-padded, as one at a time), for LoRA and for MoR1E with its prior."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mtft.cli.eval import main as eval_main
+from mtft.eval.generation import generate_batch
+from mtft.models import TinyModelConfig, build_byte_tokenizer, build_tiny_model
+from mtft.training.evaluate import EvalSettings, evaluate
+from mtft.training.export import export
+from mtft.training.loop import train
+from tests.helpers import compose_config
+
+SETTINGS = EvalSettings(batch_size=4, max_new_tokens=8)
+SHORT = ["trainer.max_steps=3", "trainer.eval_steps=3", "trainer.eval_generations=0", "data.max_val_samples=6"]
+
+
+@pytest.fixture(scope="module", params=[["adapter=lora"], ["adapter=mor1e", "adapter.intuition_clusters=2"]])
+def run(request, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "run"
+    train(compose_config([*SHORT, *request.param, f"trainer.output_dir={out}"]))
+    return out
+
+
+def test_the_losses_are_the_runs_final_validation_and_every_prompt_is_answered(run, tmp_path):
+    report = evaluate(run / "checkpoint-3", tmp_path / "eval", SETTINGS)
+    summary = json.loads((run / "summary.json").read_text())
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert json.loads((tmp_path / "eval" / "eval.json").read_text()) == report
+    for name, result in report["tasks"].items():
+        assert result["val_loss"] == pytest.approx(summary["tasks"][name]["final_val_loss"], rel=1e-6)
+        assert result["perplexity"] == pytest.approx(torch.tensor(result["val_loss"]).exp().item(), rel=1e-6)
+        task_rows = [r for r in rows if r["task"] == name]
+        assert result["generated"] == len(task_rows) == result["val_samples"] == 6
+        for metric in ("exact_match", "token_f1"):
+            assert 0.0 <= result[metric] <= 1.0
+            assert result[metric] == pytest.approx(sum(r[metric] for r in task_rows) / len(task_rows))
+        assert all(r["prompt"] and r["reference"] for r in task_rows)
+    again = evaluate(run / "checkpoint-3", tmp_path / "again", SETTINGS)  # greedy: the same outputs
+    assert (tmp_path / "again" / "predictions.jsonl").read_text() == (
+        tmp_path / "eval" / "predictions.jsonl"
+    ).read_text()
+    assert again["tasks"] == report["tasks"]
+
+
+def test_an_exported_adapter_evaluates_with_its_runs_config(run, tmp_path):
+    export(run / "checkpoint-3", tmp_path / "exported", merge=False)
+    report = evaluate(tmp_path / "exported", tmp_path / "eval", SETTINGS, config=run / "config.yaml")
+    direct = evaluate(run / "checkpoint-3", tmp_path / "direct", SETTINGS)
+    assert report["tasks"] == direct["tasks"]
+
+
+def test_left_padded_batches_generate_what_each_prompt_generates_alone():
+    tokenizer = build_byte_tokenizer()
+    torch.manual_seed(0)
+    model = build_tiny_model(TinyModelConfig(), tokenizer).eval()
+    prompts = [tokenizer.encode(text) for text in ("12+3=", "reverse: abcdef ->", "x")]
+    stop = [tokenizer.eos_token_id]
+    together = generate_batch(model, prompts, tokenizer, 6, stop)
+    alone = [generate_batch(model, [prompt], tokenizer, 6, stop)[0] for prompt in prompts]
+    assert together == alone and all(len(out) <= 6 for out in together)
+
+
+def test_the_command_line_names_a_bad_checkpoint_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        eval_main([f"checkpoint={tmp_path}", f"out={tmp_path / 'out'}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "neither an mtft checkpoint nor an exported adapter" in err
+    with pytest.raises(SystemExit):
+        eval_main([f"checkpoint={tmp_path}", f"out={tmp_path}", "beam_width=4"])
+    assert "unknown: ['beam_width']" in capsys.readouterr().err
