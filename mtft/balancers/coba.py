@@ -18,7 +18,19 @@ Every `update_interval` steps the trainer measures per-task validation losses L_
   does not clip, so the weight on ACS can turn negative).
 - w = softmax(N·(DF·RCS + (1 − DF)·ACS)) (eq. 7), floored as in the reference when a weight falls under 1/(10N).
 Weights are uniform during warm-up, and are reported scaled to sum to N (uniform = 1 each).
-Deviation: slope and ACS windows and the DF history keep at most `history` entries, so memory stays bounded.
+
+`variant` (reference: MFTCoder `mftcoder_accelerate/src/utils/loss_utils.py` `CoBaStatus`, commit 8ba13f4; the
+test tests/balancers/test_coba_reference.py transcribes it and checks both variants against it):
+- `bounded` (default): the ACS and the DF each use the last `history` slopes, so memory stays bounded, and DF
+  is clipped to [0, 1].
+- `mftcoder`: as the reference. The ACS uses the slopes from index step // update_interval − history of those
+  kept since warm-up (H − warm-up + 1 of them once the step passes H), the DF every total slope since warm-up
+  (memory grows by N + 1 floats a round), unclipped. Its weights equal the reference's to 1e-13 on the test's
+  history. There the default differs by up to 1.36 (weights summing to 3), nearly all from the clip while the
+  reference's DF reaches 12.5; the ACS window alone moves them by up to 0.22.
+Not options: the reference's first round is after the second update (mtft's loop measures after the first
+too), it divides by zero where every slope is 0 (mtft: a uniform softmax), and with `update_interval` > 1 its
+slope window, t − t // I + H long but counted in rounds, takes in every round so far (mtft: the last H).
 """
 
 from __future__ import annotations
@@ -30,7 +42,9 @@ from typing import Any
 import numpy as np
 
 from mtft.balancers.base import Balancer, BalancerConfig
-from mtft.errors import check
+from mtft.errors import check, check_choice
+
+VARIANTS = ("bounded", "mftcoder")
 
 
 @dataclass
@@ -42,6 +56,7 @@ class CoBaConfig(BalancerConfig):
     update_interval: int = 10  # reference: 1 (see the module docstring for the cost trade-off)
     val_batches: int = 1
     val_batch_size: int = 8  # samples per validation micro-batch; 0 uses trainer.eval_batch_size
+    variant: str = "bounded"  # "mftcoder": the reference's ACS and DF windows and an unclipped DF (docstring)
 
     def __post_init__(self) -> None:
         check(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
@@ -50,6 +65,7 @@ class CoBaConfig(BalancerConfig):
         check(self.update_interval > 0, "update_interval", f"must be > 0, got {self.update_interval}")
         check(self.val_batches > 0, "val_batches", f"must be > 0, got {self.val_batches}")
         check(self.val_batch_size >= 0, "val_batch_size", f"must be >= 0, got {self.val_batch_size}")
+        check_choice(self.variant, "variant", VARIANTS)
 
 
 def ols_slope(points: list[tuple[float, float]]) -> float:
@@ -80,10 +96,10 @@ def absolute_convergence(slope_histories: list[list[float]]) -> np.ndarray:
     return softmax(np.array(current))
 
 
-def divergence_factor(total_slopes: list[float], tau: float) -> float:
+def divergence_factor(total_slopes: list[float], tau: float, clip: bool = True) -> float:
     slopes = np.array(total_slopes, dtype=np.float64)
     factor = len(slopes) * softmax(-_scaled(slopes, len(slopes)) * tau)[-1]
-    return float(np.clip(factor, 0.0, 1.0))
+    return float(np.clip(factor, 0.0, 1.0)) if clip else float(factor)
 
 
 def coba_weights(rcs: np.ndarray, acs: np.ndarray, df: float) -> np.ndarray:
@@ -100,11 +116,13 @@ class CoBaBalancer(Balancer):
 
     def __init__(self, cfg: CoBaConfig, task_names: list[str]):
         super().__init__(cfg, task_names)
+        self.bounded = cfg.variant == "bounded"
+        self.slope_memory = cfg.history if self.bounded else None  # the reference keeps every slope
         self.initial: dict[str, float] = {}
         self.points = {t: deque(maxlen=cfg.history) for t in task_names}  # (step, normalised val loss)
-        self.slopes = {t: deque(maxlen=cfg.history) for t in task_names}  # α_i at each update after warm-up
+        self.slopes = {t: deque(maxlen=self.slope_memory) for t in task_names}  # α_i at each update after warm-up
         self.total_points: deque = deque(maxlen=cfg.history)  # (step, max_i ℓ_i)
-        self.total_slopes: deque = deque(maxlen=cfg.history)
+        self.total_slopes: deque = deque(maxlen=self.slope_memory)
         self._weights = np.ones(len(task_names))
         self._metrics: dict[str, float] = {}
 
@@ -136,12 +154,18 @@ class CoBaBalancer(Balancer):
                 self.slopes[task].append(float(slope))
         self.total_slopes.append(ols_slope(list(self.total_points)))
         rcs = relative_convergence(alpha)
-        acs = absolute_convergence([list(self.slopes[t]) for t in self.task_names])
-        df = divergence_factor(list(self.total_slopes), self.cfg.tau)
+        acs = absolute_convergence(self._acs_windows(step))
+        df = divergence_factor(list(self.total_slopes), self.cfg.tau, clip=self.bounded)
         self._weights = len(self.task_names) * coba_weights(rcs, acs, df)
         self._metrics = {"df": df}
         for task, r, a in zip(self.task_names, rcs, acs, strict=True):
             self._metrics.update({f"rcs/{task}": float(r), f"acs/{task}": float(a)})
+
+    def _acs_windows(self, step: int) -> list[list[float]]:
+        """Each task's slopes that enter its ACS: the last `history` (bounded), or, as MFTCoder slices its slope
+        list, those from index step // update_interval − history on: H − warm-up + 1 once that index passes 0."""
+        first = 0 if self.bounded else max(0, step // self.cfg.update_interval - self.cfg.history)
+        return [list(self.slopes[t])[first:] for t in self.task_names]
 
     def metrics(self) -> dict[str, float]:
         return dict(self._metrics)
@@ -161,8 +185,8 @@ class CoBaBalancer(Balancer):
         history = self.cfg.history
         self.initial = dict(state["initial"])
         self.points = {t: deque(map(tuple, state["points"][t]), maxlen=history) for t in self.task_names}
-        self.slopes = {t: deque(state["slopes"][t], maxlen=history) for t in self.task_names}
+        self.slopes = {t: deque(state["slopes"][t], maxlen=self.slope_memory) for t in self.task_names}
         self.total_points = deque(map(tuple, state["total_points"]), maxlen=history)
-        self.total_slopes = deque(state["total_slopes"], maxlen=history)
+        self.total_slopes = deque(state["total_slopes"], maxlen=self.slope_memory)
         self._weights = np.array(state["weights"])
         self._metrics = dict(state["metrics"])
