@@ -53,7 +53,7 @@ def evaluate(
     """Evaluate `checkpoint` (RUN/checkpoint-N, or a directory `mtft-export` wrote together with `config`, the
     run's config.yaml) on the run's data, or on `data` (a data config YAML); write eval.json and
     predictions.jsonl to `out`. Returns eval.json's content."""
-    adapter_dir, cfg = _locate(checkpoint, config)
+    adapter_dir, cfg = _adapter_and_run_config(checkpoint, config)
     if data is not None:
         cfg.data = from_dict(DataConfig, _yaml(data, "data"), "data")
     out.mkdir(parents=True, exist_ok=True)
@@ -144,7 +144,7 @@ def _stop_ids(model, tokenizer) -> set[int]:
     return {i for i in ids if i is not None}
 
 
-def _locate(checkpoint: Path, config: Path | None) -> tuple[Path, TrainConfig]:
+def _adapter_and_run_config(checkpoint: Path, config: Path | None) -> tuple[Path, TrainConfig]:
     """(the adapter directory, the run's config) for a checkpoint or an exported adapter."""
     if (checkpoint / "adapter" / ADAPTER_CONFIG_FILE).is_file():
         adapter_dir, default_config = checkpoint / "adapter", checkpoint.parent / "config.yaml"
