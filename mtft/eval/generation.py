@@ -1,16 +1,21 @@
-"""Sample generations: a few validation prompts per task, decoded greedily beside their references, so a person
-can see what each task's numbers mean."""
+"""Generations on the validation prompts, scored per task: all of them for mtft-eval, a few per task at each
+evaluation during training (beside their references, so a person can see what each task's numbers mean)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from mtft.adapters.intuition import set_instance_prior
 from mtft.data.tasks import Sample, TaskData
 from mtft.data.tokenize import IGNORE
+from mtft.eval.metrics import DEFAULT_METRICS, METRICS
 
 COLUMNS = ["task", "prompt", "reference", "output"]
+TURN_ENDS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")  # chat templates' end-of-turn tokens
 
 
 def first_turn(sample: Sample) -> tuple[list[int], list[int]] | None:
@@ -26,37 +31,65 @@ def first_turn(sample: Sample) -> tuple[list[int], list[int]] | None:
 
 
 @torch.no_grad()
-def sample_generations(
-    model, tasks: list[TaskData], tokenizer: PreTrainedTokenizerBase, per_task: int, max_new_tokens: int, synced: bool
-) -> list[list[str]]:
-    """Rows of COLUMNS. Collective under ZeRO-3 (`synced`): every rank generates the same prompts, in step."""
-    device = next(model.parameters()).device
+def scored_generations(
+    model,
+    tasks: list[TaskData],
+    specs: list,
+    tokenizer: PreTrainedTokenizerBase,
+    per_task: int | None,
+    batch_size: int,
+    max_new_tokens: int,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    synced: bool = False,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """One row per validation sample with a prompt and an answer (the first `per_task` of each task, or all):
+    task, prompt, reference, output, and the task's metrics (its spec's `metrics`, eval/metrics.py). Used by
+    mtft-eval and, with a few samples per task, by training at each evaluation. Collective under ZeRO-3
+    (`synced`): every rank generates the same prompts, in step."""
     was_training = model.training
     model.eval()
+    stop = sorted(stop_ids(model, tokenizer))
     rows = []
-    for task in tasks:
-        for sample in task.val[:per_task]:
-            if (turn := first_turn(sample)) is None:
-                continue
-            prompt, reference = turn
-            if sample.prior is not None:  # MoR1E's instance prior: one per sample, broadcast over its tokens
-                set_instance_prior(model, torch.tensor(sample.prior, device=device)[None, None])
-            ids = torch.tensor([prompt], device=device)
-            output = model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                use_cache=True,
-                eos_token_id=sorted({tokenizer.eos_token_id, reference[-1]}),  # the reference's own turn end
-                pad_token_id=tokenizer.pad_token_id,
-                synced_gpus=synced,
-            )[0, len(prompt) :]
-            rows.append(
-                [task.name, *(tokenizer.decode(t, skip_special_tokens=True) for t in (prompt, reference, output))]
+    for task, spec in zip(tasks, specs, strict=True):
+        turns = [(s, t) for s in task.val[:per_task] if (t := first_turn(s)) is not None]
+        metrics = spec.metrics or list(DEFAULT_METRICS)
+        starts = range(0, len(turns), batch_size)
+        for start in tqdm(starts, desc=task.name, leave=False) if progress else starts:
+            chunk = turns[start : start + batch_size]
+            priors = [s.prior for s, _ in chunk] if chunk[0][0].prior is not None else None
+            prompts = [prompt for _, (prompt, _) in chunk]
+            outputs = generate_batch(
+                model, prompts, tokenizer, max_new_tokens, stop, do_sample, temperature, priors, synced
             )
+            for (_, (prompt, reference)), output in zip(chunk, outputs, strict=True):
+                text = {
+                    "prompt": tokenizer.decode(prompt, skip_special_tokens=True),
+                    "reference": tokenizer.decode(reference, skip_special_tokens=True),
+                    "output": tokenizer.decode(output, skip_special_tokens=True),
+                }
+                scores = {m: METRICS[m](text["output"], text["reference"], spec.answer_pattern) for m in metrics}
+                rows.append({"task": task.name, **text, **scores})
     model.train(was_training)
     return rows
+
+
+def metric_means(rows: list[dict[str, Any]], task: str) -> dict[str, float]:
+    """Each metric's mean over `task`'s rows ({} when it has none)."""
+    mine = [r for r in rows if r["task"] == task]
+    names = [k for k in (mine[0] if mine else {}) if k not in ("task", *COLUMNS)]
+    return {m: sum(r[m] for r in mine) / len(mine) for m in names}
+
+
+def stop_ids(model, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """The end of sequence and of a chat turn, whichever of them this tokenizer and model have."""
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(configured if isinstance(configured, list) else [configured])
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[token] for token in TURN_ENDS if token in vocab)
+    return {i for i in ids if i is not None}
 
 
 @torch.no_grad()
@@ -69,6 +102,7 @@ def generate_batch(
     do_sample: bool = False,
     temperature: float = 1.0,
     priors: list[list[float]] | None = None,
+    synced: bool = False,
 ) -> list[list[int]]:
     """Each prompt's continuation (token ids, up to the first stop token, which is dropped), decoded together:
     left-padded so every prompt ends where generation starts, with the KV cache. `priors`: MoR1E's per-sample
@@ -88,6 +122,7 @@ def generate_batch(
         use_cache=True,
         eos_token_id=stop_ids,
         pad_token_id=pad,
+        synced_gpus=synced,
         **sampling,
     )[:, width:]
     continuations = []

@@ -45,9 +45,11 @@ def metrics_record(
     skipped_steps: int,
     balancer: dict[str, Any],
     adapter: dict[str, Any],
+    generation: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """One metrics.jsonl line. Keys keep one order (readers diff records, and resumed runs are compared with
     unbroken ones): step, loss, lr; per task its training loss, weight and validation loss where there is one;
+    then its generation metrics where this step generated (`task/<name>/<metric>`, e.g. exact_match);
     throughput; grad_norm where the engine computed one; skipped steps; the balancer's internals
     (`balancer/...`); the adapter's metrics (already named, e.g. `router/...`)."""
     record: dict[str, Any] = {"step": step, "loss": loss, "lr": lr}
@@ -57,6 +59,7 @@ def metrics_record(
         record[f"task/{name}/weight"] = weights[name]
         if name in val_losses:
             record[f"task/{name}/val_loss"] = val_losses[name]
+        record.update({f"task/{name}/{metric}": value for metric, value in (generation or {}).get(name, {}).items()})
     record.update(throughput)
     if grad_norm is not None:
         record["grad_norm"] = grad_norm

@@ -28,13 +28,10 @@ from mtft.data.batches import validation_batches, validation_rounds
 from mtft.data.config import DataConfig
 from mtft.data.tasks import TaskData, load_tasks
 from mtft.errors import ConfigError
-from mtft.eval.generation import first_turn, generate_batch
-from mtft.eval.metrics import DEFAULT_METRICS, METRICS
+from mtft.eval.generation import metric_means, scored_generations
 from mtft.models import load_model, load_tokenizer
 from mtft.training.engine import resolve_precision
 from mtft.training.validation import validation_losses
-
-TURN_ENDS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")  # chat templates' end-of-turn tokens
 
 
 @dataclass
@@ -76,20 +73,29 @@ def evaluate(
     count = sum(validation_rounds(task, settings.batch_size, 1) for task in tasks)
     losses = validation_losses(model, tqdm(batches, total=count, desc="loss", leave=False), names, runtime)
 
-    predictions = _generations(model, tasks, tokenizer, settings, cfg)
+    predictions = scored_generations(
+        model,
+        tasks,
+        cfg.data.tasks,
+        tokenizer,
+        settings.max_samples,
+        settings.batch_size,
+        settings.max_new_tokens,
+        settings.do_sample,
+        settings.temperature,
+        progress=True,
+    )
     with (out / "predictions.jsonl").open("w") as f:
         for row in predictions:
             f.write(json.dumps(row) + "\n")
     results = {}
-    for task, spec in zip(tasks, cfg.data.tasks, strict=True):
-        rows = [r for r in predictions if r["task"] == task.name]
-        metrics = spec.metrics or list(DEFAULT_METRICS)
+    for task in tasks:
         results[task.name] = {
             "val_loss": losses.get(task.name, math.nan),
             "perplexity": math.exp(losses[task.name]) if task.name in losses else math.nan,
             "val_samples": len(task.val),
-            "generated": len(rows),
-            **{m: sum(r[m] for r in rows) / len(rows) if rows else math.nan for m in metrics},
+            "generated": sum(r["task"] == task.name for r in predictions),
+            **metric_means(predictions, task.name),
         }
     report = {
         "checkpoint": str(checkpoint),
@@ -101,47 +107,6 @@ def evaluate(
     }
     (out / "eval.json").write_text(json.dumps(report, indent=2))
     return report
-
-
-def _generations(model, tasks, tokenizer, settings: EvalSettings, cfg: TrainConfig) -> list[dict[str, Any]]:
-    """One row per validation sample that has a prompt and an answer: prompt, reference, output, its metrics."""
-    stop_ids = sorted(_stop_ids(model, tokenizer))
-    rows = []
-    for task, spec in zip(tasks, cfg.data.tasks, strict=True):
-        turns = [(s, t) for s in task.val if (t := first_turn(s)) is not None]
-        metrics = spec.metrics or list(DEFAULT_METRICS)
-        for start in tqdm(range(0, len(turns), settings.batch_size), desc=task.name, leave=False):
-            chunk = turns[start : start + settings.batch_size]
-            priors = [s.prior for s, _ in chunk] if chunk[0][0].prior is not None else None
-            outputs = generate_batch(
-                model,
-                [prompt for _, (prompt, _) in chunk],
-                tokenizer,
-                settings.max_new_tokens,
-                stop_ids,
-                settings.do_sample,
-                settings.temperature,
-                priors,
-            )
-            for (_, (prompt, reference)), output in zip(chunk, outputs, strict=True):
-                text = {
-                    "prompt": tokenizer.decode(prompt, skip_special_tokens=True),
-                    "reference": tokenizer.decode(reference, skip_special_tokens=True),
-                    "output": tokenizer.decode(output, skip_special_tokens=True),
-                }
-                scores = {m: METRICS[m](text["output"], text["reference"], spec.answer_pattern) for m in metrics}
-                rows.append({"task": task.name, **text, **scores})
-    return rows
-
-
-def _stop_ids(model, tokenizer) -> set[int]:
-    """The end of sequence and of a chat turn, whichever of them this tokenizer and model have."""
-    ids = {tokenizer.eos_token_id}
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids.update(configured if isinstance(configured, list) else [configured])
-    vocab = tokenizer.get_vocab()
-    ids.update(vocab[token] for token in TURN_ENDS if token in vocab)
-    return {i for i in ids if i is not None}
 
 
 def _adapter_and_run_config(checkpoint: Path, config: Path | None) -> tuple[Path, TrainConfig]:

@@ -32,7 +32,7 @@ from mtft.data.tokenize import check_max_seq_len
 from mtft.distributed import rank_zero_first, same_on_all_ranks
 from mtft.errors import ConfigError
 from mtft.eval.generation import COLUMNS as GENERATION_COLUMNS
-from mtft.eval.generation import sample_generations
+from mtft.eval.generation import metric_means, scored_generations
 from mtft.logging import build_run_logger
 from mtft.logging.progress import Progress, use_bars
 from mtft.logging.records import LossWindow, metrics_record, task_means
@@ -176,6 +176,7 @@ class TrainingRecipe:
         peak = peak_flops(cfg.logger.peak_tflops, cfg.deepspeed.precision)
         self.throughput = ThroughputWindow(self.engine.module, self.world_size, peak)
         self.window = LossWindow(len(self.names))  # the next metrics record's per-task losses
+        self.generation_scores: dict[str, dict[str, float]] = {}  # and its generation metrics, when there are any
 
     def _resume(self, changes: list[str]) -> None:
         """Restore the engine and every stateful object. The data stream continues only if the data is the same:
@@ -295,14 +296,25 @@ class TrainingRecipe:
         return validation_losses(self.engine, self.progress.evaluating(splits, count), self.names, self.adapter)
 
     def _generations(self) -> None:
-        """Sample generations to generations.jsonl. Collective under ZeRO-3: every rank generates, rank 0 logs."""
+        """Generations on the first `eval_generations` validation prompts of each task, as mtft-eval makes and scores
+        them: the rows to generations.jsonl, each task's metric means into the next record. Collective under
+        ZeRO-3: every rank generates, rank 0 logs."""
         t = self.trainer
         if t.eval_generations:
             synced = generation_is_collective(self.engine)
-            rows = sample_generations(
-                self.engine.module, self.tasks, self.tokenizer, t.eval_generations, t.max_new_tokens, synced
+            rows = scored_generations(
+                self.engine.module,
+                self.tasks,
+                self.cfg.data.tasks,
+                self.tokenizer,
+                t.eval_generations,
+                t.eval_batch_size,
+                t.max_new_tokens,
+                synced=synced,
             )
-            self.logger.table("generations", GENERATION_COLUMNS, rows, self.state.step, save=True)
+            table = [[row[column] for column in GENERATION_COLUMNS] for row in rows]
+            self.logger.table("generations", GENERATION_COLUMNS, table, self.state.step, save=True)
+            self.generation_scores = {name: metric_means(rows, name) for name in self.names}
 
     def _log(self, weights: dict[str, float], val_losses: dict[str, float], grad_norm: float | None) -> None:
         """One metrics record over the window since the last, then a fresh window."""
@@ -320,7 +332,9 @@ class TrainingRecipe:
             skipped_steps=self.guard.skipped,
             balancer=self.balancer.metrics(),
             adapter=self.adapter.metrics(),
+            generation=self.generation_scores,
         )
+        self.generation_scores = {}
         self.logger.log(record)
         self.progress.logged(record)
         window.clear()

@@ -75,3 +75,20 @@ def test_the_command_line_names_a_bad_checkpoint_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         eval_main([f"checkpoint={tmp_path}", f"out={tmp_path}", "beam_width=4"])
     assert "unknown: ['beam_width']" in capsys.readouterr().err
+
+
+def test_training_scores_its_sample_generations_as_mtft_eval_does(tmp_path):
+    out = tmp_path / "run"
+    train(
+        compose_config(
+            ["trainer.max_steps=2", "trainer.eval_steps=2", "trainer.eval_generations=3", f"trainer.output_dir={out}"]
+        )
+    )
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    generations = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    last = records[-1]
+    for task in ("add", "reverse", "sort", "sentiment"):
+        rows = [g for g in generations if g["task"] == task and g["step"] == 2]
+        assert len(rows) == 3
+        for metric in ("exact_match", "token_f1"):  # the default metrics, the mean of the rows' scores
+            assert 0.0 <= last[f"task/{task}/{metric}"] <= 1.0

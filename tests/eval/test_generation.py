@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from mtft.data.config import TaskSpec
 from mtft.data.tasks import Sample, TaskData
 from mtft.data.tokenize import IGNORE
-from mtft.eval.generation import first_turn, sample_generations
+from mtft.eval.generation import first_turn, metric_means, scored_generations
 from mtft.models import TinyModelConfig, build_byte_tokenizer, build_tiny_model
 
 
@@ -20,8 +21,16 @@ def test_greedy_generations_are_deterministic_and_bounded():
     prompt, answer = tokenizer.encode("12+3="), tokenizer.encode("15")
     sample = Sample(prompt + answer, [IGNORE] * len(prompt) + answer, 0)
     tasks = [TaskData("add", [], [sample, Sample([1], [IGNORE], 0)])]
-    rows = sample_generations(model, tasks, tokenizer, per_task=2, max_new_tokens=5, synced=False)
-    assert len(rows) == 1 and rows[0][:3] == ["add", "12+3=", "15"]
-    assert len(rows[0][3]) <= 5  # bytes: at most one character each
-    assert rows == sample_generations(model, tasks, tokenizer, per_task=2, max_new_tokens=5, synced=False)
+    specs = [TaskSpec(name="add", path="add.jsonl", metrics=["exact_match", "chrf"])]
+
+    def generate():
+        return scored_generations(model, tasks, specs, tokenizer, per_task=2, batch_size=4, max_new_tokens=5)
+
+    rows = generate()
+    assert len(rows) == 1 and [rows[0][k] for k in ("task", "prompt", "reference")] == ["add", "12+3=", "15"]
+    assert len(rows[0]["output"]) <= 5  # bytes: at most one character each
+    assert set(rows[0]) == {"task", "prompt", "reference", "output", "exact_match", "chrf"}
+    assert rows == generate()
+    assert metric_means(rows, "add") == {"exact_match": rows[0]["exact_match"], "chrf": rows[0]["chrf"]}
+    assert metric_means(rows, "other") == {}
     assert model.training  # left as it was found
