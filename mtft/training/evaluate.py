@@ -17,20 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from tqdm import tqdm
 
-from mtft.adapters import ADAPTERS, load_adapter
-from mtft.adapters.base import ADAPTER_CONFIG_FILE
 from mtft.config.convert import from_dict
-from mtft.config.train import TrainConfig, build_train_config
 from mtft.data.batches import validation_batches, validation_rounds
 from mtft.data.config import DataConfig
 from mtft.data.tasks import TaskData, load_tasks
-from mtft.errors import ConfigError
 from mtft.eval.generation import metric_means, scored_generations
-from mtft.models import load_model, load_tokenizer
-from mtft.training.engine import resolve_precision
+from mtft.training.inference import load_trained, read_yaml
 from mtft.training.validation import validation_losses
 
 
@@ -50,19 +44,12 @@ def evaluate(
     """Evaluate `checkpoint` (RUN/checkpoint-N, or a directory `mtft-export` wrote together with `config`, the
     run's config.yaml) on the run's data, or on `data` (a data config YAML); write eval.json and
     predictions.jsonl to `out`. Returns eval.json's content."""
-    adapter_dir, cfg = _adapter_and_run_config(checkpoint, config)
+    trained = load_trained(checkpoint, config)
+    model, tokenizer, runtime, cfg = trained.model, trained.tokenizer, trained.runtime, trained.cfg
     if data is not None:
-        cfg.data = from_dict(DataConfig, _yaml(data, "data"), "data")
+        cfg.data = from_dict(DataConfig, read_yaml(data, "data"), "data")
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(settings.seed)
-    tokenizer = load_tokenizer(cfg.model)
-    saved = json.loads((adapter_dir / ADAPTER_CONFIG_FILE).read_text())
-    adapter_cfg = ADAPTERS[saved["name"]].config(**saved)
-    model = load_adapter(load_model(cfg.model, tokenizer), adapter_dir)
-    runtime = ADAPTERS[adapter_cfg.name].runtime(model, adapter_cfg)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if resolve_precision(cfg.deepspeed.precision) == "bf16" else torch.float32
-    model = model.to(device, dtype).eval()
     tasks = load_tasks(cfg.data, tokenizer, cfg.trainer.seed)
     # only the validation samples are evaluated: only they need routing inputs (e.g. MoR1E's prior)
     tasks = [TaskData(t.name, [], t.val[: settings.max_samples or None], t.report) for t in tasks]
@@ -99,38 +86,14 @@ def evaluate(
         }
     report = {
         "checkpoint": str(checkpoint),
-        "adapter": adapter_cfg.name,
+        "adapter": trained.adapter,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "device": str(device),
+        "device": str(next(model.parameters()).device),
         "settings": vars(settings),
         "tasks": results,
     }
     (out / "eval.json").write_text(json.dumps(report, indent=2))
     return report
-
-
-def _adapter_and_run_config(checkpoint: Path, config: Path | None) -> tuple[Path, TrainConfig]:
-    """(the adapter directory, the run's config) for a checkpoint or an exported adapter."""
-    if (checkpoint / "adapter" / ADAPTER_CONFIG_FILE).is_file():
-        adapter_dir, default_config = checkpoint / "adapter", checkpoint.parent / "config.yaml"
-    elif (checkpoint / ADAPTER_CONFIG_FILE).is_file():
-        adapter_dir, default_config = checkpoint, None
-    else:
-        raise ConfigError("checkpoint", f"{checkpoint}: neither an mtft checkpoint nor an exported adapter")
-    config = config or default_config
-    if config is None or not config.is_file():
-        raise ConfigError("config", f"{config or checkpoint}: no run config.yaml; pass config=RUN/config.yaml")
-    return adapter_dir, build_train_config(_yaml(config, "config"))
-
-
-def _yaml(path: Path, key: str) -> dict[str, Any]:
-    try:
-        loaded = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(key, f"cannot read {path}: {err}") from None
-    if not isinstance(loaded, dict):
-        raise ConfigError(key, f"{path}: expected a mapping")
-    return loaded
 
 
 def print_table(report: dict[str, Any]) -> None:

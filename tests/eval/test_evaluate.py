@@ -1,5 +1,5 @@
-"""mtft-eval: a trained checkpoint's per-task losses equal the run's own final validation, its generations are
-the model's own (batched, left-padded, as one at a time), for LoRA and for MoR1E with its prior."""
+"""mtft-eval and mtft-generate: a trained checkpoint's per-task losses equal the run's own final validation, its
+generations are the model's own (batched, left-padded, as one at a time), for LoRA and for MoR1E with its prior."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from mtft.cli.eval import main as eval_main
+from mtft.cli.generate import main as generate_main
 from mtft.eval.generation import generate_batch
 from mtft.models import TinyModelConfig, build_byte_tokenizer, build_tiny_model
 from mtft.training.evaluate import EvalSettings, evaluate
@@ -92,3 +93,22 @@ def test_training_scores_its_sample_generations_as_mtft_eval_does(tmp_path):
         assert len(rows) == 3
         for metric in ("exact_match", "token_f1"):  # the default metrics, the mean of the rows' scores
             assert 0.0 <= last[f"task/{task}/{metric}"] <= 1.0
+
+
+def test_generate_answers_a_prompt_as_a_string_or_a_conversation_from_the_command_line(run, tmp_path, capsys):
+    prompts = tmp_path / "prompts.jsonl"
+    question = "What is 12 + 30?"
+    prompts.write_text(
+        json.dumps({"prompt": question}) + "\n" + json.dumps({"messages": [{"role": "user", "content": question}]})
+    )
+    out = tmp_path / "answers.jsonl"
+    generate_main([f"checkpoint={run / 'checkpoint-3'}", f"prompts={prompts}", f"out={out}", "max_new_tokens=6"])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 2 and rows[0]["output"] == rows[1]["output"]  # the same question, the same greedy answer
+    generate_main([f"checkpoint={run / 'checkpoint-3'}", f"prompt={question}", "max_new_tokens=6"])
+    assert capsys.readouterr().out.strip().splitlines()[-1] == rows[0]["output"].strip()
+
+    prompts.write_text(json.dumps({"prompt": question}) + "\n" + json.dumps({"text": "no prompt"}) + "\n")
+    with pytest.raises(SystemExit):
+        generate_main([f"checkpoint={run / 'checkpoint-3'}", f"prompts={prompts}"])
+    assert f"{prompts}:2: field 'prompt' expected" in capsys.readouterr().err

@@ -1,0 +1,101 @@
+"""A trained checkpoint, loaded for inference, and free generation from it: what mtft-eval and mtft-generate
+share. The base model comes from the run's config.yaml (a checkpoint finds its run's; an exported adapter is
+given it), the adapter from the checkpoint, on the GPU in bf16 where there is one."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from mtft.adapters import ADAPTERS, load_adapter
+from mtft.adapters.base import ADAPTER_CONFIG_FILE, AdapterRuntime
+from mtft.config.train import TrainConfig, build_train_config
+from mtft.data.tasks import Sample, TaskData
+from mtft.data.tokenize import IGNORE
+from mtft.errors import ConfigError
+from mtft.eval.generation import generate_batch, stop_ids
+from mtft.models import load_model, load_tokenizer
+from mtft.training.engine import resolve_precision
+
+
+@dataclass
+class Trained:
+    model: nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    runtime: AdapterRuntime  # the adapter's handle: e.g. MoR1E's prior for each prompt
+    cfg: TrainConfig  # the run's
+    adapter: str  # the adapter method's name
+
+
+def load_trained(checkpoint: Path, config: Path | None = None) -> Trained:
+    """`checkpoint`: RUN/checkpoint-N, or a directory `mtft-export` wrote (then `config`: the run's config.yaml)."""
+    if (checkpoint / "adapter" / ADAPTER_CONFIG_FILE).is_file():
+        adapter_dir, default_config = checkpoint / "adapter", checkpoint.parent / "config.yaml"
+    elif (checkpoint / ADAPTER_CONFIG_FILE).is_file():
+        adapter_dir, default_config = checkpoint, None
+    else:
+        raise ConfigError("checkpoint", f"{checkpoint}: neither an mtft checkpoint nor an exported adapter")
+    config = config or default_config
+    if config is None or not config.is_file():
+        raise ConfigError("config", f"{config or checkpoint}: no run config.yaml; pass config=RUN/config.yaml")
+    cfg = build_train_config(read_yaml(config, "config"))
+    tokenizer = load_tokenizer(cfg.model)
+    saved = json.loads((adapter_dir / ADAPTER_CONFIG_FILE).read_text())
+    adapter_cfg = ADAPTERS[saved["name"]].config(**saved)
+    model = load_adapter(load_model(cfg.model, tokenizer), adapter_dir)
+    runtime = ADAPTERS[adapter_cfg.name].runtime(model, adapter_cfg)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if resolve_precision(cfg.deepspeed.precision) == "bf16" else torch.float32
+    return Trained(model.to(device, dtype).eval(), tokenizer, runtime, cfg, adapter_cfg.name)
+
+
+def read_yaml(path: Path, key: str) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(key, f"cannot read {path}: {err}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(key, f"{path}: expected a mapping")
+    return loaded
+
+
+def generate(
+    trained: Trained,
+    prompts: list[str | list[dict[str, str]]],
+    max_new_tokens: int = 256,
+    batch_size: int = 8,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+) -> list[str]:
+    """Each prompt's answer. A prompt is a user message (a string) or a whole conversation (chat messages, the
+    last one the user's); the chat template is applied and the assistant's turn opened, as in training."""
+    tokenizer = trained.tokenizer
+    conversations = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]
+    ids = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=True) for c in conversations]
+    ids = [list(i["input_ids"]) if isinstance(i, dict) or hasattr(i, "keys") else list(i) for i in ids]
+    samples = [Sample(i, [IGNORE] * len(i), 0, prompt_length=len(i)) for i in ids]
+    trained.runtime.prepare_inference(trained.model, [TaskData("prompts", [], samples)], tokenizer.pad_token_id)
+    stop = sorted(stop_ids(trained.model, tokenizer))
+    answers = []
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start : start + batch_size]
+        priors = [s.prior for s in chunk] if chunk[0].prior is not None else None
+        outputs = generate_batch(
+            trained.model,
+            [s.input_ids for s in chunk],
+            tokenizer,
+            max_new_tokens,
+            stop,
+            do_sample,
+            temperature,
+            priors,
+        )
+        answers += [tokenizer.decode(o, skip_special_tokens=True) for o in outputs]
+    return answers
