@@ -24,6 +24,7 @@ from mtft.data.batches import validation_batches, validation_rounds
 from mtft.data.config import DataConfig
 from mtft.data.tasks import TaskData, load_tasks
 from mtft.eval.generation import metric_means, scored_generations
+from mtft.eval.harness import harness_results
 from mtft.training.inference import load_trained, read_yaml
 from mtft.training.validation import validation_losses
 
@@ -36,6 +37,10 @@ class EvalSettings:
     do_sample: bool = False
     temperature: float = 1.0
     seed: int = 0
+    harness_tasks: str | None = None  # lm-eval tasks, comma-separated (the `eval` extra; eval/harness.py)
+    harness_include: str | None = None  # a folder of your own lm-eval task YAMLs
+    harness_limit: int | None = None  # documents per lm-eval task; None: all
+    harness_fewshot: int | None = None
 
 
 def evaluate(
@@ -84,6 +89,12 @@ def evaluate(
             "generated": sum(r["task"] == task.name for r in predictions),
             **metric_means(predictions, task.name),
         }
+    if settings.harness_tasks:
+        include = Path(settings.harness_include) if settings.harness_include else None
+        names = [name.strip() for name in settings.harness_tasks.split(",") if name.strip()]
+        harness = harness_results(
+            model, tokenizer, names, include, settings.harness_limit, settings.harness_fewshot, settings.batch_size
+        )
     report = {
         "checkpoint": str(checkpoint),
         "adapter": trained.adapter,
@@ -91,6 +102,7 @@ def evaluate(
         "device": str(next(model.parameters()).device),
         "settings": vars(settings),
         "tasks": results,
+        **({"harness": harness} if settings.harness_tasks else {}),
     }
     (out / "eval.json").write_text(json.dumps(report, indent=2))
     return report
@@ -103,3 +115,5 @@ def print_table(report: dict[str, Any]) -> None:
     for name, r in report["tasks"].items():
         print(f"{name:<16}{r['val_loss']:>10.4f}{r['perplexity']:>10.3f}{r['generated']:>9}", end="")
         print("".join(f"{r[m]:>13.4f}" if m in r else f"{'-':>13}" for m in metrics))
+    for task, values in report.get("harness", {}).items():
+        print(f"lm-eval {task}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float)))

@@ -10,6 +10,7 @@ import torch
 
 from mtft.cli.eval import main as eval_main
 from mtft.cli.generate import main as generate_main
+from mtft.errors import ConfigError
 from mtft.eval.generation import generate_batch
 from mtft.models import TinyModelConfig, build_byte_tokenizer, build_tiny_model
 from mtft.training.evaluate import EvalSettings, evaluate
@@ -112,3 +113,35 @@ def test_generate_answers_a_prompt_as_a_string_or_a_conversation_from_the_comman
     with pytest.raises(SystemExit):
         generate_main([f"checkpoint={run / 'checkpoint-3'}", f"prompts={prompts}"])
     assert f"{prompts}:2: field 'prompt' expected" in capsys.readouterr().err
+
+
+def test_lm_eval_runs_a_local_task_on_the_trained_model(run, tmp_path):
+    """The `eval` extra: a local task YAML over a local data file, through lm-eval's Python API."""
+    pytest.importorskip("lm_eval")
+    data = tmp_path / "parity.jsonl"
+    data.write_text(
+        "".join(json.dumps({"q": f"Is {i} even?", "choices": ["yes", "no"], "label": i % 2}) + "\n" for i in range(6))
+    )
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "parity.yaml").write_text(
+        "task: mtft_parity\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\noutput_type: multiple_choice\n"
+        'doc_to_text: "{{q}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: "{{label}}"\n'
+        "metric_list:\n  - metric: acc\n"
+    )
+    settings = EvalSettings(
+        batch_size=4,
+        max_new_tokens=2,
+        max_samples=1,
+        harness_tasks="mtft_parity",
+        harness_include=str(tmp_path / "tasks"),
+    )
+    adapter = json.loads((run / "checkpoint-3" / "adapter" / "mtft_adapter.json").read_text())
+    if adapter.get("intuition_clusters"):  # routing needs each prompt's prior, which the harness does not carry
+        with pytest.raises(ConfigError, match="intuition prior"):
+            evaluate(run / "checkpoint-3", tmp_path / "eval", settings)
+        return
+    report = evaluate(run / "checkpoint-3", tmp_path / "eval", settings)
+    result = report["harness"]["mtft_parity"]
+    assert result["sample_len"] == 6 and result["acc,none"] in {i / 6 for i in range(7)}
+    assert json.loads((tmp_path / "eval" / "eval.json").read_text())["harness"] == report["harness"]
