@@ -146,7 +146,10 @@ def test_zero3_resume_continues_the_unbroken_run(runs, small_tasks, tmp_path):
     shutil.rmtree(resumed / f"checkpoint-{STEPS}")
     (resumed / "summary.json").unlink()
     _launch(
-        _overrides(small_tasks, resumed, 2, "deepspeed=zero3", _zero3_config(tmp_path), "trainer.resume=auto"),
+        # the unbroken run's settings (its sample generations too: their scores are in the records)
+        _overrides(
+            small_tasks, resumed, 2, "deepspeed=zero3", _zero3_config(tmp_path), "trainer.resume=auto", generations=1
+        ),
         2,
         tmp_path,
     )
