@@ -145,3 +145,22 @@ def test_lm_eval_runs_a_local_task_on_the_trained_model(run, tmp_path):
     result = report["harness"]["mtft_parity"]
     assert result["sample_len"] == 6 and result["acc,none"] in {i / 6 for i in range(7)}
     assert json.loads((tmp_path / "eval" / "eval.json").read_text())["harness"] == report["harness"]
+
+
+def test_another_data_config_chooses_the_tasks_and_their_metrics(run, tmp_path):
+    from mtft.data.synthetic import DEMO_DATA_DIR
+
+    data = tmp_path / "data.yaml"
+    data.write_text(
+        "tasks:\n"
+        f"  - {{name: add, path: {DEMO_DATA_DIR / 'add.jsonl'}, metrics: [accuracy, chrf],"
+        " answer_pattern: '(\\d+)'}\n"
+        "max_seq_len: 128\nmax_val_samples: 6\n"
+    )
+    report = evaluate(run / "checkpoint-3", tmp_path / "eval", SETTINGS, data=data)
+    assert list(report["tasks"]) == ["add"]
+    assert {"accuracy", "chrf"} <= report["tasks"]["add"].keys() and "exact_match" not in report["tasks"]["add"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"tasks:\n  - {{name: add, path: {DEMO_DATA_DIR / 'add.jsonl'}, metrics: [bleu]}}\n")
+    with pytest.raises(ConfigError, match="metrics.*bleu"):
+        evaluate(run / "checkpoint-3", tmp_path / "eval2", SETTINGS, data=bad)
