@@ -133,7 +133,8 @@ class TrainingRecipe:
         return changes
 
     def _setup_model_and_tasks(self) -> None:
-        """Tokenizer, base model with its adapter injected, tokenized tasks, and the adapter's runtime handle."""
+        """Tokenizer, base model with its adapter injected, tokenized tasks, the adapter's runtime handle, and the
+        speed and memory options (gradient checkpointing, compiled layers, the per-token loss)."""
         cfg = self.cfg
         self.tokenizer = load_tokenizer(cfg.model)
         check_max_seq_len(cfg.data, self.tokenizer)  # a config error, reported before any weights load
