@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from mtft.bench import adapters, balancer, data, gpu, gpu_smoke, load, memory
+from mtft.bench import adapters, all_suites, balancer, data, gpu, gpu_smoke, load, memory
 
 SUITES: dict[str, Callable[[], dict[str, Any]]] = {
     "adapters": adapters.run,
@@ -14,4 +14,9 @@ SUITES: dict[str, Callable[[], dict[str, Any]]] = {
     "memory": memory.run,
 }
 # Suites with their own options and checks: `mtft-bench gpu-smoke --help`; each returns the exit status.
-COMMANDS: dict[str, Callable[[list[str]], int]] = {"gpu": gpu.main, "gpu-smoke": gpu_smoke.main, "load": load.main}
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "all": all_suites.main,
+    "gpu": gpu.main,
+    "gpu-smoke": gpu_smoke.main,
+    "load": load.main,
+}

@@ -26,6 +26,7 @@ from mtft.models import TinyModelConfig, build_byte_tokenizer, build_tiny_model
 
 MODEL = TinyModelConfig(hidden_size=512, num_layers=10, num_heads=8, num_kv_heads=8, intermediate_size=1376)
 BATCH, SEQ, WARMUP, STEPS = 2, 256, 2, 6
+QUICK_WARMUP, QUICK_STEPS = 1, 2  # `--quick`: the code path, not a measurement to quote
 
 
 def _configs() -> dict[str, Any]:
@@ -49,7 +50,7 @@ def _model():
     return build_tiny_model(MODEL, build_byte_tokenizer())
 
 
-def measure(name: str) -> dict[str, Any]:
+def measure(name: str, quick: bool = False) -> dict[str, Any]:
     """Run in a fresh process: median step seconds, trainable parameters, peak RSS."""
     torch.manual_seed(0)
     model = ADAPTERS[name].inject(_model(), _configs()[name]).train()
@@ -57,13 +58,14 @@ def measure(name: str) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(trainable, lr=1e-4)
     ids = torch.randint(0, 256, (BATCH, SEQ))
     times = []
-    for step in range(WARMUP + STEPS):
+    warmup, steps = (QUICK_WARMUP, QUICK_STEPS) if quick else (WARMUP, STEPS)
+    for step in range(warmup + steps):
         start = time.perf_counter()
         loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if step >= WARMUP:
+        if step >= warmup:
             times.append(time.perf_counter() - start)
     return {
         "step_seconds": statistics.median(times),
@@ -73,11 +75,14 @@ def measure(name: str) -> dict[str, Any]:
     }
 
 
-def run() -> dict[str, Any]:
+def run(quick: bool = False) -> dict[str, Any]:
     results = {}
     for name in ("lora", "smora", "molora", "mor1e"):
         proc = subprocess.run(
-            [sys.executable, "-m", "mtft.bench.adapters", name], capture_output=True, text=True, check=True
+            [sys.executable, "-m", "mtft.bench.adapters", name, *(["--quick"] if quick else [])],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
     base = results["lora"]
@@ -97,4 +102,4 @@ def run() -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(measure(sys.argv[1])))
+    print(json.dumps(measure(sys.argv[1], quick="--quick" in sys.argv)))

@@ -20,26 +20,29 @@ STEPS = 300
 ROUNDS = 3  # each balancer twice, alternating, keeping the faster run: less noise from a busy machine
 
 
-def _seconds(balancer: str, out: Path) -> float:
+def _seconds(balancer: str, out: Path, steps: int, quick: bool) -> float:
     from mtft.balancers import BALANCERS
 
     data = DataConfig(tasks=[TaskSpec(name=n, path=str(DEMO_DATA_DIR / f"{n}.jsonl")) for n in TASKS])
     cfg = TrainConfig(data=data, balancer=BALANCERS[balancer].config())
-    cfg.trainer.max_steps, cfg.trainer.eval_steps, cfg.trainer.output_dir = STEPS, STEPS, str(out)
+    if quick:  # validation is most of a 10-step run's time
+        cfg.data.max_val_samples = 16
+    cfg.trainer.max_steps, cfg.trainer.eval_steps, cfg.trainer.output_dir = steps, steps, str(out)
     return train(cfg)["wall_seconds"]
 
 
-def run() -> dict[str, Any]:
+def run(quick: bool = False) -> dict[str, Any]:
+    steps, rounds = (10, 1) if quick else (STEPS, ROUNDS)  # quick: the code path, not a measurement to quote
     names = ("uniform", "data_balanced", "coba", "famo")
     seconds: dict[str, list[float]] = {n: [] for n in names}
     with tempfile.TemporaryDirectory() as tmp:
-        for round_ in range(ROUNDS):
+        for round_ in range(rounds):
             for name in names:
-                seconds[name].append(_seconds(name, Path(tmp) / f"{name}-{round_}"))
+                seconds[name].append(_seconds(name, Path(tmp) / f"{name}-{round_}", steps, quick))
     best = {n: min(s) for n, s in seconds.items()}
     return {
         "suite": "balancer",
-        "steps": STEPS,
+        "steps": steps,
         "seconds": seconds,
         "ratios": {
             "coba_over_uniform": best["coba"] / best["uniform"],

@@ -31,6 +31,7 @@ CASES: dict[str, dict[str, Any]] = {
     "gradient_checkpointing=true": dict(layers=24, vocab=512, batch=1, cross_entropy="full", checkpointing=True),
 }
 SEQ = 2048
+QUICK_SEQ, QUICK_LAYERS = 256, 4  # `--quick`: the code path, not a measurement to quote
 
 
 def _resident_bytes() -> int:
@@ -38,13 +39,14 @@ def _resident_bytes() -> int:
         return int(statm.read().split()[1]) * resource.getpagesize()
 
 
-def measure(case: str) -> dict[str, Any]:
+def measure(case: str, quick: bool = False) -> dict[str, Any]:
     """In a fresh process: the step's peak resident memory above the process's memory just before it."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     spec = CASES[case]
+    seq, layers = (QUICK_SEQ, min(spec["layers"], QUICK_LAYERS)) if quick else (SEQ, spec["layers"])
     config = Qwen2Config(
-        **{**QWEN_0_5B, "vocab_size": spec["vocab"], "num_hidden_layers": spec["layers"]},
+        **{**QWEN_0_5B, "vocab_size": spec["vocab"], "num_hidden_layers": layers},
         use_cache=False,
         attn_implementation="sdpa",
     )
@@ -53,8 +55,8 @@ def measure(case: str) -> dict[str, Any]:
     runtime = ADAPTERS["lora"].runtime(model, LoraConfig(rank=16))
     if spec["checkpointing"]:
         enable_gradient_checkpointing(model, runtime.recomputation)
-    ids = torch.randint(0, spec["vocab"], (spec["batch"], SEQ))
-    positions = torch.arange(SEQ).remainder(SEQ // 4).expand(spec["batch"], SEQ)  # four packed samples a row
+    ids = torch.randint(0, spec["vocab"], (spec["batch"], seq))
+    positions = torch.arange(seq).remainder(seq // 4).expand(spec["batch"], seq)  # four packed samples a row
     before = _resident_bytes()
     losses = CROSS_ENTROPY[spec["cross_entropy"]](model, {"input_ids": ids, "position_ids": positions}, ids)
     losses.mean().backward()
@@ -62,18 +64,22 @@ def measure(case: str) -> dict[str, Any]:
     return {"peak_above_start_mb": (peak - before) / 2**20, "loss": float(losses.mean())}
 
 
-def run() -> dict[str, Any]:
+def run(quick: bool = False) -> dict[str, Any]:
+    seq = QUICK_SEQ if quick else SEQ
     results = {}
     for case in CASES:
         proc = subprocess.run(
-            [sys.executable, "-m", "mtft.bench.memory", case], capture_output=True, text=True, check=True
+            [sys.executable, "-m", "mtft.bench.memory", case, *(["--quick"] if quick else [])],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         results[case] = json.loads(proc.stdout.strip().splitlines()[-1])
     mb = {case: r["peak_above_start_mb"] for case, r in results.items()}
     return {
         "suite": "memory",
         "cases": CASES,
-        "seq": SEQ,
+        "seq": seq,
         "results": results,
         "ratios": {
             "chunked_over_full_cross_entropy_peak": mb["cross_entropy=chunked"] / mb["cross_entropy=full"],
@@ -83,4 +89,4 @@ def run() -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(measure(sys.argv[1])))
+    print(json.dumps(measure(sys.argv[1], quick="--quick" in sys.argv)))
