@@ -1,12 +1,17 @@
 """The bundled demo suite: four chat tasks that differ clearly in difficulty and size.
 
 Generated deterministically (one seeded RNG per task) and shipped as JSONL in the `messages` format under
-mtft/data/demo/. Regenerate with `python -m mtft.data.synthetic [OUT_DIR]`; a test checks the files match.
+mtft/data/demo/. Regenerate both suites with `python -m mtft.data.synthetic [OUT_DIR]`; a test checks the files match.
 
 - sentiment: classify a one-sentence review (easy, small: one adjective decides the label)
 - sort: sort 4-7 digits (medium)
 - reverse: reverse a 3-8 letter string (medium)
 - add: add two 2-4 digit numbers (hard, largest: needs carries)
+
+A second suite, under demo/conflict/, has tasks that conflict: the same digit lists (one seed for all of them),
+each task wanting a different answer, told apart only by the instruction. A shared adapter must keep them apart.
+
+- ascending, descending, backwards: sort a list of 4-7 digits up or down, or reverse it
 """
 
 from __future__ import annotations
@@ -56,8 +61,36 @@ TASKS: dict[str, tuple[Callable[[random.Random], tuple[str, str]], int, int]] = 
 }
 
 
+def _digits(rng: random.Random) -> list[int]:
+    return [rng.randint(0, 9) for _ in range(rng.randint(4, 7))]
+
+
+def _ascending(rng: random.Random) -> tuple[str, str]:
+    digits = _digits(rng)
+    return "Sort ascending: " + " ".join(map(str, digits)), " ".join(map(str, sorted(digits)))
+
+
+def _descending(rng: random.Random) -> tuple[str, str]:
+    digits = _digits(rng)
+    return "Sort descending: " + " ".join(map(str, digits)), " ".join(map(str, sorted(digits, reverse=True)))
+
+
+def _backwards(rng: random.Random) -> tuple[str, str]:
+    digits = _digits(rng)
+    return "Write backwards: " + " ".join(map(str, digits)), " ".join(map(str, digits[::-1]))
+
+
+# the same seed for every task, so every task sees the same digit lists
+CONFLICT_TASKS: dict[str, tuple[Callable[[random.Random], tuple[str, str]], int, int]] = {
+    "ascending": (_ascending, 1000, 5),
+    "descending": (_descending, 1000, 5),
+    "backwards": (_backwards, 1000, 5),
+}
+CONFLICT_DIR = DEMO_DATA_DIR / "conflict"
+
+
 def generate(name: str) -> list[dict]:
-    make, count, seed = TASKS[name]
+    make, count, seed = TASKS[name] if name in TASKS else CONFLICT_TASKS[name]
     rng = random.Random(seed)
     samples = []
     for _ in range(count):
@@ -66,11 +99,12 @@ def generate(name: str) -> list[dict]:
     return samples
 
 
-def write_suite(out_dir: str | Path) -> list[Path]:
+def write_suite(out_dir: str | Path, tasks: dict = TASKS) -> list[Path]:
+    """Write `tasks` (the demo suite, or CONFLICT_TASKS) to OUT_DIR/<name>.jsonl."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name in TASKS:
+    for name in tasks:
         path = out_dir / f"{name}.jsonl"
         path.write_text("".join(json.dumps(s) + "\n" for s in generate(name)))
         paths.append(path)
@@ -78,6 +112,6 @@ def write_suite(out_dir: str | Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    target = sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent / "demo"
-    for written in write_suite(target):
+    target = Path(sys.argv[1]) if len(sys.argv) > 1 else DEMO_DATA_DIR
+    for written in write_suite(target) + write_suite(target / "conflict", CONFLICT_TASKS):
         print(written)

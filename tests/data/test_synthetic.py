@@ -14,7 +14,7 @@ from mtft.data import synthetic
 from mtft.data.config import DataConfig, TaskSpec
 from mtft.data.formats import detect_format, to_example
 from mtft.data.sources import read_records
-from mtft.data.synthetic import NEGATIVE, NOUNS, POSITIVE, generate, write_suite
+from mtft.data.synthetic import CONFLICT_DIR, CONFLICT_TASKS, NEGATIVE, NOUNS, POSITIVE, generate, write_suite
 from mtft.data.tasks import load_tasks
 from mtft.models import build_byte_tokenizer
 
@@ -60,8 +60,27 @@ def test_module_entry_point_writes_the_suite(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "mtft.data.synthetic", str(tmp_path)], capture_output=True, text=True, check=True
     )
-    assert result.stdout.split() == [str(tmp_path / f"{name}.jsonl") for name in COUNTS]
+    conflict = [str(tmp_path / "conflict" / f"{name}.jsonl") for name in CONFLICT_TASKS]
+    assert result.stdout.split() == [str(tmp_path / f"{name}.jsonl") for name in COUNTS] + conflict
     assert (tmp_path / "sort.jsonl").read_bytes() == (DEMO / "sort.jsonl").read_bytes()
+    for name in CONFLICT_TASKS:
+        assert (tmp_path / "conflict" / f"{name}.jsonl").read_bytes() == (CONFLICT_DIR / f"{name}.jsonl").read_bytes()
+
+
+def test_conflicting_tasks_share_their_inputs_and_differ_in_their_answers():
+    suites = {name: pairs(generate(name)) for name in CONFLICT_TASKS}
+    inputs = {name: [prompt.split(": ", 1)[1] for prompt, _ in records] for name, records in suites.items()}
+    assert inputs["ascending"] == inputs["descending"] == inputs["backwards"]
+    assert all(len(records) == 1000 for records in suites.values())
+    differ = 0
+    for (up, a), (down, d), (back, b) in zip(*suites.values(), strict=True):
+        digits = [int(x) for x in up.split(": ", 1)[1].split()]
+        assert 4 <= len(digits) <= 7
+        assert up.startswith("Sort ascending: ") and a == " ".join(map(str, sorted(digits)))
+        assert down.startswith("Sort descending: ") and d == " ".join(map(str, sorted(digits, reverse=True)))
+        assert back.startswith("Write backwards: ") and b == " ".join(map(str, digits[::-1]))
+        differ += len({a, d, b}) == 3
+    assert differ > 0.9 * 1000  # the instruction, not the input, decides the answer
 
 
 @pytest.mark.parametrize("name", list(COUNTS))
