@@ -19,13 +19,18 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def gather_lists(items: list) -> list:
+    """Every rank's list, concatenated in rank order, on every rank (a collective of picklable objects)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return items
+    gathered: list[list] = [[] for _ in range(dist.get_world_size())]
+    dist.all_gather_object(gathered, items)
+    return [item for part in gathered for item in part]
+
+
 def gather_names(names: list[str]) -> list[str]:
     """The union of every rank's list, in rank order (a collective)."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return names
-    gathered: list[list[str]] = [[] for _ in range(dist.get_world_size())]
-    dist.all_gather_object(gathered, names)
-    return list(dict.fromkeys(name for part in gathered for name in part))
+    return list(dict.fromkeys(gather_lists(names)))
 
 
 def same_on_all_ranks(value: Any) -> Any:

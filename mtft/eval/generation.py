@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
@@ -12,6 +13,7 @@ from transformers import PreTrainedTokenizerBase
 from mtft.adapters.intuition import set_instance_prior
 from mtft.data.tasks import Sample, TaskData
 from mtft.data.tokenize import IGNORE
+from mtft.distributed import gather_lists
 from mtft.eval.metrics import DEFAULT_METRICS, METRICS
 
 COLUMNS = ["task", "prompt", "reference", "output"]
@@ -43,35 +45,60 @@ def scored_generations(
     temperature: float = 1.0,
     synced: bool = False,
     progress: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int | None = None,
 ) -> list[dict[str, Any]]:
     """One row per validation sample with a prompt and an answer (the first `per_task` of each task, or all):
     task, prompt, reference, output, and the task's metrics (its spec's `metrics`, eval/metrics.py). Used by
-    mtft-eval and, with a few samples per task, by training at each evaluation. Collective under ZeRO-3
-    (`synced`): every rank generates the same prompts, in step."""
+    mtft-eval and, with a few samples per task, by training at each evaluation.
+
+    Data-parallel over `world_size` ranks: of each task's batches, rank r generates r, r + W, ..., and the rows
+    are gathered onto every rank in the one-rank order. The batches are the one-rank batches (same prompts, same
+    padding), so the rows are the same as one rank's. `seed`: sampling is reseeded per batch from (seed, task,
+    batch), so sampled outputs, too, do not depend on the number of ranks.
+
+    Collective under ZeRO-3 (`synced`): every forward gathers shards from all ranks, so every rank runs the same
+    number of generate calls (a rank with no batch left generates a discarded one-prompt batch), and
+    `synced_gpus` keeps ranks whose batch finished early stepping until all have."""
     was_training = model.training
     model.eval()
     stop = sorted(stop_ids(model, tokenizer))
-    rows = []
-    for task, spec in zip(tasks, specs, strict=True):
+    mine = []  # (task index, batch index, rows): this rank's batches
+    for task_index, (task, spec) in enumerate(zip(tasks, specs, strict=True)):
         turns = [(s, t) for s in task.val[:per_task] if (t := first_turn(s)) is not None]
-        metrics = spec.metrics or list(DEFAULT_METRICS)
-        starts = range(0, len(turns), batch_size)
-        for start in tqdm(starts, desc=task.name, leave=False) if progress else starts:
-            chunk = turns[start : start + batch_size]
+        chunks = [turns[start : start + batch_size] for start in range(0, len(turns), batch_size)]
+        rounds = range(rank, -(-len(chunks) // world_size) * world_size, world_size)
+        for index in tqdm(rounds, desc=task.name, leave=False) if progress else rounds:
+            if index >= len(chunks) and not synced:
+                break
+            chunk = chunks[index] if index < len(chunks) else chunks[0][:1]
+            if seed is not None:
+                torch.manual_seed(int(np.random.SeedSequence([seed, task_index, index]).generate_state(1)[0]))
             priors = [s.prior for s, _ in chunk] if chunk[0][0].prior is not None else None
             prompts = [prompt for _, (prompt, _) in chunk]
             outputs = generate_batch(
                 model, prompts, tokenizer, max_new_tokens, stop, do_sample, temperature, priors, synced
             )
-            for (_, (prompt, reference)), output in zip(chunk, outputs, strict=True):
-                text = {
-                    "prompt": tokenizer.decode(prompt, skip_special_tokens=True),
-                    "reference": tokenizer.decode(reference, skip_special_tokens=True),
-                    "output": tokenizer.decode(output, skip_special_tokens=True),
-                }
-                scores = {m: METRICS[m](text["output"], text["reference"], spec.answer_pattern) for m in metrics}
-                rows.append({"task": task.name, **text, **scores})
+            if index < len(chunks):
+                mine.append((task_index, index, _scored(chunk, outputs, task.name, spec, tokenizer)))
     model.train(was_training)
+    gathered = gather_lists(mine) if world_size > 1 else mine
+    return [row for *_, rows in sorted(gathered, key=lambda part: part[:2]) for row in rows]
+
+
+def _scored(chunk: list, outputs: list[list[int]], task: str, spec, tokenizer) -> list[dict[str, Any]]:
+    """The chunk's rows: decoded prompt, reference and output, and each of the task's metrics."""
+    metrics = spec.metrics or list(DEFAULT_METRICS)
+    rows = []
+    for (_, (prompt, reference)), output in zip(chunk, outputs, strict=True):
+        text = {
+            "prompt": tokenizer.decode(prompt, skip_special_tokens=True),
+            "reference": tokenizer.decode(reference, skip_special_tokens=True),
+            "output": tokenizer.decode(output, skip_special_tokens=True),
+        }
+        scores = {m: METRICS[m](text["output"], text["reference"], spec.answer_pattern) for m in metrics}
+        rows.append({"task": task, **text, **scores})
     return rows
 
 

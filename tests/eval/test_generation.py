@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from mtft.data.config import TaskSpec
 from mtft.data.tasks import Sample, TaskData
 from mtft.data.tokenize import IGNORE
@@ -34,3 +36,27 @@ def test_greedy_generations_are_deterministic_and_bounded():
     assert metric_means(rows, "add") == {"exact_match": rows[0]["exact_match"], "chrf": rows[0]["chrf"]}
     assert metric_means(rows, "other") == {}
     assert model.training  # left as it was found
+
+
+def test_each_rank_generates_its_own_batches_and_together_the_one_rank_rows():
+    """Rank r of W generates batches r, r + W, ...: five prompts in batches of two, rank 0 the first and third
+    batch, rank 1 the second. (Without a process group nothing is gathered, so each rank's share shows.) Sampling
+    is reseeded per batch, so sampled rows, too, are the one-rank rows."""
+    tokenizer = build_byte_tokenizer()
+    torch.manual_seed(0)
+    model = build_tiny_model(TinyModelConfig(), tokenizer)
+    prompts = ["1+2=", "33+4=", "5+66=", "7+8=", "90+1="]
+    samples = [Sample(tokenizer.encode(p) + [50], [IGNORE] * len(p) + [50], 0) for p in prompts]
+    tasks, specs = [TaskData("add", [], samples)], [TaskSpec(name="add", path="add.jsonl")]
+    for do_sample in (False, True):
+
+        def generate(rank: int = 0, world_size: int = 1, sample: bool = do_sample):
+            return scored_generations(
+                model, tasks, specs, tokenizer, None, 2, 6, sample, rank=rank, world_size=world_size, seed=3
+            )
+
+        one_rank, (first, second) = generate(), [generate(rank, 2) for rank in (0, 1)]
+        assert [row["prompt"] for row in first] == prompts[:2] + prompts[4:]
+        assert [row["prompt"] for row in second] == prompts[2:4]
+        assert first[:2] + second + first[2:] == one_rank
+    assert one_rank != scored_generations(model, tasks, specs, tokenizer, None, 2, 6, True, seed=4)  # it samples
