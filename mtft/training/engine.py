@@ -132,6 +132,22 @@ def build_engine(model: nn.Module, cfg: TrainConfig, world_size: int):
     return engine
 
 
+def partitioned_for_inference(model: nn.Module, cfg: TrainConfig, world_size: int):
+    """The model's parameters partitioned over the ranks by ZeRO-3, for evaluation: an engine with no optimizer
+    (DeepSpeed's ZeRO-3 inference), whose forwards gather each layer's shards and free them after. The run's
+    DeepSpeed settings (its config file, parameter offload) at stage 3, in the precision `model` was loaded in,
+    so the numbers are those of the unpartitioned model."""
+    import deepspeed
+
+    config = deepspeed_config(cfg, world_size)
+    config["zero_optimization"]["stage"] = 3
+    config["zero_optimization"].pop("offload_optimizer", None)  # there is no optimizer
+    config["bf16"]["enabled"] = next(model.parameters()).dtype == torch.bfloat16
+    config["fp16"]["enabled"] = False
+    engine, _, _, _ = deepspeed.initialize(model=model, config=config)
+    return engine
+
+
 def is_sharded(engine) -> bool:
     """ZeRO-3: every rank holds only a shard of each parameter."""
     return engine.zero_optimization_stage() == 3

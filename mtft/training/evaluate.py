@@ -5,12 +5,18 @@ The data is the run's own (its config.yaml, the same seed, so the same validatio
 config is given. Each task's validation samples are split into prompt and reference at the first answer (as
 the sample generations during training are); outputs are generated in batches, left-padded, greedy by default,
 and stop at the chat turn's end.
+
+Under torchrun (or DeepSpeed's launcher) the evaluation is data-parallel and gives the one-rank numbers: each
+rank computes the loss on its share of every task's validation samples (token sums and counts all-reduced, as
+training validates) and generates its share of the batches; rank 0 gathers the rows in the one-rank order and
+alone writes the files. Under ZeRO-3 each rank holds a shard of every parameter and generation runs in step.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +29,11 @@ from mtft.config.convert import from_dict
 from mtft.data.batches import validation_batches, validation_rounds
 from mtft.data.config import DataConfig
 from mtft.data.tasks import TaskData, load_tasks
+from mtft.distributed import rank_zero_first
+from mtft.errors import check
 from mtft.eval.generation import metric_means, scored_generations
 from mtft.eval.harness import harness_results
+from mtft.training.engine import init_distributed, partitioned_for_inference
 from mtft.training.inference import load_trained, read_yaml
 from mtft.training.validation import validation_losses
 
@@ -36,8 +45,11 @@ class EvalSettings:
     max_samples: int | None = None  # per task, the first N validation samples; None: all of them
     do_sample: bool = False
     temperature: float = 1.0
-    seed: int = 0
-    harness_tasks: str | None = None  # lm-eval tasks, comma-separated (the `eval` extra; eval/harness.py)
+    seed: int = 0  # sampling is reseeded per batch from it: the same draws for any number of ranks
+    # partition the parameters over the ranks with ZeRO-3 (generation then runs in step on every rank);
+    # None: when the run trained under ZeRO-3 (deepspeed.stage=3) and there are several ranks
+    zero3: bool | None = None
+    harness_tasks: str | None = None  # lm-eval tasks, comma-separated (the `eval` extra; eval/harness.py); one rank
     harness_include: str | None = None  # a folder of your own lm-eval task YAMLs
     harness_limit: int | None = None  # documents per lm-eval task; None: all
     harness_fewshot: int | None = None
@@ -47,23 +59,35 @@ def evaluate(
     checkpoint: Path, out: Path, settings: EvalSettings, config: Path | None = None, data: Path | None = None
 ) -> dict[str, Any]:
     """Evaluate `checkpoint` (RUN/checkpoint-N, or a directory `mtft-export` wrote together with `config`, the
-    run's config.yaml) on the run's data, or on `data` (a data config YAML); write eval.json and
-    predictions.jsonl to `out`. Returns eval.json's content."""
+    run's config.yaml) on the run's data, or on `data` (a data config YAML); rank 0 writes eval.json and
+    predictions.jsonl to `out`. Returns eval.json's content (on every rank).
+
+    Launched with several ranks (WORLD_SIZE > 1), it joins the process group as training does; `settings.zero3`
+    partitions the model over the ranks (see EvalSettings)."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    check(launched == 1 or not settings.harness_tasks, "harness_tasks", "lm-eval tasks run on one rank only")
+    rank, world = init_distributed() if launched > 1 or settings.zero3 else (0, 1)
     trained = load_trained(checkpoint, config)
     model, tokenizer, runtime, cfg = trained.model, trained.tokenizer, trained.runtime, trained.cfg
+    sharded = settings.zero3 if settings.zero3 is not None else cfg.deepspeed.stage == 3 and world > 1
+    engine = partitioned_for_inference(model, cfg, world) if sharded else model  # what runs the loss forwards
+    model = engine.module if sharded else model
     if data is not None:
         cfg.data = from_dict(DataConfig, read_yaml(data, "data"), "data")
-    out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(settings.seed)
-    tasks = load_tasks(cfg.data, tokenizer, cfg.trainer.seed)
+    with rank_zero_first():  # one rank tokenizes into the cache; the others read it
+        tasks = load_tasks(cfg.data, tokenizer, cfg.trainer.seed)
     # only the validation samples are evaluated: only they need routing inputs (e.g. MoR1E's prior)
     tasks = [TaskData(t.name, [], t.val[: settings.max_samples or None], t.report) for t in tasks]
     runtime.prepare_inference(model, tasks, tokenizer.pad_token_id)
 
     names = [task.name for task in tasks]
-    batches = validation_batches(tasks, settings.batch_size, tokenizer.pad_token_id, 0, 1)
-    count = sum(validation_rounds(task, settings.batch_size, 1) for task in tasks)
-    losses = validation_losses(model, tqdm(batches, total=count, desc="loss", leave=False), names, runtime)
+    batches = validation_batches(tasks, settings.batch_size, tokenizer.pad_token_id, rank, world)
+    count = sum(validation_rounds(task, settings.batch_size, world) for task in tasks)
+    batches = tqdm(batches, total=count, desc="loss", leave=False, disable=rank != 0)
+    losses = validation_losses(engine, batches, names, runtime)
 
     predictions = scored_generations(
         model,
@@ -75,11 +99,12 @@ def evaluate(
         settings.max_new_tokens,
         settings.do_sample,
         settings.temperature,
-        progress=True,
+        synced=sharded and world > 1,
+        progress=rank == 0,
+        rank=rank,
+        world_size=world,
+        seed=settings.seed,
     )
-    with (out / "predictions.jsonl").open("w") as f:
-        for row in predictions:
-            f.write(json.dumps(row) + "\n")
     results = {}
     for task in tasks:
         results[task.name] = {
@@ -100,11 +125,17 @@ def evaluate(
         "adapter": trained.adapter,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "device": str(next(model.parameters()).device),
+        "ranks": world,
+        "zero3": sharded,
         "settings": vars(settings),
         "tasks": results,
         **({"harness": harness} if settings.harness_tasks else {}),
     }
-    (out / "eval.json").write_text(json.dumps(report, indent=2))
+    if rank == 0:
+        with (out / "predictions.jsonl").open("w") as f:
+            for row in predictions:
+                f.write(json.dumps(row) + "\n")
+        (out / "eval.json").write_text(json.dumps(report, indent=2))
     return report
 
 
