@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -61,6 +62,31 @@ def run_cli(
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS} | {"WANDB_MODE": "offline"} | (env or {})
     command = [str(Path(sys.executable).parent / "mtft-train")] if script else [sys.executable, "-m", "mtft.cli.train"]
     return subprocess.run([*command, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def torchrun(args: list[str], ranks: int, cwd: Path, script: str = "-m mtft.cli.train") -> str:
+    """`torchrun --standalone --nproc_per_node RANKS SCRIPT ARGS` in a clean environment (as `run_cli`), under a
+    hard timeout; asserts it succeeded and returns its stdout."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS} | {"WANDB_MODE": "offline"}
+    command = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", str(ranks)]
+    proc = subprocess.run(
+        [*command, *script.split(), *args], capture_output=True, text=True, timeout=300, env=env, cwd=cwd
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+# ZeRO-3 keeps small parameters whole on every rank (stage3_param_persistence_threshold); 0 shards them all,
+# as a real model's would be.
+SHARD_EVERYTHING = {"zero_optimization": {"stage3_param_persistence_threshold": 0}}
+
+
+def shard_everything(directory: Path) -> str:
+    """The override `deepspeed.config_file=...` of a DeepSpeed JSON (written into `directory`) under which ZeRO-3
+    shards even the tiny model's parameters."""
+    path = directory / "shard_everything.json"
+    path.write_text(json.dumps(SHARD_EVERYTHING))
+    return f"deepspeed.config_file={path}"
 
 
 # Test matrices: collected from the registries, so a newly registered adapter or balancer is tested by every

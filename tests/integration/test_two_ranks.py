@@ -9,16 +9,13 @@ timeout.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers import LAUNCH_VARS, computed, small_data_overrides
+from tests.helpers import computed, shard_everything, small_data_overrides, torchrun
 
 pytestmark = pytest.mark.integration
 
@@ -27,9 +24,6 @@ STEPS = 8
 # 1e-7 relative at step 1. CoBa's slope fits amplify it; over these 8 steps the worst metric measured 1.2e-5.
 # A real mismatch (a lost micro-batch, per-rank weights, padding counted as router load) measured >= 1e-3.
 TOLERANCE = 1e-4
-# ZeRO-3 keeps small parameters whole on every rank (stage3_param_persistence_threshold); 0 shards them all,
-# as a real model's would be.
-SHARD_EVERYTHING = {"zero_optimization": {"stage3_param_persistence_threshold": 0}}
 
 
 def _overrides(small_tasks, out: Path, ranks: int, *extra: str, generations: int = 0) -> list[str]:
@@ -57,22 +51,8 @@ def _overrides(small_tasks, out: Path, ranks: int, *extra: str, generations: int
     ]
 
 
-def _launch(args: list[str], ranks: int, cwd: Path, script: str = "-m mtft.cli.train") -> None:
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS} | {"WANDB_MODE": "offline"}
-    torchrun = Path(sys.executable).parent / "torchrun"
-    command = [str(torchrun), "--standalone", "--nproc_per_node", str(ranks), *script.split(), *args]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-
-
 def _records(out: Path) -> dict[int, dict]:
     return {r["step"]: r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
-
-
-def _zero3_config(tmp: Path) -> str:
-    path = tmp / "shard_everything.json"
-    path.write_text(json.dumps(SHARD_EVERYTHING))
-    return f"deepspeed.config_file={path}"
 
 
 @pytest.fixture(scope="module")
@@ -81,10 +61,10 @@ def runs(small_tasks, tmp_path_factory) -> dict[str, Path]:
     evaluation: a collective there): the same 8 steps."""
     tmp = tmp_path_factory.mktemp("two_ranks")
     out = {name: tmp / name for name in ("one_rank", "zero2", "zero3")}
-    _launch(_overrides(small_tasks, out["one_rank"], 1), 1, tmp)
-    _launch(_overrides(small_tasks, out["zero2"], 2, "deepspeed=zero2", "logger=wandb"), 2, tmp)
-    zero3 = ("deepspeed=zero3", _zero3_config(tmp))
-    _launch(_overrides(small_tasks, out["zero3"], 2, *zero3, generations=1), 2, tmp)
+    torchrun(_overrides(small_tasks, out["one_rank"], 1), 1, tmp)
+    torchrun(_overrides(small_tasks, out["zero2"], 2, "deepspeed=zero2", "logger=wandb"), 2, tmp)
+    zero3 = ("deepspeed=zero3", shard_everything(tmp))
+    torchrun(_overrides(small_tasks, out["zero3"], 2, *zero3, generations=1), 2, tmp)
     return out
 
 
@@ -145,11 +125,10 @@ def test_zero3_resume_continues_the_unbroken_run(runs, small_tasks, tmp_path):
     shutil.copytree(runs["zero3"], resumed)
     shutil.rmtree(resumed / f"checkpoint-{STEPS}")
     (resumed / "summary.json").unlink()
-    _launch(
+    zero3 = ("deepspeed=zero3", shard_everything(tmp_path))
+    torchrun(
         # the unbroken run's settings (its sample generations too: their scores are in the records)
-        _overrides(
-            small_tasks, resumed, 2, "deepspeed=zero3", _zero3_config(tmp_path), "trainer.resume=auto", generations=1
-        ),
+        _overrides(small_tasks, resumed, 2, *zero3, "trainer.resume=auto", generations=1),
         2,
         tmp_path,
     )
@@ -163,8 +142,8 @@ def test_zero3_survives_an_expert_starved_on_one_rank(small_tasks, tmp_path):
     """On rank 1 expert 0 of every layer never gets a token; under ZeRO-3 a parameter used on one rank only would
     hang the collectives. SMoRA computes every expert densely, so the run finishes."""
     script = str(Path(__file__).with_name("starve_expert.py"))
-    overrides = _overrides(small_tasks, tmp_path / "run", 2, "deepspeed=zero3", _zero3_config(tmp_path))
-    _launch([*overrides, "trainer.max_steps=3", "trainer.save_steps=0"], 2, tmp_path, script=script)
+    overrides = _overrides(small_tasks, tmp_path / "run", 2, "deepspeed=zero3", shard_everything(tmp_path))
+    torchrun([*overrides, "trainer.max_steps=3", "trainer.save_steps=0"], 2, tmp_path, script=script)
     assert int((tmp_path / "starved.txt").read_text()) > 0
     assert (tmp_path / "run" / "summary.json").is_file()
 
