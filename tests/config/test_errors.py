@@ -58,7 +58,7 @@ def test_unknown_option_lists_a_users_own_options_too(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "mine.yaml").write_text("tasks:\n  - {name: qa, path: /x/qa.jsonl}\n")
     err = reported([f"hydra.searchpath=[file://{tmp_path}]", "data=nosuch"])
-    assert err.key == "data" and str(err).endswith("the options are demo, demo_overfit, mine")
+    assert err.key == "data" and str(err).endswith("the options are demo, demo_conflict, demo_overfit, mine")
 
 
 # ---- 2. a misspelled key ------------------------------------------------------------------------------------------
