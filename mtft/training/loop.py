@@ -312,6 +312,8 @@ class TrainingRecipe:
                 t.eval_batch_size,
                 t.max_new_tokens,
                 synced=synced,
+                rank=self.rank,  # each rank generates its share of the batches; the rows are the one-rank rows
+                world_size=self.world_size,
             )
             table = [[row[column] for column in GENERATION_COLUMNS] for row in rows]
             self.logger.table("generations", GENERATION_COLUMNS, table, self.state.step, save=True)
