@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(BIN)/mtft-report $(DEMO_DIR)
 
 test: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto --dist loadfile
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not integration"

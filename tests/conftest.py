@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
-from mtft.data import synthetic
+# `make test` runs the suite on every core with pytest-xdist, one worker process per core. Each worker, and each
+# process a test starts, then uses one thread: several multi-threaded workers on the same cores spin in OpenMP
+# barriers and run many times slower than one thread each.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
+from mtft.data import synthetic  # noqa: E402
 
 
 @pytest.fixture(scope="session")
