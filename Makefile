@@ -27,7 +27,7 @@ test: $(STAMP)
 	$(BIN)/pytest -q -n auto --dist loadfile
 
 test-fast: $(STAMP)
-	$(BIN)/pytest -q -m "not integration"
+	$(BIN)/pytest -q -n auto --dist loadfile -m "not integration"
 
 lint: $(STAMP)
 	$(BIN)/ruff check mtft tests
