@@ -1,5 +1,9 @@
 """`mtft-bench adapters`: the train step (forward, backward, AdamW) of each MoE adapter against PEFT LoRA r=64,
-on a ~30M-parameter Llama, each in its own process so that peak memory (max RSS) is its own.
+on a ~30M-parameter Llama.
+
+Step time: all four models live in one process and take their steps in turn, round after round, so that a
+slow spell of the machine falls on every adapter alike; the report gives each adapter's median step. Peak
+memory: each adapter trains a few steps in a fresh process of its own (bench/isolated.py), whose peak is its own.
 
 Compared configurations (the issue's targets): smora r=64 k=8; molora 8 experts x r8, top-2; mor1e with r1 = r2
 chosen so its trainable parameters are closest to LoRA r=64's.
@@ -8,9 +12,7 @@ chosen so its trainable parameters are closest to LoRA r=64's.
 from __future__ import annotations
 
 import json
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any
@@ -22,10 +24,11 @@ from mtft.adapters.lora import LoraConfig
 from mtft.adapters.molora import MoLoRAConfig
 from mtft.adapters.mor1e import MoR1EConfig
 from mtft.adapters.smora import SMoRAConfig
+from mtft.bench.isolated import in_fresh_process, peak_resident_bytes
 from mtft.models import TinyModelConfig, build_byte_tokenizer, build_tiny_model
 
 MODEL = TinyModelConfig(hidden_size=512, num_layers=10, num_heads=8, num_kv_heads=8, intermediate_size=1376)
-BATCH, SEQ, WARMUP, STEPS = 2, 256, 2, 6
+BATCH, SEQ, WARMUP, STEPS = 2, 256, 2, 10  # STEPS: timed rounds, one step of each adapter per round
 QUICK_WARMUP, QUICK_STEPS = 1, 2  # `--quick`: the code path, not a measurement to quote
 
 
@@ -50,44 +53,57 @@ def _model():
     return build_tiny_model(MODEL, build_byte_tokenizer())
 
 
-def measure(name: str, quick: bool = False) -> dict[str, Any]:
-    """Run in a fresh process: median step seconds, trainable parameters, peak RSS."""
+def _trainer(name: str):
+    """The adapter on a fresh copy of the model, and a function that takes one train step and returns its time."""
     torch.manual_seed(0)
     model = ADAPTERS[name].inject(_model(), _configs()[name]).train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-4)
     ids = torch.randint(0, 256, (BATCH, SEQ))
-    times = []
-    warmup, steps = (QUICK_WARMUP, QUICK_STEPS) if quick else (WARMUP, STEPS)
-    for step in range(warmup + steps):
+
+    def step() -> float:
         start = time.perf_counter()
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
+        model(input_ids=ids, labels=ids).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if step >= warmup:
-            times.append(time.perf_counter() - start)
+        return time.perf_counter() - start
+
+    return model, trainable, step
+
+
+def measure_memory(name: str, quick: bool = False) -> dict[str, Any]:
+    """In a fresh process: the process's peak resident memory over a few train steps, and the parameter counts."""
+    model, trainable, step = _trainer(name)
+    for _ in range(QUICK_WARMUP + QUICK_STEPS if quick else WARMUP + 1):
+        step()
     return {
-        "step_seconds": statistics.median(times),
+        "peak_rss_mb": peak_resident_bytes() / 2**20,
         "trainable_parameters": sum(p.numel() for p in trainable),
         "total_parameters": sum(p.numel() for p in model.parameters()),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
 
+def measure_time(names: list[str], quick: bool = False) -> dict[str, list[float]]:
+    """Every adapter's step times, taken in turn, round after round, in this process (warm-up rounds dropped)."""
+    steps = {name: _trainer(name)[2] for name in names}
+    warmup, rounds = (QUICK_WARMUP, QUICK_STEPS) if quick else (WARMUP, STEPS)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(warmup + rounds):
+        for name, step in steps.items():
+            seconds = step()
+            if round_ >= warmup:
+                times[name].append(seconds)
+    return times
+
+
 def run(quick: bool = False) -> dict[str, Any]:
-    results = {}
-    for name in ("lora", "smora", "molora", "mor1e"):
-        proc = subprocess.run(
-            [sys.executable, "-m", "mtft.bench.adapters", name, *(["--quick"] if quick else [])],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+    names = ["lora", "smora", "molora", "mor1e"]
+    results = {name: in_fresh_process("mtft.bench.adapters", name, quick) for name in names}
+    for name, times in measure_time(names, quick).items():
+        results[name] |= {"step_seconds": statistics.median(times), "step_seconds_all": times}
     base = results["lora"]
     ratios = {}
-    for name in ("smora", "molora", "mor1e"):
+    for name in names[1:]:
         ratios[f"{name}_step_time_over_lora64"] = results[name]["step_seconds"] / base["step_seconds"]
         ratios[f"{name}_peak_memory_over_lora64"] = results[name]["peak_rss_mb"] / base["peak_rss_mb"]
     configs = {name: vars(cfg) for name, cfg in _configs().items()}
@@ -102,4 +118,4 @@ def run(quick: bool = False) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(measure(sys.argv[1], quick="--quick" in sys.argv)))
+    print(json.dumps(measure_memory(sys.argv[1], quick="--quick" in sys.argv)))

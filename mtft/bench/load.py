@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mtft.bench.isolated import reset_peak, status_kib
 from mtft.data.config import DataConfig
 from mtft.data.synthetic import TASKS as DEMO_GENERATORS
 
@@ -144,19 +145,6 @@ def count_mismatches(reports: dict[str, dict[str, Any]], manifest: dict[str, Any
     return problems
 
 
-def _status_kib(key: str) -> int:
-    """A /proc/self/status figure in KiB: VmRSS (resident now) or VmHWM (the peak since the last reset)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{key}:"):
-            return int(line.split()[1])
-    raise KeyError(key)
-
-
-def _reset_peak_rss() -> None:
-    """Linux: writing 5 to clear_refs resets VmHWM, so the peak is the preprocessing's, not the imports'."""
-    Path("/proc/self/clear_refs").write_text("5")
-
-
 class AnonymousPeak:
     """The peak of RssAnon, sampled every `interval` seconds in a thread while the block runs. VmHWM also counts
     the pages of the memory-mapped cache files a task is read from, which the kernel can drop at will; the kernel
@@ -169,7 +157,7 @@ class AnonymousPeak:
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            self.peak_kib = max(self.peak_kib, _status_kib("RssAnon"))
+            self.peak_kib = max(self.peak_kib, status_kib("RssAnon"))
             self._stop.wait(self.interval)
 
     def __enter__(self) -> AnonymousPeak:
@@ -179,7 +167,7 @@ class AnonymousPeak:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak_kib = max(self.peak_kib, _status_kib("RssAnon"))
+        self.peak_kib = max(self.peak_kib, status_kib("RssAnon"))
 
 
 def _cpu_seconds() -> float:
@@ -203,15 +191,15 @@ def measure(directory: Path) -> dict[str, Any]:
     os.environ["MTFT_CACHE_DIR"] = str(cache)
     tokenizer = build_byte_tokenizer()
     gc.collect()
-    baseline_kib, baseline_anon_kib, cpu_start = _status_kib("VmRSS"), _status_kib("RssAnon"), _cpu_seconds()
-    imports_peak_kib = _status_kib("VmHWM")  # the interpreter's peak so far, before the reset below
-    _reset_peak_rss()
+    baseline_kib, baseline_anon_kib, cpu_start = status_kib("VmRSS"), status_kib("RssAnon"), _cpu_seconds()
+    imports_peak_kib = status_kib("VmHWM")  # the interpreter's peak so far, before the reset below
+    reset_peak()
     with AnonymousPeak() as anonymous:
         start = time.perf_counter()
         tasks = load_tasks(cfg, tokenizer, seed=0)
         seconds = time.perf_counter() - start
     cpu_seconds = _cpu_seconds() - cpu_start
-    peak_kib, held_kib = _status_kib("VmHWM"), _status_kib("VmRSS")
+    peak_kib, held_kib = status_kib("VmHWM"), status_kib("VmRSS")
     samples = sum(len(t.train) + len(t.val) for t in tasks)
     tokens = sum(len(s.input_ids) for t in tasks for s in (*t.train, *t.val))
     reports = {t.name: t.report for t in tasks}
@@ -220,7 +208,7 @@ def measure(directory: Path) -> dict[str, Any]:
     start = time.perf_counter()
     load_tasks(cfg, tokenizer, seed=0)
     warm_seconds = time.perf_counter() - start
-    process_peak_kib = max(imports_peak_kib, _status_kib("VmHWM"))
+    process_peak_kib = max(imports_peak_kib, status_kib("VmHWM"))
     mib = 1 / 1024
     return {
         "lines": manifest["lines"],

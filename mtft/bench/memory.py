@@ -11,8 +11,6 @@ memory above what the process held before the step), forward and backward of one
 from __future__ import annotations
 
 import json
-import resource
-import subprocess
 import sys
 from typing import Any
 
@@ -21,6 +19,7 @@ import torch
 from mtft.adapters import ADAPTERS
 from mtft.adapters.lora import LoraConfig
 from mtft.bench.gpu_smoke import QWEN_0_5B
+from mtft.bench.isolated import in_fresh_process, peak_resident_bytes, reset_peak, resident_bytes
 from mtft.models import enable_gradient_checkpointing
 from mtft.training.cross_entropy import CROSS_ENTROPY
 
@@ -32,11 +31,6 @@ CASES: dict[str, dict[str, Any]] = {
 }
 SEQ = 2048
 QUICK_SEQ, QUICK_LAYERS = 256, 4  # `--quick`: the code path, not a measurement to quote
-
-
-def _resident_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * resource.getpagesize()
 
 
 def measure(case: str, quick: bool = False) -> dict[str, Any]:
@@ -57,10 +51,11 @@ def measure(case: str, quick: bool = False) -> dict[str, Any]:
         enable_gradient_checkpointing(model, runtime.recomputation)
     ids = torch.randint(0, spec["vocab"], (spec["batch"], seq))
     positions = torch.arange(seq).remainder(seq // 4).expand(spec["batch"], seq)  # four packed samples a row
-    before = _resident_bytes()
+    before = resident_bytes()
+    reset_peak()
     losses = CROSS_ENTROPY[spec["cross_entropy"]](model, {"input_ids": ids, "position_ids": positions}, ids)
     losses.mean().backward()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_resident_bytes()
     return {"peak_above_start_mb": (peak - before) / 2**20, "loss": float(losses.mean())}
 
 
@@ -68,13 +63,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     seq = QUICK_SEQ if quick else SEQ
     results = {}
     for case in CASES:
-        proc = subprocess.run(
-            [sys.executable, "-m", "mtft.bench.memory", case, *(["--quick"] if quick else [])],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        results[case] = json.loads(proc.stdout.strip().splitlines()[-1])
+        results[case] = in_fresh_process("mtft.bench.memory", case, quick)
     mb = {case: r["peak_above_start_mb"] for case, r in results.items()}
     return {
         "suite": "memory",
