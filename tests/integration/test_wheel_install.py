@@ -88,4 +88,7 @@ def test_installed_wheel_takes_a_users_config_dir(site, tmp_path):
 
     proc = _run(site, [*train, "data=nosuch"], cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "mtft-train: error: data: no option 'nosuch'; the options are demo, demo_conflict, demo_overfit, mine" in proc.stderr
+    assert (
+        "mtft-train: error: data: no option 'nosuch'; the options are demo, demo_conflict, demo_overfit, mine"
+        in proc.stderr
+    )
