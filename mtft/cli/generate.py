@@ -8,8 +8,10 @@ max_new_tokens, batch_size, do_sample, temperature, seed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -17,7 +19,17 @@ import yaml
 from mtft.errors import ConfigError, DataError, UserError
 
 USAGE = 'mtft-generate checkpoint=DIR (prompt="..." | prompts=FILE.jsonl) [config=FILE] [out=FILE] [max_new_tokens=N]'
-SETTINGS = {"max_new_tokens": int, "batch_size": int, "do_sample": bool, "temperature": float, "seed": int}
+
+
+@dataclass
+class GenerateSettings:
+    """The keys besides the paths, type-checked by the config converter as mtft-eval's are."""
+
+    max_new_tokens: int = 256
+    batch_size: int = 8
+    do_sample: bool = False
+    temperature: float = 1.0
+    seed: int = 0
 
 
 def read_prompts(path: Path) -> list:
@@ -38,24 +50,22 @@ def read_prompts(path: Path) -> list:
 def main(argv: list[str] | None = None) -> None:
     args = dict(arg.split("=", 1) for arg in (sys.argv[1:] if argv is None else argv) if "=" in arg)
     try:
-        unknown = sorted(set(args) - {"checkpoint", "prompt", "prompts", "config", "out", *SETTINGS})
+        from mtft.config.convert import from_dict
+
+        paths = {"checkpoint", "prompt", "prompts", "config", "out"}
+        unknown = sorted(set(args) - paths - {f.name for f in dataclasses.fields(GenerateSettings)})
         if unknown or "checkpoint" not in args or ("prompt" in args) == ("prompts" in args):
             raise ConfigError("", f"usage: {USAGE} (unknown: {unknown})")
-        settings = {}
-        for key, kind in SETTINGS.items():
-            if key in args:
-                value = yaml.safe_load(args[key])
-                if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
-                    raise ConfigError(key, f"expected {kind.__name__}, got {args[key]!r}")
-                settings[key] = value
+        settings = from_dict(GenerateSettings, {k: yaml.safe_load(v) for k, v in args.items() if k not in paths})
         prompts = [args["prompt"]] if "prompt" in args else read_prompts(Path(args["prompts"]))
         import torch
 
         from mtft.training.inference import generate, load_trained  # heavy imports once the arguments are valid
 
-        torch.manual_seed(settings.pop("seed", 0))
+        torch.manual_seed(settings.seed)
         trained = load_trained(Path(args["checkpoint"]), Path(args["config"]) if "config" in args else None)
-        answers = generate(trained, prompts, **settings)
+        options = {k: v for k, v in dataclasses.asdict(settings).items() if k != "seed"}
+        answers = generate(trained, prompts, **options)
         rows = [{"prompt": p, "output": a} for p, a in zip(prompts, answers, strict=True)]
         if "out" in args:
             Path(args["out"]).write_text("".join(json.dumps(r) + "\n" for r in rows))
