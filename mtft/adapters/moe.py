@@ -1,9 +1,15 @@
 """Shared machinery of the mixture-of-LoRA-experts adapters (MoLoRA, MoR1E, SMoRA).
 
-Each wraps one frozen nn.Linear: y = W·x + update(dropout(x)), where update routes every token to a few
-low-rank experts. Routing is computed densely with masks, never with a Python loop over experts, so every
-adapter parameter takes part in every step's graph and an expert with no tokens on one rank cannot hang
-ZeRO-3's collectives. The up-projections start at zero, so the adapted model equals the base at step 0.
+Each wraps one frozen nn.Linear: y = W·x + s·update(dropout(x)), where update routes every token to a few
+low-rank experts and s is the method's scaling. Routing is computed densely with masks, never with a Python loop
+over experts, so every adapter parameter takes part in every step's graph and an expert with no tokens on one rank
+cannot hang ZeRO-3's collectives. The up-projections start at zero, so the adapted model equals the base at step 0.
+
+Why hand-written backwards: a step's overhead on a GPU is one launch per op, and autograd through nn.Linear and the
+gate arithmetic dispatched about 80 ops per wrapped layer more than PEFT's LoRA. `LowRankIn` and `LowRankOut` (the
+projections) and each method's gate function (its file) compute the same values with far fewer ops; tests check
+them against autograd through the plain formulas. The router weight is a parameter of the layer itself, not of a
+child nn.Linear, because ZeRO-3 gathers a module's own parameters for its forward only.
 """
 
 from __future__ import annotations
@@ -11,12 +17,14 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import safetensors.torch
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mtft.adapters.base import ADAPTER_CONFIG_FILE, AdapterRuntime, LowRankConfig
@@ -25,10 +33,26 @@ from mtft.errors import ConfigError
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PRIOR_MODULE = "mtft_intuition"  # a model-level routing prior (adapters/intuition.py), saved with the adapter
+LEGACY_ROUTER_KEY = "router.weight"  # the router was an nn.Linear child until the layers' backwards were written
+
+
+class RealTokens(NamedTuple):
+    """A micro-batch's real (non-padding) tokens in the forms the routers use, built once for all layers."""
+
+    selector: torch.Tensor  # (batch, seq, 1) bool: selects values, so nothing at padding (even a NaN) gets in
+    weights: torch.Tensor  # (batch, seq) 1.0 at real tokens, 0.0 at padding: counts 0/1 choices in one product
+    count: torch.Tensor  # () how many there are (at least 1)
+
+    @classmethod
+    def of(cls, mask: torch.Tensor) -> RealTokens:
+        weights = mask.float()
+        return cls(mask.unsqueeze(-1), weights, weights.sum().clamp_min(1))
 
 
 class ExpertLinear(nn.Module):
     """A frozen Linear plus a routed low-rank update; counts how often each expert is chosen."""
+
+    scaling = 1.0  # s in y = W·x + s·update(x); each method sets its own
 
     def __init__(self, base: nn.Linear, num_experts: int, dropout: float):
         super().__init__()
@@ -39,40 +63,59 @@ class ExpertLinear(nn.Module):
         self.register_buffer("window_load", torch.zeros(num_experts), persistent=False)
         self.register_buffer("step_load", torch.zeros(num_experts), persistent=False)
         self.aux_loss: torch.Tensor | None = None
-        self.token_mask: torch.Tensor | None = None  # (batch, seq) bool, real tokens of the next forward
+        self.real_tokens: RealTokens | None = None  # of the next forward's batch
         self.bypass = False  # True inside base_only(): the frozen layer alone
         self.recomputing = False  # True while gradient checkpointing reruns the forward: record nothing twice
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.bypass:
             return self.base(x)
-        return self.base(x) + self.update(self.dropout(x)).to(x.dtype)
+        return torch.add(self.base(x), self.update(self.dropout(x)), alpha=self.scaling)
 
     def update(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    @property
+    def recording(self) -> bool:
+        return self.training and not self.recomputing
+
+    @torch.no_grad()
     def record_load(self, chosen: torch.Tensor) -> None:
-        """`chosen` (..., experts): 1 where a token selected the expert (or its dense gate mass)."""
-        if self.training and not self.recomputing:
-            self.step_load += self.at_real_tokens(chosen.detach()).reshape(-1, self.num_experts).float().sum(0)
+        """`chosen` (..., experts): 1 where a token selected the expert."""
+        if self.recording:
+            self.step_load += self.count_real(chosen)
 
-    def at_real_tokens(self, values: torch.Tensor) -> torch.Tensor:
-        """`values` (..., experts) with every padding position set to 0. By selection, not by a product, so
-        nothing at a padding position (even a NaN) reaches a statistic or an auxiliary loss, and no gradient
-        flows back to it."""
-        if self.token_mask is None:
-            return values
-        return torch.where(self.token_mask.unsqueeze(-1), values, 0.0)
+    @torch.no_grad()
+    def record_mass(self, gates: torch.Tensor) -> None:
+        """Dense routing: each expert's gate mass (..., experts) counts as its load."""
+        if self.recording:
+            self.step_load += self.sum_real(gates)
 
-    def real_token_count(self, values: torch.Tensor) -> torch.Tensor:
+    def count_real(self, chosen: torch.Tensor) -> torch.Tensor:
+        """(experts,) how many real tokens chose each expert. A top-k mask is finite everywhere, so a product with
+        the 0/1 token weights counts exactly."""
+        if self.real_tokens is None:
+            return torch.einsum("...e->e", chosen)
+        return torch.einsum("...,...e->e", self.real_tokens.weights, chosen)
+
+    def sum_real(self, values: torch.Tensor) -> torch.Tensor:
+        """(experts,) the sum of `values` (..., experts) over the real tokens. By selection, not by a product, so
+        nothing at a padding position (even a NaN) reaches a statistic or an auxiliary loss, and no gradient flows
+        back to it."""
+        if self.real_tokens is not None:
+            values = torch.where(self.real_tokens.selector, values, 0.0)
+        return values.sum(dim=tuple(range(values.dim() - 1)))
+
+    def real_token_count(self, values: torch.Tensor) -> torch.Tensor | float:
         """How many positions of `values` (..., experts) are real tokens (at least 1)."""
-        if self.token_mask is None:
-            return torch.tensor(float(values[..., 0].numel()), device=values.device)
-        return self.token_mask.sum().float().clamp_min(1)
+        return float(values[..., 0].numel()) if self.real_tokens is None else self.real_tokens.count
 
-    def after_optimizer_step(self, step_load: torch.Tensor) -> None:
-        """`step_load`: this step's loads summed over all ranks, for an applied step."""
-        self.window_load += step_load
+    @staticmethod
+    @torch.no_grad()
+    def apply_step_loads(layers: list[ExpertLinear], step_loads: torch.Tensor) -> None:
+        """`step_loads` (layers, experts): this step's loads of these layers (one method, one width), summed over
+        all ranks, for an applied step. One op for all layers, not a few per layer."""
+        torch._foreach_add_([layer.window_load for layer in layers], step_loads.unbind(0))
 
     def take_stats(self) -> dict[str, Any]:
         """Load fraction per expert, normalised routing entropy and dead experts over this window (its loads
@@ -86,6 +129,12 @@ class ExpertLinear(nn.Module):
         entropy = float(-(fraction * fraction.clamp_min(1e-12).log()).sum()) / math.log(self.num_experts or 2)
         return {"load": [round(float(f), 5) for f in fraction], "entropy": entropy, "dead": int((load == 0).sum())}
 
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        legacy = prefix + LEGACY_ROUTER_KEY
+        if legacy in state_dict:
+            state_dict[prefix + "router_weight"] = state_dict.pop(legacy)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
 
 def lora_pair(rank_in: int, rank_out: int, in_features: int, out_features: int) -> tuple[nn.Parameter, nn.Parameter]:
     """Down-projection (kaiming, as PEFT) and up-projection (zeros): the update starts at exactly zero."""
@@ -94,8 +143,70 @@ def lora_pair(rank_in: int, rank_out: int, in_features: int, out_features: int) 
     return down, nn.Parameter(torch.zeros(out_features, rank_out))
 
 
+def init_router(experts: int, in_features: int) -> nn.Parameter:
+    """The router's (experts, in_features) weight, N(0, 1/in_features): logits of order 1 at the start. Drawn after
+    nn.Linear's own init, as when the router was one, so a seed gives the same weights as it did."""
+    weight = nn.Parameter(torch.empty(experts, in_features))
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+    return nn.init.normal_(weight, std=in_features**-0.5)
+
+
 def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.zeros_like(scores).scatter_(-1, scores.topk(k, dim=-1).indices, 1.0)
+
+
+def cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`tensor` in `dtype`, dispatching nothing when it already is."""
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
+
+
+def routing_dtype(logits: torch.Tensor) -> torch.dtype:
+    """Routing decisions and gate values in fp32 at least, whatever the layer's precision."""
+    return torch.float64 if logits.dtype == torch.float64 else torch.float32
+
+
+def weight_grad(grad_out: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """Σ over tokens of grad_out ⊗ inputs: a Linear's weight gradient, one matrix product whatever the batch shape."""
+    return torch.einsum("...o,...i->oi", grad_out, inputs)
+
+
+class LowRankIn(torch.autograd.Function):
+    """(A·x, W_r·x): the experts' down-projections and the router logits of every token. Backward: dx, dA, dW_r
+    in four matrix products and an add (autograd, through two nn.Linear: 17 ops)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, down: torch.Tensor, router: torch.Tensor):
+        ctx.save_for_backward(x, down, router)
+        return F.linear(x, down), F.linear(x, router)
+
+    @staticmethod
+    def backward(ctx, grad_hidden: torch.Tensor, grad_logits: torch.Tensor):
+        x, down, router = ctx.saved_tensors
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.matmul(grad_hidden, down) + torch.matmul(grad_logits, router)
+        return grad_x, weight_grad(grad_hidden, x), weight_grad(grad_logits, x)
+
+
+class LowRankOut(torch.autograd.Function):
+    """B·h, the up-projection of the gated hidden state h. Backward: two matrix products."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(hidden, up)
+        return F.linear(hidden, up)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        hidden, up = ctx.saved_tensors
+        return torch.matmul(grad_out, up), weight_grad(grad_out, hidden)
+
+
+def softmax_backward(grad: torch.Tensor, probs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """d/dz of softmax(z) = probs, in `dtype` (the logits'): probs ⊙ (grad − Σ grad ⊙ probs), one op. Also the
+    backward of a renormalised top-k softmax m ⊙ p / Σ m ⊙ p, taking its output as `probs`: that is a softmax over
+    the chosen logits."""
+    return torch.ops.aten._softmax_backward_data(cast(grad, probs.dtype), probs, -1, dtype)
 
 
 # ---- injection, save, load ------------------------------------------------------------------------------------
@@ -150,6 +261,11 @@ def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+def renamed(key: str) -> str:
+    """A saved key in today's naming (adapters saved before the router became the layer's own parameter)."""
+    return key.removesuffix(LEGACY_ROUTER_KEY) + "router_weight" if key.endswith("." + LEGACY_ROUTER_KEY) else key
+
+
 def save_experts(model: nn.Module, directory: Path) -> None:
     safetensors.torch.save_file(adapter_state(model), str(directory / ADAPTER_WEIGHTS))
 
@@ -158,7 +274,8 @@ def load_experts(model: nn.Module, directory: Path, config_class: type, inject: 
     """Inject the saved method (its config from the JSON beside the weights), then restore its tensors."""
     cfg = config_class(**json.loads((directory / ADAPTER_CONFIG_FILE).read_text()))
     model = inject(model, cfg)
-    state = safetensors.torch.load_file(str(directory / ADAPTER_WEIGHTS))
+    saved = safetensors.torch.load_file(str(directory / ADAPTER_WEIGHTS))
+    state = {renamed(key): value for key, value in saved.items()}
     expected = adapter_state(model).keys()
     if set(state) != set(expected):
         raise ValueError(
@@ -173,14 +290,16 @@ def load_experts(model: nn.Module, directory: Path, config_class: type, inject: 
 
 def aux_loss(layers: list[ExpertLinear]) -> torch.Tensor | float:
     """Sum of the layers' auxiliary losses from their last forward (MoLoRA's load balancing), or 0."""
-    return sum((layer.aux_loss for layer in layers if layer.aux_loss is not None), 0.0)
+    losses = [layer.aux_loss for layer in layers if layer.aux_loss is not None]
+    return torch.stack(losses).sum() if losses else 0.0  # two ops, not one add per layer
 
 
 def set_token_mask(layers: list[ExpertLinear], mask: torch.Tensor | None) -> None:
-    """Mark the next batch's real tokens: padding must count neither towards an expert's load nor in the load
-    balancing built on it (SMoRA's biases). None when the step is over."""
+    """Mark the next batch's real tokens (`mask` (batch, seq) bool): padding must count neither towards an expert's
+    load nor in the load balancing built on it (SMoRA's biases). None when the step is over."""
+    real = None if mask is None else RealTokens.of(mask)
     for layer in layers:
-        layer.token_mask = mask
+        layer.real_tokens = real
 
 
 def after_optimizer_step(layers: list[ExpertLinear], applied: bool = True) -> None:
@@ -189,10 +308,14 @@ def after_optimizer_step(layers: list[ExpertLinear], applied: bool = True) -> No
     if not layers:
         return
     loads = all_reduce_sum(torch.cat([layer.step_load for layer in layers]))
-    for layer, load in zip(layers, loads.split([layer.num_experts for layer in layers]), strict=True):
-        if applied:
-            layer.after_optimizer_step(load)
-        layer.step_load.zero_()
+    if applied:
+        per_layer = loads.split([layer.num_experts for layer in layers])
+        groups: dict[tuple, list[int]] = defaultdict(list)  # one method and width: their loads stack
+        for index, layer in enumerate(layers):
+            groups[type(layer), layer.num_experts].append(index)
+        for (kind, _), members in groups.items():
+            kind.apply_step_loads([layers[i] for i in members], torch.stack([per_layer[i] for i in members]))
+    torch._foreach_zero_([layer.step_load for layer in layers])
 
 
 def router_metrics(layers: dict[str, ExpertLinear]) -> dict[str, Any]:

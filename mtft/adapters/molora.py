@@ -20,7 +20,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtft.adapters.base import LowRankConfig
-from mtft.adapters.moe import ExpertLinear, inject_experts, lora_pair, top_k_mask
+from mtft.adapters.moe import (
+    ExpertLinear,
+    LowRankIn,
+    LowRankOut,
+    cast,
+    init_router,
+    inject_experts,
+    lora_pair,
+    routing_dtype,
+    softmax_backward,
+    top_k_mask,
+)
 from mtft.errors import check
 
 
@@ -40,35 +51,92 @@ class MoLoRAConfig(LowRankConfig):
         check(self.aux_loss_coef >= 0, "aux_loss_coef", f"must be >= 0, got {self.aux_loss_coef}")
 
 
+class ExpertGates(torch.autograd.Function):
+    """G·g ⊙ h for h = A·x (E blocks of r_e ranks), g the renormalised top-k of p = softmax(logits) (fp32) and G
+    the (E·r_e, E) 0/1 matrix that repeats each expert's gate over its ranks. Also returns p (differentiable: the
+    auxiliary loss's) and the top-k mask (not: the loads'). The caller scales by α/r_e.
+
+    Backward: a renormalised top-k softmax is a softmax over the chosen logits, so dL/dlogits is one softmax
+    backward through g, plus one through p for the auxiliary loss."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, logits: torch.Tensor, expansion: torch.Tensor, k: int):
+        probs = torch.softmax(logits, -1, dtype=routing_dtype(logits))
+        chosen = top_k_mask(probs, k)
+        weights = chosen * probs
+        gates = weights / weights.sum(-1, keepdim=True)
+        rank_gates = F.linear(cast(gates, hidden.dtype), expansion)
+        ctx.save_for_backward(hidden, gates, rank_gates, probs, expansion)
+        ctx.logits_dtype = logits.dtype
+        ctx.mark_non_differentiable(chosen)
+        ctx.set_materialize_grads(False)
+        return rank_gates * hidden, probs, chosen
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor | None, grad_probs: torch.Tensor | None, _):
+        hidden, gates, rank_gates, probs, expansion = ctx.saved_tensors
+        grad_hidden = grad_logits = None
+        if grad is not None:
+            grad_hidden = grad * rank_gates
+            grad_logits = softmax_backward(torch.matmul(grad * hidden, expansion), gates, ctx.logits_dtype)
+        if grad_probs is not None:
+            from_probs = softmax_backward(grad_probs, probs, ctx.logits_dtype)
+            grad_logits = from_probs if grad_logits is None else grad_logits + from_probs
+        return grad_hidden, grad_logits, None, None
+
+
+class SwitchLoss(torch.autograd.Function):
+    """Σ_e w_e·Σ_t p_te over the real tokens t (`selector` (..., 1), or all): the Switch loss, with w (no gradient)
+    holding f_e and the constants. Backward: w at every real token, two ops (autograd's through a masked sum: five)."""
+
+    @staticmethod
+    def forward(ctx, probs: torch.Tensor, weights: torch.Tensor, selector: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(weights, selector)
+        ctx.shape = probs.shape
+        if selector is not None:
+            probs = torch.where(selector, probs, 0.0)
+        return torch.dot(weights, probs.sum(dim=tuple(range(probs.dim() - 1))))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        weights, selector = ctx.saved_tensors
+        grad_probs = weights * grad
+        if selector is None:
+            return grad_probs.expand(ctx.shape), None, None
+        return torch.where(selector, grad_probs, 0.0), None, None
+
+
 class MoLoRALinear(ExpertLinear):
     def __init__(self, base: nn.Linear, cfg: MoLoRAConfig):
         super().__init__(base, cfg.num_experts, cfg.dropout)
         width = cfg.num_experts * cfg.expert_rank
         self.lora_A, self.lora_B = lora_pair(width, width, base.in_features, base.out_features)
-        self.router = nn.Linear(base.in_features, cfg.num_experts, bias=False)
-        nn.init.normal_(self.router.weight, std=base.in_features**-0.5)
+        self.router_weight = init_router(cfg.num_experts, base.in_features)
+        expansion = torch.eye(cfg.num_experts).repeat_interleave(cfg.expert_rank, dim=0)
+        self.register_buffer("expansion", expansion, persistent=False)
         self.expert_rank, self.top_k = cfg.expert_rank, cfg.top_k
         self.scaling, self.aux_coef = cfg.alpha / cfg.expert_rank, cfg.aux_loss_coef
 
     def update(self, x: torch.Tensor) -> torch.Tensor:
-        probs = torch.softmax(self.router(x).float(), dim=-1)
-        chosen = top_k_mask(probs.detach(), self.top_k)
-        self.record_load(chosen)
-        gates = chosen * probs
-        gates = (self.scaling * gates / gates.sum(-1, keepdim=True)).to(x.dtype)  # α/r_e here: (tokens × E), small
-        if self.training and self.aux_coef > 0:
-            aux = self.switch_loss(probs, chosen)  # also when recomputing: a checkpointed rerun saves the same tensors
-            if not self.recomputing:
-                self.aux_loss = aux
-        hidden = F.linear(x, self.lora_A).unflatten(-1, (self.num_experts, self.expert_rank))
-        return F.linear((hidden * gates.unsqueeze(-1)).flatten(-2), self.lora_B)
+        hidden, logits = LowRankIn.apply(x, self.lora_A, self.router_weight)
+        gated, probs, chosen = ExpertGates.apply(hidden, logits, self.expansion, self.top_k)
+        balancing = self.training and self.aux_coef > 0
+        if self.recording or balancing:
+            routed = self.count_real(chosen)
+            if balancing:
+                aux = self.switch_loss(probs, routed)  # also when recomputing: a rerun saves the same tensors
+                if not self.recomputing:
+                    self.aux_loss = aux
+            if self.recording:
+                self.step_load += routed
+        return LowRankOut.apply(gated, self.lora_B)
 
-    def switch_loss(self, probs: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
-        """coef · E · Σ_e f_e·P_e over the real tokens; `probs` (fp32) and `chosen` are (..., experts)."""
-        tokens = self.real_token_count(probs)
-        fraction = self.at_real_tokens(chosen).reshape(-1, self.num_experts).sum(0) / (tokens * self.top_k)
-        mean_probs = self.at_real_tokens(probs).reshape(-1, self.num_experts).sum(0) / tokens
-        return self.aux_coef * self.num_experts * (fraction * mean_probs).sum()
+    def switch_loss(self, probs: torch.Tensor, routed: torch.Tensor) -> torch.Tensor:
+        """coef · E · Σ_e f_e·P_e over the real tokens, from `probs` (..., experts) in fp32 and `routed` (experts,),
+        how many real tokens chose each expert: f_e = routed_e / (T·k), P_e = Σ_t probs_te / T."""
+        scale = self.aux_coef * self.num_experts / self.top_k
+        weights = routed * (scale * self.real_token_count(probs) ** -2)
+        return SwitchLoss.apply(probs, weights, None if self.real_tokens is None else self.real_tokens.selector)
 
 
 def inject(model: nn.Module, cfg: MoLoRAConfig) -> nn.Module:

@@ -17,13 +17,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mtft.adapters import intuition
 from mtft.adapters.base import LowRankConfig
 from mtft.adapters.intuition import MODULE_NAME, IntuitionPrior
-from mtft.adapters.moe import ExpertLinear, ExpertsRuntime, inject_experts, lora_pair, top_k_mask
+from mtft.adapters.moe import (
+    ExpertLinear,
+    ExpertsRuntime,
+    LowRankIn,
+    LowRankOut,
+    cast,
+    init_router,
+    inject_experts,
+    lora_pair,
+    routing_dtype,
+    softmax_backward,
+    top_k_mask,
+)
 from mtft.errors import check
 
 
@@ -45,45 +56,90 @@ class MoR1EConfig(LowRankConfig):
         check(0 <= self.top_k <= pairs, "top_k", f"must be in [0, {pairs}] (0 = dense), got {self.top_k}")
 
 
+class PairGates(torch.autograd.Function):
+    """Gᵀ·h for h = A·x (r1 down-vectors) and G (r1 × r2) the gates over the pairs: the renormalised top-k of
+    p = softmax(logits) (fp32), or p itself when k = 0 (dense). Both sum to 1, so (α/k_eff)·(k_eff·G) = α·G and
+    the caller scales by α. Also returns what the loads count (not differentiable): the top-k mask, or p.
+
+    Backward: either gate is a softmax (over the chosen pairs, or over all), so dL/dlogits is one softmax backward
+    of dL/dG = h ⊗ dL/d(Gᵀ·h)."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, logits: torch.Tensor, shape: tuple[int, int], k: int):
+        probs = torch.softmax(logits, -1, dtype=routing_dtype(logits))
+        chosen = gates = probs
+        if k:
+            chosen = top_k_mask(probs, k)
+            weights = chosen * probs
+            gates = weights / weights.sum(-1, keepdim=True)
+        pair_gates = cast(gates, hidden.dtype).unflatten(-1, shape)
+        ctx.save_for_backward(hidden, gates, pair_gates)
+        ctx.logits_dtype = logits.dtype
+        ctx.mark_non_differentiable(chosen)
+        ctx.set_materialize_grads(False)
+        return torch.einsum("...ij,...i->...j", pair_gates, hidden), chosen
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor | None, _):
+        if grad is None:
+            return None, None, None, None
+        hidden, gates, pair_gates = ctx.saved_tensors
+        grad_pairs = torch.einsum("...j,...i->...ij", grad, hidden).flatten(-2)
+        grad_hidden = torch.einsum("...ij,...j->...i", pair_gates, grad)
+        return grad_hidden, softmax_backward(grad_pairs, gates, ctx.logits_dtype), None, None
+
+
+class PriorBlend(torch.autograd.Function):
+    """(1 − λ)·z + λ·z_prior = z + λ·(z_prior − z), λ = sigmoid(θ): the token router's logits z blended with the
+    instance prior's. Backward in four ops (autograd's, through the lerp and the sigmoid: eleven)."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, prior_logits: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
+        weight = torch.sigmoid(mix)
+        difference = prior_logits - logits
+        ctx.save_for_backward(difference, weight)
+        return torch.addcmul(logits, difference, weight)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        difference, weight = ctx.saved_tensors
+        grad_prior = grad * weight
+        grad_mix = torch.ops.aten.sigmoid_backward(torch.einsum("...,...->", grad, difference), weight)
+        return grad - grad_prior, grad_prior, grad_mix
+
+
 class MoR1ELinear(ExpertLinear):
     def __init__(self, base: nn.Linear, cfg: MoR1EConfig, prior: IntuitionPrior | None = None):
         super().__init__(base, cfg.num_down * cfg.num_up, cfg.dropout)
         self.lora_A, self.lora_B = lora_pair(cfg.num_down, cfg.num_up, base.in_features, base.out_features)
-        self.router = nn.Linear(base.in_features, cfg.num_down * cfg.num_up, bias=False)
-        nn.init.normal_(self.router.weight, std=base.in_features**-0.5)
         self.shape = (cfg.num_down, cfg.num_up)
         self.top_k = cfg.top_k
-        self.k_eff = cfg.top_k or min(cfg.num_down, cfg.num_up)
-        self.scaling = cfg.alpha / self.k_eff
+        self.scaling = cfg.alpha  # (α/k_eff)·k_eff, k_eff = top_k (dense: min(r1, r2)): the gates sum to 1
         self.prior_source = [prior] if prior is not None else []  # a list: shared by all layers, not a submodule
+        if prior is not None:
+            self.prior_mix = nn.Parameter(torch.zeros(1))  # 1-d: DeepSpeed broadcasts parameters as bytes
+        self.router_weight = init_router(cfg.num_down * cfg.num_up, base.in_features)  # after prior_mix, as before
         if prior is not None:
             self.prior_router = nn.Linear(cfg.intuition_clusters, cfg.num_down * cfg.num_up, bias=False)
             nn.init.normal_(self.prior_router.weight, std=cfg.intuition_clusters**-0.5)
-            self.prior_mix = nn.Parameter(torch.zeros(1))  # 1-d: DeepSpeed broadcasts parameters as bytes
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
+    def routing_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The token router's logits, blended with the instance prior's if there is one."""
         if not self.prior_source:
-            return self.router(x)
+            return logits
         affinity = self.prior_source[0].current
         if affinity is None:
             raise RuntimeError("MoR1E with an intuition prior needs it set first: mtft.adapters.intuition.prior_for")
-        mix = torch.sigmoid(self.prior_mix)
-        return (1 - mix) * self.router(x) + mix * self.prior_router(affinity.to(x.dtype))
-
-    def gates(self, x: torch.Tensor) -> torch.Tensor:
-        probs = torch.softmax(self.logits(x).float(), dim=-1)
-        if not self.top_k:
-            self.record_load(probs)
-            return self.k_eff * probs
-        chosen = top_k_mask(probs.detach(), self.top_k)
-        self.record_load(chosen)
-        gates = chosen * probs
-        return self.k_eff * gates / gates.sum(-1, keepdim=True)
+        return PriorBlend.apply(logits, self.prior_router(cast(affinity, logits.dtype)), self.prior_mix)
 
     def update(self, x: torch.Tensor) -> torch.Tensor:
-        gates = (self.scaling * self.gates(x)).to(x.dtype).unflatten(-1, self.shape)  # (..., r1, r2); α/k_eff here
-        mixed = torch.einsum("...ij,...i->...j", gates, F.linear(x, self.lora_A))
-        return F.linear(mixed, self.lora_B)
+        hidden, logits = LowRankIn.apply(x, self.lora_A, self.router_weight)
+        mixed, chosen = PairGates.apply(hidden, self.routing_logits(logits), self.shape, self.top_k)
+        if self.top_k:
+            self.record_load(chosen)
+        else:
+            self.record_mass(chosen)
+        return LowRankOut.apply(mixed, self.lora_B)
 
 
 def inject(model: nn.Module, cfg: MoR1EConfig) -> nn.Module:

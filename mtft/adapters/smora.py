@@ -17,12 +17,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mtft.adapters.base import LowRankConfig
-from mtft.adapters.moe import ExpertLinear, inject_experts, lora_pair, top_k_mask
+from mtft.adapters.moe import (
+    ExpertLinear,
+    LowRankIn,
+    LowRankOut,
+    cast,
+    init_router,
+    inject_experts,
+    lora_pair,
+    routing_dtype,
+    top_k_mask,  # looked up in this module at each forward: tests/integration/starve_expert.py replaces it
+)
 from mtft.errors import check
+
+EPS = 1e-9  # floor of Σ active scores: no division by zero when every active sigmoid underflows
 
 
 @dataclass
@@ -39,29 +50,65 @@ class SMoRAConfig(LowRankConfig):
         check(self.bias_update_rate >= 0, "bias_update_rate", f"must be >= 0, got {self.bias_update_rate}")
 
 
+class RankGates(torch.autograd.Function):
+    """g ⊙ h for h = A·x and the gates normalised to sum to 1, g_i = m_i·s_i / max(Σ_j m_j·s_j, EPS) with
+    s = sigmoid(logits) and m the top-k of s + b; (α/k)·(k·g) = α·g, so the caller scales by α. Also returns m
+    (not differentiable) for the loads.
+
+    Backward, by the quotient rule: with d = dL/dg, dL/ds_j = m_j·(d_j − Σ_i d_i·g_i) / max(Σ, EPS), the sum term
+    dropped where the floor holds (its derivative is 0 there), then through the sigmoid."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, logits: torch.Tensor, bias: torch.Tensor, k: int):
+        scores = torch.sigmoid(logits)
+        chosen = top_k_mask(cast(scores, routing_dtype(scores)) + bias, k)
+        active = cast(chosen, scores.dtype)
+        total = (active * scores).sum(-1, keepdim=True)
+        share = active / total.clamp_min(EPS)
+        gates = share * scores
+        ctx.save_for_backward(hidden, scores, gates, share, total >= EPS)
+        ctx.mark_non_differentiable(chosen)
+        ctx.set_materialize_grads(False)
+        return gates * hidden, chosen
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor | None, _):
+        if grad is None:
+            return None, None, None, None
+        hidden, scores, gates, share, unfloored = ctx.saved_tensors
+        grad_gates = grad * hidden
+        dot = (grad_gates * gates).sum(-1, keepdim=True)
+        grad_scores = torch.addcmul(grad_gates, dot, unfloored, value=-1) * share
+        return grad * gates, torch.ops.aten.sigmoid_backward(grad_scores, scores), None, None
+
+
 class SMoRALinear(ExpertLinear):
     def __init__(self, base: nn.Linear, cfg: SMoRAConfig):
         super().__init__(base, cfg.rank, cfg.dropout)
         self.lora_A, self.lora_B = lora_pair(cfg.rank, cfg.rank, base.in_features, base.out_features)
-        self.router = nn.Linear(base.in_features, cfg.rank, bias=False)
-        nn.init.normal_(self.router.weight, std=base.in_features**-0.5)
+        self.router_weight = init_router(cfg.rank, base.in_features)
         self.register_buffer("rank_bias", torch.zeros(cfg.rank))  # persistent: saved and restored
-        self.top_k, self.scaling, self.rate = cfg.top_k, cfg.alpha / cfg.top_k, cfg.bias_update_rate
+        self.top_k, self.scaling, self.rate = cfg.top_k, cfg.alpha, cfg.bias_update_rate
 
     def update(self, x: torch.Tensor) -> torch.Tensor:
-        scores = torch.sigmoid(self.router(x))
-        active = top_k_mask(scores.detach().float() + self.rank_bias, self.top_k).to(scores.dtype)
-        self.record_load(active)
-        gates = active * scores
-        # α/k folded into the (tokens × r) gates rather than applied to the (tokens × out) update: one pass less
-        gates = (self.top_k * self.scaling) * gates / gates.sum(-1, keepdim=True).clamp_min(1e-9)
-        return F.linear(gates * F.linear(x, self.lora_A), self.lora_B)
+        hidden, logits = LowRankIn.apply(x, self.lora_A, self.router_weight)
+        gated, chosen = RankGates.apply(hidden, logits, self.rank_bias, self.top_k)
+        self.record_load(chosen)
+        return LowRankOut.apply(gated, self.lora_B)
 
+    @staticmethod
     @torch.no_grad()
-    def after_optimizer_step(self, step_load: torch.Tensor) -> None:
-        if self.rate > 0 and step_load.sum() > 0:  # balance from real tokens only: padding counts no load
-            self.rank_bias += self.rate * torch.sign(step_load.mean() - step_load)
-        super().after_optimizer_step(step_load)
+    def apply_step_loads(layers: list[SMoRALinear], step_loads: torch.Tensor) -> None:
+        """b_i += rate·sign(mean load − load_i), in five ops for all layers. A step with no real tokens has all
+        loads 0, so every sign is 0 and no bias moves: padding counts no load."""
+        ExpertLinear.apply_step_loads(layers, step_loads)
+        rates = {layer.rate for layer in layers} - {0.0}
+        if not rates:
+            return
+        moves = torch.sign(step_loads.mean(-1, keepdim=True) - step_loads).unbind(0)
+        for rate in rates:
+            members = [i for i, layer in enumerate(layers) if layer.rate == rate]
+            torch._foreach_add_([layers[i].rank_bias for i in members], [moves[i] for i in members], alpha=rate)
 
 
 def inject(model: nn.Module, cfg: SMoRAConfig) -> nn.Module:

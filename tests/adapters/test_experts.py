@@ -60,7 +60,7 @@ def test_smora_with_all_ranks_and_equal_gates_is_lora():
     model = ADAPTERS["smora"].inject(tiny(), SMoRAConfig(rank=8, top_k=8, alpha=16, bias_update_rate=0)).eval()
     copy_lora_weights(reference, model)
     for layer in expert_layers(model).values():
-        layer.router.weight.data.zero_()  # every score is sigmoid(0): equal gates
+        layer.router_weight.data.zero_()  # every score is sigmoid(0): equal gates
     torch.testing.assert_close(logits(model), logits(reference), atol=1e-5, rtol=0)
     assert (logits(model) - logits(tiny())).abs().max() > 1e-3
 
@@ -77,8 +77,9 @@ def test_mor1e_with_a_diagonal_gate_matrix_is_lora():
     reference = lora_reference(rank=4, alpha=8)
     model = ADAPTERS["mor1e"].inject(tiny(), MoR1EConfig(num_down=4, num_up=4, top_k=4, alpha=8)).eval()
     copy_lora_weights(reference, model)
+    diagonal = torch.where(torch.eye(4, dtype=torch.bool), 0.0, -1e4).flatten()  # top-4 pairs: i = j, p = 1/4 each
     for layer in expert_layers(model).values():
-        layer.gates = lambda x: torch.eye(4).flatten().expand(*x.shape[:-1], 16)  # g_ij = δ_ij
+        layer.routing_logits = lambda logits: diagonal.expand_as(logits)  # α·Gᵀ with G = I/4: (α/4)·B·A, LoRA
     torch.testing.assert_close(logits(model), logits(reference), atol=1e-5, rtol=0)
 
 
@@ -90,8 +91,8 @@ def test_smora_bias_balancing_evens_out_a_skewed_router():
     torch.manual_seed(0)
     layer = SMoRALinear(torch.nn.Linear(16, 16), SMoRAConfig(rank=16, top_k=4, bias_update_rate=0.02)).train()
     with torch.no_grad():  # a router that prefers ranks 0-3 for every (positive) input
-        layer.router.weight.normal_(std=0.1).add_(-0.5)
-        layer.router.weight[:4] += 1.0
+        layer.router_weight.normal_(std=0.1).add_(-0.5)
+        layer.router_weight[:4] += 1.0
 
     def step_load() -> torch.Tensor:
         layer(torch.rand(64, 16))
@@ -109,7 +110,7 @@ def test_smora_bias_balancing_evens_out_a_skewed_router():
     assert layer.rank_bias[:4].max() < layer.rank_bias[4:].min()  # the favoured ranks were pushed down
 
     frozen = SMoRALinear(torch.nn.Linear(16, 16), SMoRAConfig(rank=16, top_k=4, bias_update_rate=0)).train()
-    frozen.router.weight.data.copy_(layer.router.weight)
+    frozen.router_weight.data.copy_(layer.router_weight)
     frozen(torch.rand(64, 16))
     after_optimizer_step([frozen])
     assert frozen.rank_bias.abs().sum() == 0  # rate 0: balancing off
@@ -161,7 +162,7 @@ def test_padding_counts_toward_no_expert_load():
 
 def test_molora_aux_loss_is_switch_loss():
     layer = MoLoRALinear(torch.nn.Linear(4, 4), MoLoRAConfig(num_experts=2, expert_rank=1, top_k=1, aux_loss_coef=1.0))
-    layer.router.weight.data = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]])
+    layer.router_weight.data = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]])
     x = torch.tensor([[2.0, 0, 0, 0], [2.0, 0, 0, 0], [0, 2.0, 0, 0], [2.0, 0, 0, 0]])
     layer.train()(x)
     p_high = torch.softmax(torch.tensor([2.0, 0.0]), 0)
