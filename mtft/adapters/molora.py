@@ -65,6 +65,7 @@ class ExpertGates(torch.autograd.Function):
         chosen = top_k_mask(probs, k)
         weights = chosen * probs
         gates = weights / weights.sum(-1, keepdim=True)
+        expansion = cast(expansion, hidden.dtype)  # a buffer: DeepSpeed casts only the parameters to bf16
         rank_gates = F.linear(cast(gates, hidden.dtype), expansion)
         ctx.save_for_backward(hidden, gates, rank_gates, probs, expansion)
         ctx.logits_dtype = logits.dtype

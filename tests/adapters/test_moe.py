@@ -214,3 +214,20 @@ def test_loads_of_layers_of_two_widths_reach_their_own_windows():
     torch.testing.assert_close(layers[0].rank_bias, biases[0])  # even loads: no bias moves
     moved = layers[2].rank_bias - biases[1]
     torch.testing.assert_close(moved, torch.tensor([1e-3] * 7 + [-1e-3]))  # SMoRA's default rate
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bf16_parameters_with_fp32_buffers(name):
+    """DeepSpeed's bf16 engine casts the parameters, not the buffers (SMoRA's biases, the loads, MoLoRA's
+    expansion stay fp32)."""
+    layer, _, _ = build(name)
+    for param in layer.parameters():
+        param.data = param.data.to(torch.bfloat16)
+    x = torch.randn(3, 7, IN, dtype=torch.bfloat16, requires_grad=True)
+    set_token_mask([layer], torch.ones(3, 7, dtype=torch.bool))
+    out = layer(x)
+    assert out.dtype == torch.bfloat16
+    (out.float().sum() + (0 if layer.aux_loss is None else layer.aux_loss)).backward()
+    grads = [x.grad, *(p.grad for p in layer.parameters() if p.requires_grad)]
+    assert all(g.dtype == torch.bfloat16 and torch.isfinite(g.float()).all() and g.abs().max() > 0 for g in grads)
+    assert layer.step_load.dtype == torch.float32 and layer.step_load.sum() > 0
