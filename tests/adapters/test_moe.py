@@ -5,15 +5,26 @@ through the plain formulas the layers computed before: the same outputs, loads, 
 from __future__ import annotations
 
 import pytest
+import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
+from mtft.adapters import ADAPTERS, load_adapter, save_adapter
 from mtft.adapters.intuition import IntuitionPrior
-from mtft.adapters.moe import LowRankIn, LowRankOut, after_optimizer_step, set_token_mask, top_k_mask
+from mtft.adapters.moe import (
+    ADAPTER_WEIGHTS,
+    LowRankIn,
+    LowRankOut,
+    after_optimizer_step,
+    expert_layers,
+    set_token_mask,
+    top_k_mask,
+)
 from mtft.adapters.molora import ExpertGates, MoLoRAConfig, MoLoRALinear
 from mtft.adapters.mor1e import MoR1EConfig, MoR1ELinear, PairGates
 from mtft.adapters.smora import RankGates, SMoRAConfig, SMoRALinear
+from tests.adapters.test_experts import tiny
 
 IN, OUT = 12, 10
 
@@ -178,13 +189,26 @@ def test_gradcheck_of_every_hand_written_backward():
 
 
 def test_legacy_router_key_loads():
-    """Adapters and checkpoints saved while the router was an nn.Linear child hold `router.weight`."""
+    """Checkpoints saved while the router was an nn.Linear child hold `router.weight`."""
     layer, _, _ = build("smora")
     state = layer.state_dict()
     state["router.weight"] = state.pop("router_weight") * 2
     fresh, _, _ = build("smora")
     fresh.load_state_dict(state)
     torch.testing.assert_close(fresh.router_weight, layer.router_weight * 2)
+
+
+def test_an_adapter_saved_with_the_legacy_router_key_loads(tmp_path):
+    model = ADAPTERS["mor1e"].inject(tiny(), MoR1EConfig(intuition_clusters=2))
+    save_adapter(model, MoR1EConfig(intuition_clusters=2), tmp_path)
+    saved = safetensors.torch.load_file(tmp_path / ADAPTER_WEIGHTS)
+    legacy = {key.replace(".router_weight", ".router.weight"): value for key, value in saved.items()}
+    assert len([key for key in legacy if key.endswith(".router.weight")]) == 14
+    safetensors.torch.save_file(legacy, tmp_path / ADAPTER_WEIGHTS)
+    loaded = load_adapter(tiny(), tmp_path)
+    for name, layer in expert_layers(loaded).items():
+        torch.testing.assert_close(layer.router_weight, saved[f"{name}.router_weight"], atol=0, rtol=0)
+        torch.testing.assert_close(layer.prior_router.weight, saved[f"{name}.prior_router.weight"], atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("name", ["smora", "molora"])
