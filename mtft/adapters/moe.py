@@ -19,8 +19,9 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import safetensors.torch
 import torch
@@ -36,17 +37,26 @@ PRIOR_MODULE = "mtft_intuition"  # a model-level routing prior (adapters/intuiti
 LEGACY_ROUTER_KEY = "router.weight"  # the router was an nn.Linear child until the layers' backwards were written
 
 
-class RealTokens(NamedTuple):
+@dataclass(frozen=True)
+class RealTokens:
     """A micro-batch's real (non-padding) tokens in the forms the routers use, built once for all layers."""
 
     selector: torch.Tensor  # (batch, seq, 1) bool: selects values, so nothing at padding (even a NaN) gets in
     weights: torch.Tensor  # (batch, seq) 1.0 at real tokens, 0.0 at padding: counts 0/1 choices in one product
     count: torch.Tensor  # () how many there are (at least 1)
+    scaled: dict[float, torch.Tensor] = field(default_factory=dict, compare=False)  # per_square_count's
 
     @classmethod
     def of(cls, mask: torch.Tensor) -> RealTokens:
         weights = mask.float()
         return cls(mask.unsqueeze(-1), weights, weights.sum().clamp_min(1))
+
+    def per_square_count(self, scale: float) -> torch.Tensor:
+        """() scale / count²: MoLoRA's Switch-loss constant, one op per batch for all the layers that ask, not
+        two per layer."""
+        if scale not in self.scaled:
+            self.scaled[scale] = torch.pow(self.count, -2) * scale
+        return self.scaled[scale]
 
 
 class ExpertLinear(nn.Module):
@@ -105,10 +115,6 @@ class ExpertLinear(nn.Module):
         if self.real_tokens is not None:
             values = torch.where(self.real_tokens.selector, values, 0.0)
         return values.sum(dim=tuple(range(values.dim() - 1)))
-
-    def real_token_count(self, values: torch.Tensor) -> torch.Tensor | float:
-        """How many positions of `values` (..., experts) are real tokens (at least 1)."""
-        return float(values[..., 0].numel()) if self.real_tokens is None else self.real_tokens.count
 
     @staticmethod
     @torch.no_grad()

@@ -24,6 +24,7 @@ from mtft.adapters.moe import (
     ExpertLinear,
     LowRankIn,
     LowRankOut,
+    RealTokens,
     cast,
     init_router,
     inject_experts,
@@ -53,8 +54,9 @@ class MoLoRAConfig(LowRankConfig):
 
 class ExpertGates(torch.autograd.Function):
     """G·g ⊙ h for h = A·x (E blocks of r_e ranks), g the renormalised top-k of p = softmax(logits) (fp32) and G
-    the (E·r_e, E) 0/1 matrix that repeats each expert's gate over its ranks. Also returns p (differentiable: the
-    auxiliary loss's) and the top-k mask (not: the loads'). The caller scales by α/r_e.
+    the (E·r_e, E) matrix that repeats each expert's gate over its ranks, times the scaling α/r_e (in the routing
+    dtype: exact, and the caller's add needs no scaling, so no op in the backward). Also returns p
+    (differentiable: the auxiliary loss's) and the top-k mask (not: the loads').
 
     Backward: a renormalised top-k softmax is a softmax over the chosen logits, so dL/dlogits is one softmax
     backward through g, plus one through p for the auxiliary loss."""
@@ -65,8 +67,7 @@ class ExpertGates(torch.autograd.Function):
         chosen = top_k_mask(probs, k)
         weights = chosen * probs
         gates = weights / weights.sum(-1, keepdim=True)
-        expansion = cast(expansion, hidden.dtype)  # a buffer: DeepSpeed casts only the parameters to bf16
-        rank_gates = F.linear(cast(gates, hidden.dtype), expansion)
+        rank_gates = cast(F.linear(gates, expansion), hidden.dtype)
         ctx.save_for_backward(hidden, gates, rank_gates, probs, expansion)
         ctx.logits_dtype = logits.dtype
         ctx.mark_non_differentiable(chosen)
@@ -79,7 +80,8 @@ class ExpertGates(torch.autograd.Function):
         grad_hidden = grad_logits = None
         if grad is not None:
             grad_hidden = grad * rank_gates
-            grad_logits = softmax_backward(torch.matmul(grad * hidden, expansion), gates, ctx.logits_dtype)
+            grad_gates = torch.matmul(cast(grad * hidden, gates.dtype), expansion)
+            grad_logits = softmax_backward(grad_gates, gates, ctx.logits_dtype)
         if grad_probs is not None:
             from_probs = softmax_backward(grad_probs, probs, ctx.logits_dtype)
             grad_logits = from_probs if grad_logits is None else grad_logits + from_probs
@@ -87,24 +89,24 @@ class ExpertGates(torch.autograd.Function):
 
 
 class SwitchLoss(torch.autograd.Function):
-    """Σ_e w_e·Σ_t p_te over the real tokens t (`selector` (..., 1), or all): the Switch loss, with w (no gradient)
-    holding f_e and the constants. Backward: w at every real token, two ops (autograd's through a masked sum: five)."""
+    """c·Σ_e routed_e·Σ_t p_te over the real tokens t, or all: the Switch loss, with `routed` (no gradient) the
+    real tokens that chose each expert and c (a 0-d tensor, or a number) the constants. Forward: a selection and
+    one product; backward: dL/dp_te = c·routed_e at each real token, 0 at padding, in two ops."""
 
     @staticmethod
-    def forward(ctx, probs: torch.Tensor, weights: torch.Tensor, selector: torch.Tensor | None) -> torch.Tensor:
-        ctx.save_for_backward(weights, selector)
-        ctx.shape = probs.shape
-        if selector is not None:
-            probs = torch.where(selector, probs, 0.0)
-        return torch.dot(weights, probs.sum(dim=tuple(range(probs.dim() - 1))))
+    def forward(ctx, probs: torch.Tensor, routed: torch.Tensor, weight, real: RealTokens | None) -> torch.Tensor:
+        ctx.save_for_backward(routed)
+        ctx.weight, ctx.real, ctx.shape = weight, real, probs.shape
+        if real is None:
+            return torch.einsum("...e,e->", probs, routed) * weight
+        return torch.einsum("...e,e,->", torch.where(real.selector, probs, 0.0), routed, weight)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        weights, selector = ctx.saved_tensors
-        grad_probs = weights * grad
-        if selector is None:
-            return grad_probs.expand(ctx.shape), None, None
-        return torch.where(selector, grad_probs, 0.0), None, None
+        (routed,) = ctx.saved_tensors
+        if ctx.real is None:
+            return (routed * (grad * ctx.weight)).expand(ctx.shape), None, None, None
+        return torch.einsum("...,e,->...e", ctx.real.weights, routed, grad * ctx.weight), None, None, None
 
 
 class MoLoRALinear(ExpertLinear):
@@ -113,14 +115,25 @@ class MoLoRALinear(ExpertLinear):
         width = cfg.num_experts * cfg.expert_rank
         self.lora_A, self.lora_B = lora_pair(width, width, base.in_features, base.out_features)
         self.router_weight = init_router(cfg.num_experts, base.in_features)
-        expansion = torch.eye(cfg.num_experts).repeat_interleave(cfg.expert_rank, dim=0)
-        self.register_buffer("expansion", expansion, persistent=False)
-        self.expert_rank, self.top_k = cfg.expert_rank, cfg.top_k
-        self.scaling, self.aux_coef = cfg.alpha / cfg.expert_rank, cfg.aux_loss_coef
+        self.expert_rank, self.top_k, self.aux_coef = cfg.expert_rank, cfg.top_k, cfg.aux_loss_coef
+        self.expert_scaling = cfg.alpha / cfg.expert_rank  # in the expansion; the layer's own scaling stays 1
+        self.register_buffer("expansion", self.expansion_matrix(torch.float32), persistent=False)
+
+    def expansion_matrix(self, dtype: torch.dtype, device: torch.device | None = None) -> torch.Tensor:
+        eye = torch.eye(self.num_experts, dtype=dtype, device=device) * self.expert_scaling
+        return eye.repeat_interleave(self.expert_rank, dim=0)
+
+    def routing_expansion(self, dtype: torch.dtype) -> torch.Tensor:
+        """The expansion in the routing dtype. DeepSpeed's bf16 engine casts only the parameters; a cast of the
+        whole module (e.g. .to(bfloat16)) would round the scaling, so the buffer is rebuilt, once, instead."""
+        if self.expansion.dtype != dtype:
+            self.expansion = self.expansion_matrix(dtype, self.expansion.device)
+        return self.expansion
 
     def update(self, x: torch.Tensor) -> torch.Tensor:
         hidden, logits = LowRankIn.apply(x, self.lora_A, self.router_weight)
-        gated, probs, chosen = ExpertGates.apply(hidden, logits, self.expansion, self.top_k)
+        expansion = self.routing_expansion(routing_dtype(logits))
+        gated, probs, chosen = ExpertGates.apply(hidden, logits, expansion, self.top_k)
         balancing = self.training and self.aux_coef > 0
         if self.recording or balancing:
             routed = self.count_real(chosen)
@@ -134,10 +147,12 @@ class MoLoRALinear(ExpertLinear):
 
     def switch_loss(self, probs: torch.Tensor, routed: torch.Tensor) -> torch.Tensor:
         """coef · E · Σ_e f_e·P_e over the real tokens, from `probs` (..., experts) in fp32 and `routed` (experts,),
-        how many real tokens chose each expert: f_e = routed_e / (T·k), P_e = Σ_t probs_te / T."""
+        how many real tokens chose each expert: f_e = routed_e / (T·k), P_e = Σ_t probs_te / T. The constant
+        coef·E/(k·T²) is computed once per batch for all layers (RealTokens.per_square_count)."""
         scale = self.aux_coef * self.num_experts / self.top_k
-        weights = routed * (scale * self.real_token_count(probs) ** -2)
-        return SwitchLoss.apply(probs, weights, None if self.real_tokens is None else self.real_tokens.selector)
+        if self.real_tokens is None:
+            return SwitchLoss.apply(probs, routed, scale / float(probs[..., 0].numel()) ** 2, None)
+        return SwitchLoss.apply(probs, routed, self.real_tokens.per_square_count(scale), self.real_tokens)
 
 
 def inject(model: nn.Module, cfg: MoLoRAConfig) -> nn.Module:

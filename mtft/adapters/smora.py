@@ -50,6 +50,13 @@ class SMoRAConfig(LowRankConfig):
         check(self.bias_update_rate >= 0, "bias_update_rate", f"must be >= 0, got {self.bias_update_rate}")
 
 
+def selection_scores(scores: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """s + b in the routing dtype: one add where the biases are in it (they are fp32 buffers, which DeepSpeed's
+    bf16 engine does not cast), since the add promotes bf16 scores by itself."""
+    dtype = routing_dtype(scores)
+    return scores + bias if bias.dtype == dtype else cast(scores, dtype) + bias
+
+
 class RankGates(torch.autograd.Function):
     """g ⊙ h for h = A·x and the gates normalised to sum to 1, g_i = m_i·s_i / max(Σ_j m_j·s_j, EPS) with
     s = sigmoid(logits) and m the top-k of s + b; (α/k)·(k·g) = α·g, so the caller scales by α. Also returns m
@@ -61,7 +68,7 @@ class RankGates(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, logits: torch.Tensor, bias: torch.Tensor, k: int):
         scores = torch.sigmoid(logits)
-        chosen = top_k_mask(cast(scores, routing_dtype(scores)) + bias, k)
+        chosen = top_k_mask(selection_scores(scores, bias), k)
         active = cast(chosen, scores.dtype)
         total = (active * scores).sum(-1, keepdim=True)
         share = active / total.clamp_min(EPS)

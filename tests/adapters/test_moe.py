@@ -140,7 +140,7 @@ def test_layer_equals_the_autograd_reference(name, padded):
     set_token_mask([layer], mask)
     got = outputs_and_grads(layer, new_forward(layer), x, weights)
     want = outputs_and_grads(layer, lambda x: reference(layer, x, mask, cfg), x, weights)
-    torch.testing.assert_close(got[0], want[0], atol=1e-6, rtol=0)
+    assert_equal_to_float_precision(got[0], want[0], "output")
     torch.testing.assert_close(got[1], want[1], atol=1e-6, rtol=0)
     if want[2] is not None:
         torch.testing.assert_close(got[2], want[2], atol=1e-6, rtol=0)
