@@ -29,7 +29,7 @@ from mtft.data.synthetic import DEMO_DATA_DIR, TASKS
 from mtft.data.tasks import load_tasks
 from mtft.models import TinyModelConfig, build_byte_tokenizer, build_tiny_model
 from mtft.training.engine import build_engine, init_distributed
-from mtft.training.step import optimizer_step
+from mtft.training.step import optimizer_step, step_batches
 
 DEMO_TASKS = [TaskSpec(name=n, path=str(DEMO_DATA_DIR / f"{n}.jsonl")) for n in TASKS]
 
@@ -77,7 +77,9 @@ def training_throughput(data: DataConfig, micro_batch_size: int, steps: int) -> 
     data_seconds = tokens = 0.0
 
     def step(batch):  # every task weighs 1; the adapter (LoRA) has no runtime hooks
-        return optimizer_step(engine, [batch], weights, len(tasks), AdapterRuntime(), lambda w, counts: w)
+        return optimizer_step(
+            engine, step_batches([batch], len(tasks)), weights, len(tasks), AdapterRuntime(), lambda w, counts: w
+        )
 
     step(stream.next())  # warm-up
     start = time.perf_counter()

@@ -57,7 +57,7 @@ from mtft.logging.throughput import attended_positions, matmul_parameters, peak_
 from mtft.models import build_byte_tokenizer, compile_blocks, enable_gradient_checkpointing, resolve_attention
 from mtft.training.cross_entropy import CROSS_ENTROPY
 from mtft.training.engine import build_engine, init_distributed
-from mtft.training.step import optimizer_step
+from mtft.training.step import StepBatches, optimizer_step, step_batches
 
 SHAPES: dict[str, dict[str, Any]] = {
     "0.5b": QWEN_0_5B,
@@ -74,7 +74,7 @@ SHAPES: dict[str, dict[str, Any]] = {
     ),
     "tiny": dict(TINY, vocab_size=512),
 }
-FLAGS = ("compile", "chunked", "ckpt", "zero1", "zero2", "fused")
+FLAGS = ("compile", "chunked", "ckpt", "zero1", "zero2", "fused", "accum2")
 LORA_RANK, ALPHA = 64, 128.0
 
 
@@ -148,12 +148,17 @@ class Plain:
         base = build_base(setup)
         self.model = ADAPTERS["lora"].inject(base, adapter_config("lora", base)).to(dtype).train()
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=1e-5, fused=setup.device.type == "cuda")
+        self.optimizer = torch.optim.AdamW(params, lr=1e-5, fused=True)
         self.batches, self.index = batches, 0
 
     def step(self) -> dict[str, torch.Tensor]:
-        batch = self.batches[self.index % len(self.batches)]
+        return self.train_on(self.next_batches())
+
+    def next_batches(self) -> dict[str, torch.Tensor]:
         self.index += 1
+        return self.batches[(self.index - 1) % len(self.batches)]
+
+    def train_on(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         logits = self.model(**model_inputs(batch)).logits[:, :-1]
         loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=IGNORE)
         loss.backward()
@@ -179,6 +184,7 @@ class Mtft:
             lr_scheduler="constant",
             cross_entropy="chunked" if "chunked" in flags else "full",
             optimizer="fused_adamw" if "fused" in flags else "adamw",
+            grad_accum_steps=2 if "accum2" in flags else 1,
         )
         stage = 2 if "zero2" in flags else 1 if "zero1" in flags else 0
         deepspeed = DeepSpeedConfig(precision=setup.precision, stage=stage)
@@ -201,13 +207,20 @@ class Mtft:
         self.token_losses = CROSS_ENTROPY[trainer.cross_entropy]
 
     def step(self) -> dict[str, torch.Tensor]:
-        batch = self.stream.next()  # on the host, as the training loop hands it over
+        return self.train_on(self.next_batches())
+
+    def next_batches(self) -> StepBatches:
+        """The step's micro-batches, on the host, as the training loop hands them over."""
+        micro_batches = [self.stream.next() for _ in range(self.engine.gradient_accumulation_steps())]
+        return step_batches(micro_batches, len(self.tasks))
+
+    def train_on(self, batches: StepBatches) -> dict[str, torch.Tensor]:
         result = optimizer_step(
-            self.engine, [batch], self.weights, len(self.tasks), self.runtime, lambda w, c: w, self.token_losses
+            self.engine, batches, self.weights, len(self.tasks), self.runtime, lambda w, c: w, self.token_losses
         )
         if not result.applied:
             raise RuntimeError("a benchmark step was skipped (non-finite loss or gradient)")
-        return batch
+        return batches.micro_batches[0]
 
 
 def prebuilt_batches(data: DataConfig, tokenizer, batch: int, count: int, device) -> list[dict[str, torch.Tensor]]:

@@ -22,6 +22,7 @@ from mtft.bench.gpu_smoke import QWEN_0_5B
 from mtft.bench.isolated import in_fresh_process, peak_resident_bytes, reset_peak, resident_bytes
 from mtft.models import enable_gradient_checkpointing
 from mtft.training.cross_entropy import CROSS_ENTROPY
+from mtft.training.losses import next_token_targets
 
 CASES: dict[str, dict[str, Any]] = {
     "cross_entropy=full": dict(layers=2, vocab=151936, batch=4, cross_entropy="full", checkpointing=False),
@@ -53,7 +54,8 @@ def measure(case: str, quick: bool = False) -> dict[str, Any]:
     positions = torch.arange(seq).remainder(seq // 4).expand(spec["batch"], seq)  # four packed samples a row
     before = resident_bytes()
     reset_peak()
-    losses = CROSS_ENTROPY[spec["cross_entropy"]](model, {"input_ids": ids, "position_ids": positions}, ids)
+    inputs, targets = {"input_ids": ids, "position_ids": positions}, next_token_targets(ids)
+    losses = CROSS_ENTROPY[spec["cross_entropy"]](model, inputs, targets)
     losses.mean().backward()
     peak = peak_resident_bytes()
     return {"peak_above_start_mb": (peak - before) / 2**20, "loss": float(losses.mean())}

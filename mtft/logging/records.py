@@ -23,9 +23,9 @@ class LossWindow:
         self.sums = torch.zeros(num_tasks)
         self.counts = torch.zeros(num_tasks)
 
-    def add(self, sums: torch.Tensor, counts: torch.Tensor) -> None:
-        self.sums += sums
-        self.counts += counts
+    def add(self, sums: torch.Tensor | list[float], counts: torch.Tensor | list[float]) -> None:
+        self.sums += torch.as_tensor(sums, dtype=self.sums.dtype)
+        self.counts += torch.as_tensor(counts, dtype=self.counts.dtype)
 
     def clear(self) -> None:
         self.sums.zero_()

@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from mtft.data.tokenize import IGNORE
-from mtft.training.losses import token_losses
+from mtft.training.losses import target_losses
 
-# (model or DeepSpeed engine, its inputs, labels (B, T)) -> next-token losses (B, T-1), 0 where ignored
+# (model or engine, its inputs, next-token targets (B·T,), losses.next_token_targets) -> losses (B·T,), 0 where ignored
 TokenLosses = Callable[[nn.Module, dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
 
 # logits per chunk: 2^28 fp32 values (1 GiB) bound the loss's transient memory whatever the vocabulary
@@ -106,18 +106,16 @@ def output_head(model: nn.Module) -> tuple[nn.Module, nn.Linear]:
     return decoder, head
 
 
-def full_token_losses(model: nn.Module, inputs: dict[str, torch.Tensor], labels_BT: torch.Tensor) -> torch.Tensor:
+def full_token_losses(model: nn.Module, inputs: dict[str, torch.Tensor], targets_N: torch.Tensor) -> torch.Tensor:
     """The plain path: the model's full logits, then the loss."""
-    return token_losses(model(**inputs).logits, labels_BT)
+    return target_losses(model(**inputs).logits, targets_N)
 
 
-def chunked_token_losses(model: nn.Module, inputs: dict[str, torch.Tensor], labels_BT: torch.Tensor) -> torch.Tensor:
-    """As `full_token_losses`, (B, T-1), without materialising the logits."""
+def chunked_token_losses(model: nn.Module, inputs: dict[str, torch.Tensor], targets_N: torch.Tensor) -> torch.Tensor:
+    """As `full_token_losses`, without materialising the logits."""
     decoder, head = output_head(getattr(model, "module", model))  # through a DeepSpeed engine to its model
-    hidden = decoder(**inputs).last_hidden_state[:, :-1]
-    targets = labels_BT[:, 1:]
-    losses = linear_cross_entropy(hidden.reshape(-1, hidden.size(-1)), head, targets.reshape(-1))
-    return losses.view(targets.shape)
+    hidden = decoder(**inputs).last_hidden_state
+    return linear_cross_entropy(hidden.flatten(0, 1), head, targets_N)
 
 
 CROSS_ENTROPY: dict[str, TokenLosses] = {"full": full_token_losses, "chunked": chunked_token_losses}

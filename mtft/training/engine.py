@@ -1,5 +1,12 @@
-"""The one seam to DeepSpeed: process-group setup and the engine, which owns precision, gradient accumulation,
-clipping, the optimizer step, ZeRO and checkpoints. There is no second, non-DeepSpeed path.
+"""The one seam to DeepSpeed: process-group setup and the engine, which owns gradient accumulation, ZeRO,
+offload and checkpoints. `Engine` is what the rest of mtft holds; nothing else calls a DeepSpeed method.
+
+Two optimizer paths, both inside a DeepSpeed engine:
+- the lean step (ZeRO-0 in bf16 or fp32): DeepSpeed runs the module as it is and calls mtft's `MasterAdamW`
+  (training/optimizer.py), which clips, tests and skips on the device, in a handful of ops whatever the number of
+  tensors; the engine's per-bucket gradient all-reduce is off (the optimizer sums one flat buffer);
+- ZeRO-1/2/3, fp16 and offload: DeepSpeed's own optimizers (flat buffers, overflow check, loss scaling) around a
+  fused torch AdamW.
 
 Everything else asks this module (and the parameter views in mtft/distributed.py) rather than DeepSpeed: whether
 parameters are sharded, gathering them, consolidating a sharded model, loading straight into shards, and whether
@@ -9,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import socket
 from pathlib import Path
@@ -21,7 +29,8 @@ from transformers import get_scheduler
 
 from mtft.config.train import TrainConfig
 from mtft.errors import ConfigError
-from mtft.training.guard import FiniteCheckedAdamW
+from mtft.training.guard import poison_if_nonfinite
+from mtft.training.optimizer import MasterAdamW
 
 
 def init_distributed() -> tuple[int, int]:
@@ -77,8 +86,8 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
         train_micro_batch_size_per_gpu=t.micro_batch_size,
         gradient_accumulation_steps=t.grad_accum_steps,
         train_batch_size=t.micro_batch_size * t.grad_accum_steps * world_size,
-        # where DeepSpeed has no overflow check, FiniteCheckedAdamW clips and checks with the one norm (guard.py)
-        gradient_clipping=0.0 if _unchecked_by_deepspeed(cfg) else t.max_grad_norm,
+        # the lean step's optimizer clips itself, with the norm it also tests (training/optimizer.py)
+        gradient_clipping=0.0 if is_lean(cfg) else t.max_grad_norm,
         steps_per_print=10**9,
     )
     zero = ds.setdefault("zero_optimization", {})
@@ -89,47 +98,169 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
     if cfg.deepspeed.offload_params:
         zero["offload_param"] = {**offload, **zero.get("offload_param", {})}
     precision = resolve_precision(cfg.deepspeed.precision)
-    ds["bf16"] = {**ds.get("bf16", {}), "enabled": precision == "bf16"}
+    ds["bf16"] = {**ds.get("bf16", {}), "enabled": precision == "bf16" and not is_lean(cfg)}
     ds["fp16"] = {**ds.get("fp16", {}), "enabled": precision == "fp16"}
     ds["zero_allow_untested_optimizer"] = True  # our AdamW is a plain torch optimizer
     return ds
 
 
-def _unchecked_by_deepspeed(cfg: TrainConfig) -> bool:
-    """Plain fp32 without ZeRO: the one setup where DeepSpeed steps the optimizer without an overflow check."""
-    return cfg.deepspeed.stage == 0 and resolve_precision(cfg.deepspeed.precision) == "fp32"
+def is_lean(cfg: TrainConfig) -> bool:
+    """ZeRO-0 in bf16 or fp32: the lean step (MasterAdamW) instead of DeepSpeed's per-tensor ZeRO-0 wrappers."""
+    return cfg.deepspeed.stage == 0 and resolve_precision(cfg.deepspeed.precision) in ("bf16", "fp32")
 
 
-def build_engine(model: nn.Module, cfg: TrainConfig, world_size: int):
-    """AdamW over the trainable parameters and a transformers LR schedule, handed to the DeepSpeed engine.
-    With the optimizer offloaded, DeepSpeed's vectorised CPU AdamW (JIT-compiled on first use) does the step.
-    In plain fp32 without ZeRO, an AdamW that skips non-finite steps itself (training/guard.py)."""
+class Engine:
+    """The DeepSpeed engine as the training step uses it: forward, backward, the step's outcome on the device, the
+    LR schedule, checkpoints. `ds` is DeepSpeed's engine, for this module's own functions only."""
+
+    def __init__(self, ds, schedule, lean: MasterAdamW | None):
+        self.ds, self.schedule, self.lean = ds, schedule, lean
+        self.module, self.device, self.world_size = ds.module, ds.device, ds.world_size
+        if lean is not None:
+            ds.enable_backward_allreduce = False  # per bucket and per tensor; MasterAdamW sums one flat buffer
+        # The step's loss is normalised over all ranks' tokens, so gradients are summed over ranks. DeepSpeed's
+        # reductions average: their backward is scaled by the world size.
+        self.loss_scale = ds.world_size
+
+    def __call__(self, *args, **kwargs):
+        return self.ds(*args, **kwargs)
+
+    def parameters(self):
+        return self.module.parameters()
+
+    def train(self, mode: bool = True) -> None:
+        self.ds.train(mode)
+
+    def eval(self) -> None:
+        self.ds.eval()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """One micro-batch's backward; at the step's last micro-batch, the optimizer step too. A non-finite loss
+        skips the step (training/guard.py): the lean step's optimizer watches it, DeepSpeed's overflow check sees
+        the NaN gradients `poison_if_nonfinite` gives it."""
+        if self.lean is not None:
+            self.lean.watch_loss(loss)
+        else:
+            loss = poison_if_nonfinite(loss)
+            loss = loss * self.loss_scale if self.loss_scale != 1 else loss
+        self.ds.backward(loss, scale_wrt_gas=False)
+        self.ds.step()
+
+    @property
+    def global_steps(self) -> int:
+        """Optimizer steps taken (skipped ones included), restored by a resume."""
+        return self.ds.global_steps
+
+    def gradient_accumulation_steps(self) -> int:
+        return self.ds.gradient_accumulation_steps()
+
+    def outcome(self) -> torch.Tensor:
+        """[gradient norm before clipping (NaN where none is computed), 1.0 if the update was skipped], on the
+        device. The lean step's comes from the device with no sync; DeepSpeed's own optimizers have already read
+        their overflow flag on the host, and their norm stays where it is."""
+        if self.lean is not None:
+            return torch.stack([self.lean.grad_norm, self.lean.skipped])
+        norm = self.ds.get_global_grad_norm()
+        skipped = torch.tensor(0.0 if self.ds.was_step_applied() else 1.0, device=self.device)
+        if not isinstance(norm, torch.Tensor):
+            norm = torch.tensor(math.nan if norm is None else norm, device=self.device)
+        return torch.stack([norm.to(self.device, torch.float32).reshape(()), skipped])
+
+    @property
+    def reports_grad_norm(self) -> bool:
+        return self.lean is not None or self.ds.get_global_grad_norm() is not None
+
+    def finish_step(self, applied: bool) -> None:
+        """After the host has read the step's outcome: the lean step's LR schedule moves only for an applied step
+        (DeepSpeed steps its own schedule, already skipped on overflow)."""
+        if self.lean is not None and applied:
+            self.schedule.step()
+
+    def optimizer_name(self) -> str:
+        """The class that steps, and what it wraps (for mtft-bench ops)."""
+        outer, inner = self.ds.optimizer, getattr(self.ds.optimizer, "optimizer", None)
+        fused = " (fused)" if getattr(inner or outer, "defaults", {}).get("fused") else ""
+        return type(outer).__name__ + (f" around {type(inner).__name__}" if inner is not None else "") + fused
+
+    def lr(self) -> float:
+        return self.ds.get_lr()[0]
+
+    def zero_optimization_stage(self) -> int:
+        return self.ds.zero_optimization_stage()
+
+    def save_checkpoint(self, directory: Path, tag: str, client_state: dict[str, Any]) -> None:
+        self.ds.save_checkpoint(str(directory), tag=tag, client_state=client_state, exclude_frozen_parameters=True)
+
+    def load_checkpoint(self, directory: Path, tag: str) -> dict[str, Any]:
+        """The client state; not strict: checkpoints leave out the frozen base, which the model already holds."""
+        _, client_state = self.ds.load_checkpoint(str(directory), tag=tag, load_module_strict=False)
+        return client_state
+
+
+class _DeferredSchedule:
+    """What DeepSpeed holds as the lean step's LR schedule: it saves and loads the real one's state in its
+    checkpoints, but its `step()` (which DeepSpeed calls after every optimizer step) does nothing; `Engine`
+    steps the real one once the step is known to be applied."""
+
+    def __init__(self, schedule):
+        self.schedule = schedule
+
+    def step(self, *args, **kwargs) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.schedule.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.schedule.load_state_dict(state)
+
+    def get_last_lr(self) -> list[float]:
+        return self.schedule.get_last_lr()
+
+
+def build_engine(model: nn.Module, cfg: TrainConfig, world_size: int) -> Engine:
+    """AdamW over the trainable parameters and a transformers LR schedule, in a DeepSpeed engine.
+    ZeRO-0 (bf16, fp32): the lean step's MasterAdamW. ZeRO-1/2/3 and fp16: fused torch AdamW inside DeepSpeed's
+    optimizers. With the optimizer offloaded, DeepSpeed's vectorised CPU AdamW (JIT-compiled on first use)."""
     import deepspeed
+    from deepspeed.accelerator import get_accelerator
     from deepspeed.ops.adam import DeepSpeedCPUAdam
 
     t = cfg.trainer
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if t.optimizer == "fused_adamw" and (_unchecked_by_deepspeed(cfg) or cfg.deepspeed.offload_optimizer):
-        raise ConfigError("trainer.optimizer", "fused_adamw needs bf16/fp16 or ZeRO, and no optimizer offload")
+    if t.optimizer == "fused_adamw" and cfg.deepspeed.offload_optimizer:
+        raise ConfigError("trainer.optimizer", "fused_adamw needs the optimizer on the GPU (no optimizer offload)")
     if t.optimizer == "fused_adamw" and not torch.cuda.is_available():
         raise ConfigError("trainer.optimizer", "fused_adamw is DeepSpeed's CUDA FusedAdam; without a GPU use adamw")
-    if _unchecked_by_deepspeed(cfg):
-        optimizer = FiniteCheckedAdamW(trainable, t.max_grad_norm, lr=t.lr, weight_decay=t.weight_decay)
+    lean = None
+    if is_lean(cfg):
+        if resolve_precision(cfg.deepspeed.precision) == "bf16":
+            for param in model.parameters():  # as DeepSpeed's bf16 engine does: parameters, not buffers
+                if param.is_floating_point() and param.dtype != torch.bfloat16:
+                    param.data = param.data.to(torch.bfloat16)
+        model.to(get_accelerator().current_device_name())  # the master weights are made where they will live
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = lean = MasterAdamW(trainable, t.max_grad_norm, lr=t.lr, weight_decay=t.weight_decay)
     elif cfg.deepspeed.offload_optimizer:
+        trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = DeepSpeedCPUAdam(trainable, lr=t.lr, weight_decay=t.weight_decay)
     elif t.optimizer == "fused_adamw":
         from deepspeed.ops.adam import FusedAdam
 
+        trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = FusedAdam(trainable, lr=t.lr, weight_decay=t.weight_decay, adam_w_mode=True)
-    else:
-        optimizer = torch.optim.AdamW(trainable, lr=t.lr, weight_decay=t.weight_decay)
-    scheduler = get_scheduler(
+    else:  # fused: one kernel for every tensor, and no host read of its step counters on CUDA
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=t.lr, weight_decay=t.weight_decay, fused=True)
+    schedule = get_scheduler(
         t.lr_scheduler, optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=t.max_steps
     )
     engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg, world_size)
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=_DeferredSchedule(schedule) if lean is not None else schedule,
+        config=deepspeed_config(cfg, world_size),
     )
-    return engine
+    return Engine(engine, schedule, lean)
 
 
 def partitioned_for_inference(model: nn.Module, cfg: TrainConfig, world_size: int):
@@ -174,7 +305,7 @@ def consolidated_state_dict(engine) -> dict[str, torch.Tensor] | None:
     """The whole model's 16-bit state dict on rank 0 (None elsewhere), gathered one layer at a time into CPU
     memory. A private DeepSpeed method, as accelerate also uses; the ZeRO-3 full-fine-tune tests would catch a
     rename."""
-    return engine._zero3_consolidated_16bit_state_dict()
+    return getattr(engine, "ds", engine)._zero3_consolidated_16bit_state_dict()
 
 
 @contextlib.contextmanager

@@ -1,17 +1,19 @@
 """The numerical guard: no optimizer step is taken from a non-finite loss or gradient, and no run trains on quietly
 after one.
 
-It costs no pass of its own over the gradients. Every precision already has an overflow check that skips the
-update and the LR schedule: DeepSpeed's ZeRO optimizers and its bf16/fp16 wrappers test the global gradient norm
-they compute for clipping, and in plain fp32 without ZeRO (where DeepSpeed has none) `FiniteCheckedAdamW` clips
-and tests with its one norm. Two things are added around that:
+It costs no pass of its own over the gradients: every path tests the global gradient norm it computes for
+clipping, and skips the update and the LR schedule when it is not finite. The lean step (ZeRO-0, bf16 or fp32;
+training/optimizer.py) decides on the device, through fused AdamW's `found_inf`; DeepSpeed's ZeRO optimizers and
+fp16 wrapper use their own overflow check. Around that:
 
-- A non-finite loss can have finite gradients (an infinite cross-entropy has a finite softmax gradient), so the
-  loss is multiplied by NaN before its backward (`poison_if_nonfinite`): the overflow path then skips that step
-  too, and the gradient all-reduce carries the decision to every rank.
-- The loop reads `engine.was_step_applied()` after each step. A skipped step is counted and shown, leaves the
-  balancer and the routers' balancing untouched, and after `trainer.max_bad_steps` skipped steps in a row the
-  run stops with `TrainingDiverged`, naming the step, the first non-finite quantity and the last good checkpoint.
+- A non-finite loss can have finite gradients (an infinite cross-entropy has a finite softmax gradient). The lean
+  step's optimizer watches each loss and makes the norm NaN; on DeepSpeed's paths the loss is multiplied by NaN
+  before its backward (`poison_if_nonfinite`). Either way the gradient all-reduce carries the decision to every
+  rank.
+- The step reads whether it was applied with its other numbers, once (training/step.py). A skipped step is
+  counted and shown, leaves the balancer and the routers' balancing untouched, and after `trainer.max_bad_steps`
+  skipped steps in a row the run stops with `TrainingDiverged`, naming the step, the first non-finite quantity
+  and the last good checkpoint. The decision is exact at every step: no stop comes a step late.
 """
 
 from __future__ import annotations
@@ -32,38 +34,6 @@ class TrainingDiverged(RuntimeError):
 def poison_if_nonfinite(loss: torch.Tensor) -> torch.Tensor:
     """`loss` unchanged (times exactly 1) when finite; NaN with NaN gradients when not. No host sync."""
     return loss * torch.where(torch.isfinite(loss.detach()), 1.0, math.nan)
-
-
-class FiniteCheckedAdamW(torch.optim.AdamW):
-    """AdamW that clips by the global gradient norm and skips its update when that norm is not finite.
-
-    For plain fp32 without ZeRO only, where DeepSpeed calls the optimizer as it is: its own clipping there
-    computes the norm and drops it. DeepSpeed reads `overflow` after the step (True skips the LR schedule and
-    counts a skipped step, as its own overflow path does) and reports `_global_grad_norm` as the gradient norm.
-    """
-
-    def __init__(self, params, max_grad_norm: float, **kwargs: Any):
-        super().__init__(params, **kwargs)
-        self.max_grad_norm = max_grad_norm
-        self.overflow = False
-        self._global_grad_norm: float | None = None
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
-        if not params:
-            return super().step(closure)
-        # computed and applied as DeepSpeed's own fp32 clipping does (runtime/utils.clip_grad_norm_), to the bit
-        total = torch.stack([p.grad.detach().float().norm(2) for p in params]).pow(2).sum().float().pow(0.5)
-        self._global_grad_norm = norm = float(total)
-        self.overflow = not math.isfinite(norm)
-        if self.overflow:
-            return None
-        if self.max_grad_norm > 0:
-            clip = torch.clamp(self.max_grad_norm / (total + 1e-6), max=1.0)
-            for param in params:
-                param.grad.mul_(clip)
-        return super().step(closure)
 
 
 class NumericalGuard:

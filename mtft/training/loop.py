@@ -69,7 +69,7 @@ from mtft.training.state import (
     sample_changes,
     save_checkpoint,
 )
-from mtft.training.step import StepResult, first_nonfinite, optimizer_step
+from mtft.training.step import StepBatches, StepResult, first_nonfinite, optimizer_step, step_batches
 from mtft.training.summary import data_report, data_report_table, print_data_report, print_summary, summary
 from mtft.training.train_state import Resumable, TrainState
 from mtft.training.validation import validation_losses
@@ -226,7 +226,8 @@ class TrainingRecipe:
         """One optimizer step, then what follows it at its intervals: validation and sample generations, the
         balancer's observation, a metrics record. Returns the validation losses measured ({} if none)."""
         t, state, names = self.trainer, self.state, self.names
-        micro_batches = [self.batches.next() for _ in range(t.grad_accum_steps)]  # on the host: the step moves them
+        # on the host, counted there: the step moves them
+        micro_batches = step_batches([self.batches.next() for _ in range(t.grad_accum_steps)], len(names))
         weights_now = self.balancer.weights()
         weights = torch.tensor([weights_now[n] for n in names], device=self.engine.device)
         result = optimizer_step(
@@ -257,7 +258,7 @@ class TrainingRecipe:
     def _step_skipped(
         self,
         result: StepResult,
-        micro_batches: list[dict[str, torch.Tensor]],
+        micro_batches: StepBatches,
         weights: torch.Tensor,
         weights_now: dict[str, float],
     ) -> None:
@@ -277,7 +278,7 @@ class TrainingRecipe:
         self,
         train_losses: dict[str, float],
         val_losses: dict[str, float],
-        micro_batches: list[dict[str, torch.Tensor]],
+        micro_batches: StepBatches,
     ) -> None:
         """Feed the balancer this step's losses, plus the validation losses it asks for when none were measured."""
         step, balancer = self.state.step, self.balancer
@@ -287,7 +288,9 @@ class TrainingRecipe:
                 cycle = (self.val_cycle.next() for _ in range(wanted))  # a few mixed micro-batches
                 balancer_val = validation_losses(self.engine, cycle, self.names, self.adapter)
         balancer.observe(step, train_losses, balancer_val or None)
-        balancer.after_step(partial(validation_losses, self.engine, micro_batches, self.names, self.adapter))  # FAMO
+        balancer.after_step(
+            partial(validation_losses, self.engine, micro_batches.micro_batches, self.names, self.adapter)
+        )  # FAMO
 
     def _validate(self) -> dict[str, float]:
         """Every task's whole validation split."""
@@ -325,7 +328,7 @@ class TrainingRecipe:
         record = metrics_record(
             self.state.step,
             loss=self._window_loss(weights),
-            lr=self.engine.get_lr()[0],
+            lr=self.engine.lr(),
             task_names=self.names,
             task_losses=task_means(self.names, window.sums, window.counts),
             weights=weights,

@@ -17,34 +17,58 @@ import torch.nn.functional as F
 from mtft.data.tokenize import IGNORE
 
 
+def next_token_targets(labels_BT: torch.Tensor) -> torch.Tensor:
+    """The label each position predicts, flat (B·T,): the labels shifted left by one, IGNORE at each row's end.
+    Made on the host with the batch, so the loss needs no slicing on the device."""
+    return F.pad(labels_BT[:, 1:], (0, 1), value=IGNORE).flatten()
+
+
+def loss_task_index(labels_BT: torch.Tensor, task_ids_BT: torch.Tensor) -> torch.Tensor:
+    """Each position's task for its loss, flat (B·T,) as `next_token_targets`; 0 where no target counts (the loss
+    is 0 there). Made on the host, so the step's per-task sums are one index_add (`task_loss_sums`)."""
+    tasks = F.pad(task_ids_BT[:, 1:], (0, 1), value=0)
+    return torch.where(F.pad(labels_BT[:, 1:], (0, 1), value=IGNORE) != IGNORE, tasks, 0).flatten()
+
+
+def target_losses(logits_BTV: torch.Tensor, targets_N: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy per position, flat (B·T,), against `next_token_targets`; 0 where ignored."""
+    return F.cross_entropy(logits_BTV.flatten(0, 1).float(), targets_N, ignore_index=IGNORE, reduction="none")
+
+
 def token_losses(logits_BTV: torch.Tensor, labels_BT: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy per position (B, T-1); 0 where the label is ignored."""
-    logits = logits_BTV[:, :-1].float()
-    targets = labels_BT[:, 1:]
-    losses = F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE, reduction="none"
-    )
-    return losses.view(targets.shape)
+    """Next-token cross-entropy per position of a batch with its labels, flat (B·T,); 0 where ignored (and at
+    each row's last position, which predicts nothing)."""
+    return target_losses(logits_BTV, next_token_targets(labels_BT))
+
+
+def task_loss_sums(losses_N: torch.Tensor, index_N: torch.Tensor, num_tasks: int) -> torch.Tensor:
+    """Per-task sums of token losses (0 where ignored, as every TokenLosses gives them), by `loss_task_index`.
+    By an index, not by selecting the counted tokens: a selection's size is data-dependent and would make the host
+    wait for the device."""
+    return torch.zeros(num_tasks, dtype=losses_N.dtype, device=losses_N.device).index_add(0, index_N, losses_N)
 
 
 def per_task_sums(
-    losses_BT: torch.Tensor, labels_BT: torch.Tensor, task_ids_BT: torch.Tensor, num_tasks: int
+    losses_N: torch.Tensor, labels_BT: torch.Tensor, task_ids_BT: torch.Tensor, num_tasks: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss sum, token count) per task over the predicted positions; labels/task ids unshifted as in the batch.
-    By masks, not by selecting the counted tokens: a selection's size is data-dependent and would make the host
-    wait for the device."""
-    counted = labels_BT[:, 1:] != IGNORE
-    tasks = torch.where(counted, task_ids_BT[:, 1:], 0).flatten()
-    zeros = torch.zeros(num_tasks, dtype=losses_BT.dtype, device=losses_BT.device)
-    sums = zeros.index_add(0, tasks, torch.where(counted, losses_BT, 0.0).flatten())
-    counts = zeros.index_add(0, tasks, counted.flatten().to(losses_BT.dtype))
-    return sums, counts
+    """(loss sum, token count) per task of a batch's token losses; labels and task ids as in the batch."""
+    index = loss_task_index(labels_BT, task_ids_BT)
+    counted = (next_token_targets(labels_BT) != IGNORE).to(losses_N.dtype)
+    return task_loss_sums(losses_N, index, num_tasks), task_loss_sums(counted, index, num_tasks)
 
 
 def label_counts(labels_BT: torch.Tensor, task_ids_BT: torch.Tensor, num_tasks: int) -> torch.Tensor:
     """Completion tokens per task in a batch (counted before any forward, to normalise the whole step)."""
     counted = labels_BT[:, 1:] != IGNORE
     return torch.bincount(task_ids_BT[:, 1:][counted], minlength=num_tasks).float()
+
+
+def loss_coefficients(step_counts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """c_t = w_t / (N_t · Σ_present w) for the tasks present in the step, else 0: then a micro-batch's share of
+    the balanced loss is c · S(micro) (one dot product), and summed over micro-batches and ranks it is `balanced_loss`.
+    Every weight 0: every c_t is 0, and so are the loss and its gradient."""
+    present = torch.where(step_counts > 0, weights, 0.0)
+    return present / (step_counts.clamp(min=1) * present.sum().clamp(min=1e-30))
 
 
 def balanced_loss(sums: torch.Tensor, step_counts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

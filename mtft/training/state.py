@@ -94,9 +94,7 @@ def _write_checkpoint(engine, path, step, mtft_state, rank_state, adapter_cfg, t
     if rank == 0 and path.exists():  # left by an interrupted save of this step, or a run resumed from earlier
         shutil.rmtree(path)
     dist.barrier()
-    engine.save_checkpoint(
-        str(path.parent), tag=path.name, client_state={"mtft": mtft_state}, exclude_frozen_parameters=True
-    )
+    engine.save_checkpoint(path.parent, path.name, {"mtft": mtft_state})
     torch.save({"rng": _rng_state(), **rank_state}, path / f"rank_state_{rank}.pt")
     _save_adapter(engine, adapter_cfg, tokenizer, path / ADAPTER_DIR)
     if rank == 0:
@@ -289,8 +287,7 @@ def _flatten(value: Any, key: str = "") -> dict[str, Any]:
 
 def load_checkpoint(engine, path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Restore the engine's state and this rank's RNG; returns (the run's mtft state, this rank's state)."""
-    # not strict: checkpoints leave out the frozen base parameters, which the engine's model already holds
-    _, client_state = engine.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=False)
+    client_state = engine.load_checkpoint(path.parent, path.name)
     rank_state = load_rank_state(path / f"rank_state_{dist.get_rank()}.pt")
     _set_rng_state(rank_state.pop("rng"))
     return client_state["mtft"], rank_state

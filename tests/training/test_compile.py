@@ -45,3 +45,25 @@ def test_compiled_blocks_train_as_the_eager_ones(name):
     assert len(compiled_loads) == len(eager_loads)
     for got, want in zip(compiled_loads, eager_loads, strict=True):
         assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("name", [n for n in ADAPTERS if n != "none"])
+def test_a_decoder_block_compiles_without_a_graph_break(name):
+    """Issue 19: under trainer.compile each decoder block is one graph, whatever the adapter (dynamo's explain:
+    what it would compile, and where it would break)."""
+    torch.manual_seed(0)
+    model = build_tiny_model(TinyModelConfig(num_layers=1), build_byte_tokenizer())
+    cfg = ADAPTERS[name].config()
+    model = ADAPTERS[name].inject(model, cfg).train()
+    ADAPTERS[name].runtime(model, cfg).before_forward({"task_ids": TASK_IDS})
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT's wrapper, or the model
+    block = base.model.layers[0]
+    hidden = torch.randn(2, 24, base.config.hidden_size, requires_grad=True)
+    position_ids = torch.arange(24).expand(2, 24)
+    position_embeddings = base.model.rotary_emb(hidden, position_ids)
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(block)(
+        hidden, attention_mask=None, position_ids=position_ids, position_embeddings=position_embeddings
+    )
+    assert explained.graph_break_count == 0, [str(b.reason) for b in explained.break_reasons]
+    assert explained.graph_count == 1

@@ -30,7 +30,10 @@ def test_user_json_keeps_its_own_keys_but_not_ours(tmp_path):
     ds = deepspeed_config(cfg, world_size=1)
     assert ds["train_micro_batch_size_per_gpu"] == 2  # "auto" filled from trainer.*
     assert ds["zero_optimization"] == {"stage": 0, "overlap_comm": True}  # deepspeed.stage wins, the rest stays
-    assert ds["bf16"]["enabled"] is True and ds["activation_checkpointing"] == {"x": 1}
+    # ZeRO-0 is the lean step's: it casts the model and keeps the fp32 masters itself, DeepSpeed's bf16 stays off
+    assert ds["bf16"]["enabled"] is False and ds["activation_checkpointing"] == {"x": 1}
+    cfg = compose_config([f"deepspeed.config_file={path}", "deepspeed.precision=bf16", "deepspeed=zero2"])
+    assert deepspeed_config(cfg, world_size=1)["bf16"]["enabled"] is True  # ZeRO-1/2/3: DeepSpeed's own
 
 
 @pytest.mark.parametrize("contents", ['{"optimizer": {"type": "Adam"}}', "{not json"])

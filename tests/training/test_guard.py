@@ -13,13 +13,13 @@ import torch
 import mtft.training.loop as loop
 import mtft.training.step as step_module
 from mtft.training.guard import (
-    FiniteCheckedAdamW,
     NumericalGuard,
     TrainingDiverged,
     poison_if_nonfinite,
     skip_cause,
 )
 from mtft.training.loop import train
+from mtft.training.optimizer import MasterAdamW
 from mtft.training.state import COMPLETE_MARKER
 from tests.helpers import compose_config, computed, small_data_overrides
 
@@ -42,19 +42,51 @@ def test_poison_leaves_a_finite_loss_exactly_alone_and_spoils_a_non_finite_one()
     assert torch.isnan(grad).all()
 
 
-def test_finite_checked_adamw_skips_a_nan_step_and_clips_a_finite_one():
+def test_master_adamw_skips_a_nan_step_on_the_device_and_clips_a_finite_one():
     params = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))]
-    optimizer = FiniteCheckedAdamW(params, max_grad_norm=1.0, lr=0.1)
+    optimizer = MasterAdamW(params, max_grad_norm=1.0, lr=0.1, weight_decay=0.0)
     params[0].grad, params[1].grad = torch.tensor([3.0, 0.0, 4.0]), torch.tensor([0.0, math.nan])
     optimizer.step()
-    assert optimizer.overflow and math.isnan(optimizer._global_grad_norm)
-    assert all(p.tolist() == [1.0] * len(p) for p in params) and not optimizer.state  # no update, no moments
+    assert optimizer.skipped.item() == 1.0 and math.isnan(optimizer.grad_norm.item())
+    assert all(p.tolist() == [1.0] * len(p) for p in params)  # no update
+    assert optimizer.state[optimizer.master]["step"].item() == 0  # the kernel took its step count back
 
-    params[0].grad, params[1].grad = torch.tensor([3.0, 0.0, 4.0]), torch.zeros(2)  # the engine zeroes them
+    params[0].grad, params[1].grad = torch.tensor([3.0, 0.0, 4.0]), torch.zeros(2)
     optimizer.step()
-    assert not optimizer.overflow and optimizer._global_grad_norm == pytest.approx(5.0)  # before clipping
-    assert params[0].grad.norm() == pytest.approx(1.0)  # clipped to max_grad_norm
-    assert params[0][0] < 1.0 and len(optimizer.state) == 2
+    assert optimizer.skipped.item() == 0.0 and optimizer.grad_norm.item() == pytest.approx(5.0)  # before clipping
+    # clipped to norm 1 (×1/5), then Adam's first step moves each weight by lr·sign(g)
+    assert params[0].tolist() == pytest.approx([0.9, 1.0, 0.9]) and params[1].tolist() == [1.0, 1.0]
+    assert optimizer.state[optimizer.master]["step"].item() == 1
+
+
+def test_master_adamw_skips_a_non_finite_loss_with_finite_gradients():
+    param = torch.nn.Parameter(torch.ones(2))
+    optimizer = MasterAdamW([param], max_grad_norm=0.0, lr=0.1, weight_decay=0.0)
+    optimizer.watch_loss(torch.tensor(math.inf))
+    param.grad = torch.ones(2)
+    optimizer.step()
+    assert optimizer.skipped.item() == 1.0 and param.tolist() == [1.0, 1.0]
+    optimizer.watch_loss(torch.tensor(2.0))  # the probe is per step: the next step is judged on its own
+    param.grad = torch.ones(2)
+    optimizer.step()
+    assert optimizer.skipped.item() == 0.0 and param.tolist() == pytest.approx([0.9, 0.9])
+
+
+def test_master_adamw_keeps_fp32_masters_of_bf16_weights_across_a_state_dict():
+    param = torch.nn.Parameter(torch.ones(4, dtype=torch.bfloat16))
+    optimizer = MasterAdamW([param], max_grad_norm=0.0, lr=1e-4, weight_decay=0.0)
+    for _ in range(3):  # steps below bf16's resolution at 1.0: only the master moves
+        param.grad = torch.ones(4, dtype=torch.bfloat16)
+        optimizer.step()
+    assert param.tolist() == [1.0] * 4 and optimizer.master.tolist() == pytest.approx([1 - 3e-4] * 4, abs=1e-6)
+    state = optimizer.state_dict()
+    fresh_param = torch.nn.Parameter(torch.ones(4, dtype=torch.bfloat16))
+    fresh = MasterAdamW([fresh_param], max_grad_norm=0.0, lr=1e-4, weight_decay=0.0)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.master, optimizer.master)
+    assert torch.equal(fresh.state[fresh.master]["exp_avg_sq"], optimizer.state[optimizer.master]["exp_avg_sq"])
+    with pytest.raises(ValueError, match="before the lean step"):
+        fresh.load_state_dict({k: v for k, v in state.items() if k != "master_weights"})
 
 
 def test_guard_counts_in_a_row_and_in_all():
@@ -85,20 +117,20 @@ def inject_nan_into_add(monkeypatch, bad_steps=BAD_STEPS) -> None:
     """Task 'add' (index 0) gets a NaN loss, and NaN gradients, on the optimizer steps `bad_steps`. The step
     number is the engine's own counter, which a resumed run restores, so the injection lands on the same steps."""
     now = {"step": 0}
-    original_step, original_sums = loop.optimizer_step, step_module.per_task_sums
+    original_step, original_sums = loop.optimizer_step, step_module.task_loss_sums
 
     def counting_step(engine, *args, **kwargs):
         now["step"] = engine.global_steps + 1
         return original_step(engine, *args, **kwargs)
 
-    def poisoned_sums(losses, labels, task_ids, num_tasks):
-        sums, counts = original_sums(losses, labels, task_ids, num_tasks)
+    def poisoned_sums(losses, index, num_tasks):
+        sums = original_sums(losses, index, num_tasks)
         if now["step"] in bad_steps:
             sums = sums * torch.tensor([math.nan] + [1.0] * (num_tasks - 1), device=sums.device)
-        return sums, counts
+        return sums
 
     monkeypatch.setattr(loop, "optimizer_step", counting_step)
-    monkeypatch.setattr(step_module, "per_task_sums", poisoned_sums)
+    monkeypatch.setattr(step_module, "task_loss_sums", poisoned_sums)
 
 
 def _config(out, small_tasks, *extra):
