@@ -77,7 +77,10 @@ def test_fused_adamw_where_it_cannot_run_is_a_config_error_naming_the_key(tmp_pa
     from mtft.errors import ConfigError
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    for setting, why in ((["deepspeed=zero2"], "CUDA"), (["deepspeed=zero2", "deepspeed.offload_optimizer=true"], "offload")):
+    for setting, why in (
+        (["deepspeed=zero2"], "CUDA"),
+        (["deepspeed=zero2", "deepspeed.offload_optimizer=true"], "offload"),
+    ):
         cfg = compose_config([*STEPS, "trainer.optimizer=fused_adamw", *setting])
         cfg.trainer.output_dir = str(tmp_path / setting[0])
         with pytest.raises(ConfigError, match=f"trainer.optimizer.*{why}"):
