@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from mtft.bench import adapters, all_suites, balancer, data, gpu, gpu_smoke, load, memory
+from mtft.bench import adapters, all_suites, balancer, data, gpu, gpu_smoke, load, memory, ops
 
 SUITES: dict[str, Callable[[], dict[str, Any]]] = {
     "adapters": adapters.run,
@@ -19,4 +19,5 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "gpu": gpu.main,
     "gpu-smoke": gpu_smoke.main,
     "load": load.main,
+    "ops": ops.main,
 }

@@ -1,8 +1,9 @@
 """`mtft-bench all [--quick] [--out FILE]`: every benchmark suite behind one command, one report.
 
-The suites: data, adapters, balancer, memory, and gpu where CUDA is present (mtft's step against the plain PEFT
-loop at the 0.5B shape; without CUDA it is reported as skipped). Each suite keeps its own method (its docstring
-says how it alternates and repeats); this command collects their results and ratios (`<suite>/<ratio>`).
+The suites: data, adapters, balancer, memory, ops (aten ops and host syncs per step), and gpu where CUDA is
+present (mtft's step against the plain PEFT loop at the 0.5B shape; without CUDA it is reported as skipped).
+Each suite keeps its own method (its docstring says how it alternates and repeats); this command collects their
+results and ratios (`<suite>/<ratio>`).
 `--quick` runs each at a tiny size: the code paths, for CI, not numbers to quote.
 """
 
@@ -17,9 +18,15 @@ from typing import Any
 
 import torch
 
-from mtft.bench import adapters, balancer, data, gpu, memory
+from mtft.bench import adapters, balancer, data, gpu, memory, ops
 
-SUITES = {"data": data.run, "adapters": adapters.run, "balancer": balancer.run, "memory": memory.run}
+SUITES = {
+    "data": data.run,
+    "adapters": adapters.run,
+    "balancer": balancer.run,
+    "memory": memory.run,
+    "ops": ops.suite,
+}
 
 
 def run(quick: bool) -> dict[str, Any]:

@@ -17,8 +17,8 @@ def test_every_suite_runs_and_reports_its_ratios(tmp_path, capsys):
     out = tmp_path / "all.json"
     assert all_suites.main(["--quick", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert report["quick"] and set(report["suites"]) == {"data", "adapters", "balancer", "memory", "gpu"}
-    for name in ("data", "adapters", "balancer", "memory"):
+    assert report["quick"] and set(report["suites"]) == {"data", "adapters", "balancer", "memory", "ops", "gpu"}
+    for name in ("data", "adapters", "balancer", "memory", "ops"):
         ratios = report["suites"][name]["ratios"]
         assert ratios and all(report["ratios"][f"{name}/{key}"] == value for key, value in ratios.items())
     assert all(math.isfinite(value) and value > 0 for value in report["ratios"].values())
