@@ -31,6 +31,16 @@ class IntuitionPrior(nn.Module):
         self.register_buffer("centroids", torch.zeros(clusters, hidden_size))
         self.register_buffer("temperature", torch.ones(1))
         self.current: torch.Tensor | None = None  # the batch's per-token prior (..., clusters), set before forward
+        self._cast: tuple[torch.Tensor, torch.Tensor] | None = None  # (current, it in the routers' dtype)
+
+    def current_in(self, dtype: torch.dtype) -> torch.Tensor | None:
+        """The batch's prior in `dtype`: cast once for all the layers, not once in each."""
+        current = self.current
+        if current is None or current.dtype == dtype:
+            return current
+        if self._cast is None or self._cast[0] is not current or self._cast[1].dtype != dtype:
+            self._cast = (current, current.to(dtype))
+        return self._cast[1]
 
     def affinities(self, embeddings: torch.Tensor) -> torch.Tensor:
         distances = torch.cdist(embeddings.float(), self.centroids.float()) ** 2

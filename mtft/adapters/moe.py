@@ -205,7 +205,8 @@ class LowRankOut(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         hidden, up = ctx.saved_tensors
-        return torch.matmul(grad_out, up), weight_grad(grad_out, hidden)
+        grad_hidden = torch.matmul(grad_out, up) if ctx.needs_input_grad[0] else None
+        return grad_hidden, weight_grad(grad_out, hidden)
 
 
 def softmax_backward(grad: torch.Tensor, probs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

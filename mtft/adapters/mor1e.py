@@ -108,6 +108,15 @@ class PriorBlend(torch.autograd.Function):
         return grad - grad_prior, grad_prior, grad_mix
 
 
+class PriorRouter(nn.Linear):
+    """The prior's pair logits W_p·affinity: an nn.Linear child (its state-dict key, and ZeRO-3 gathers its weight
+    for its own forward) with LowRankOut's backward, one product, as the affinity takes no gradient (autograd's,
+    through nn.Linear: six)."""
+
+    def forward(self, affinity: torch.Tensor) -> torch.Tensor:
+        return LowRankOut.apply(affinity, self.weight)
+
+
 class MoR1ELinear(ExpertLinear):
     def __init__(self, base: nn.Linear, cfg: MoR1EConfig, prior: IntuitionPrior | None = None):
         super().__init__(base, cfg.num_down * cfg.num_up, cfg.dropout)
@@ -120,17 +129,17 @@ class MoR1ELinear(ExpertLinear):
             self.prior_mix = nn.Parameter(torch.zeros(1))  # 1-d: DeepSpeed broadcasts parameters as bytes
         self.router_weight = init_router(cfg.num_down * cfg.num_up, base.in_features)  # after prior_mix, as before
         if prior is not None:
-            self.prior_router = nn.Linear(cfg.intuition_clusters, cfg.num_down * cfg.num_up, bias=False)
+            self.prior_router = PriorRouter(cfg.intuition_clusters, cfg.num_down * cfg.num_up, bias=False)
             nn.init.normal_(self.prior_router.weight, std=cfg.intuition_clusters**-0.5)
 
     def routing_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """The token router's logits, blended with the instance prior's if there is one."""
         if not self.prior_source:
             return logits
-        affinity = self.prior_source[0].current
+        affinity = self.prior_source[0].current_in(logits.dtype)
         if affinity is None:
             raise RuntimeError("MoR1E with an intuition prior needs it set first: mtft.adapters.intuition.prior_for")
-        return PriorBlend.apply(logits, self.prior_router(cast(affinity, logits.dtype)), self.prior_mix)
+        return PriorBlend.apply(logits, self.prior_router(affinity), self.prior_mix)
 
     def update(self, x: torch.Tensor) -> torch.Tensor:
         hidden, logits = LowRankIn.apply(x, self.lora_A, self.router_weight)
