@@ -91,7 +91,7 @@ class ExpertGates(torch.autograd.Function):
 class SwitchLoss(torch.autograd.Function):
     """c·Σ_e routed_e·Σ_t p_te over the real tokens t, or all: the Switch loss, with `routed` (no gradient) the
     real tokens that chose each expert and c (a 0-d tensor, or a number) the constants. Forward: a selection and
-    one product; backward: dL/dp_te = c·routed_e at each real token, 0 at padding, in two ops."""
+    one product; backward: dL/dp_te = c·routed_e at each real token, 0 at padding, in one product."""
 
     @staticmethod
     def forward(ctx, probs: torch.Tensor, routed: torch.Tensor, weight, real: RealTokens | None) -> torch.Tensor:
@@ -106,7 +106,7 @@ class SwitchLoss(torch.autograd.Function):
         (routed,) = ctx.saved_tensors
         if ctx.real is None:
             return (routed * (grad * ctx.weight)).expand(ctx.shape), None, None, None
-        return torch.einsum("...,e,->...e", ctx.real.weights, routed, grad * ctx.weight), None, None, None
+        return torch.einsum("...,e,,->...e", ctx.real.weights, routed, ctx.weight, grad), None, None, None
 
 
 class MoLoRALinear(ExpertLinear):

@@ -263,8 +263,8 @@ def test_bf16_parameters_with_fp32_buffers(name):
 # Top-level aten ops of one forward+backward of a wrapped Linear beyond PEFT LoRA's (issue 19: a step of a mixture
 # within 1.3x of LoRA's, about 14 per wrapped Linear). Each is the count today: the test fails if an op creeps in.
 OP_BUDGET = {
-    torch.float32: {"smora": 12, "molora": 12, "mor1e": 6, "mor1e_dense": 1, "mor1e_prior": 17},
-    torch.bfloat16: {"smora": 13, "molora": 15, "mor1e": 9, "mor1e_dense": 4, "mor1e_prior": 20},
+    torch.float32: {"smora": 12, "molora": 11, "mor1e": 6, "mor1e_dense": 1, "mor1e_prior": 17},
+    torch.bfloat16: {"smora": 13, "molora": 14, "mor1e": 9, "mor1e_dense": 4, "mor1e_prior": 20},
 }
 
 
