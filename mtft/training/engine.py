@@ -44,13 +44,27 @@ def init_distributed() -> tuple[int, int]:
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    import deepspeed
-
+    deepspeed = _deepspeed()
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return dist.get_rank(), dist.get_world_size()
+
+
+def _deepspeed():
+    """DeepSpeed, imported so that its communication backend skips the shared-memory op on a CPU.
+
+    Why: the op serves only DeepSpeed-Inference's `inference_all_reduce`, which training never calls, yet each
+    process JIT-builds or re-checks it under a lock file in ~/.cache/torch_extensions. A process killed while it
+    holds that lock (kill -9, a preemption, a timeout) leaves it behind, and every later DeepSpeed start on the
+    machine waits for it forever. Checking the op also probes every DeepSpeed op with compiler runs."""
+    import deepspeed
+
+    if not torch.cuda.is_available():
+        ops = vars(deepspeed.ops)
+        ops.setdefault("__compatible_ops__", {})["deepspeed_shm_comm"] = False
+    return deepspeed
 
 
 def _free_port() -> int:
@@ -222,7 +236,7 @@ def build_engine(model: nn.Module, cfg: TrainConfig, world_size: int) -> Engine:
     """AdamW over the trainable parameters and a transformers LR schedule, in a DeepSpeed engine.
     ZeRO-0 (bf16, fp32): the lean step's MasterAdamW. ZeRO-1/2/3 and fp16: fused torch AdamW inside DeepSpeed's
     optimizers. With the optimizer offloaded, DeepSpeed's vectorised CPU AdamW (JIT-compiled on first use)."""
-    import deepspeed
+    deepspeed = _deepspeed()
     from deepspeed.accelerator import get_accelerator
     from deepspeed.ops.adam import DeepSpeedCPUAdam
 
@@ -268,8 +282,7 @@ def partitioned_for_inference(model: nn.Module, cfg: TrainConfig, world_size: in
     (DeepSpeed's ZeRO-3 inference), whose forwards gather each layer's shards and free them after. The run's
     DeepSpeed settings (its config file, parameter offload) at stage 3, in the precision `model` was loaded in,
     so the numbers are those of the unpartitioned model."""
-    import deepspeed
-
+    deepspeed = _deepspeed()
     config = deepspeed_config(cfg, world_size)
     config["zero_optimization"]["stage"] = 3
     config["zero_optimization"].pop("offload_optimizer", None)  # there is no optimizer

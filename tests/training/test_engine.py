@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -43,3 +46,21 @@ def test_user_json_problems_name_the_key(tmp_path, contents):
     with pytest.raises(ConfigError) as info:
         deepspeed_config(compose_config([f"deepspeed.config_file={path}"]), world_size=1)
     assert info.value.key == "deepspeed.config_file" and str(path) in str(info.value)
+
+
+def test_a_stale_extension_lock_does_not_hang_deepspeed_on_a_cpu(tmp_path):
+    """A process killed while it held DeepSpeed's shared-memory op lock (~/.cache/torch_extensions) used to make
+    every later DeepSpeed start on the machine wait forever: mtft's engine never builds that op."""
+    (tmp_path / "deepspeed_shm_comm").mkdir()
+    (tmp_path / "deepspeed_shm_comm" / "lock").touch()
+    script = (
+        "from mtft.training.engine import init_distributed\n"
+        "import deepspeed.comm.comm as comm\n"
+        "print(init_distributed(), comm.cdb.shm_comm_op)\n"
+    )
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[-2] == "(0, 1) None"
