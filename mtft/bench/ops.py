@@ -176,10 +176,11 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
 
 def print_table(report: dict[str, Any]) -> None:
     print(f"\n{report['shape']}, {report['tokens_per_micro_batch']} tokens per micro-batch, one optimizer step")
-    print(f"{'config':<24}{'ops':>8}{'syncs':>7}{'cpu-only':>9}  {'optimizer':<28}sync sources")
+    width = max(len(r["optimizer"]) for r in report["results"].values()) + 2
+    print(f"{'config':<24}{'ops':>8}{'syncs':>7}{'cpu-only':>9}  {'optimizer':<{width}}sync sources")
     for key, r in report["results"].items():
         sources = ", ".join(f"{name} {count}" for name, count in r["sync_sources"].items()) or "-"
-        print(f"{key:<24}{r['ops']:>8,}{r['syncs']:>7}{r['cpu_only_syncs']:>9}  {r['optimizer']:<28}{sources}")
+        print(f"{key:<24}{r['ops']:>8,}{r['syncs']:>7}{r['cpu_only_syncs']:>9}  {r['optimizer']:<{width}}{sources}")
     for key, r in report["results"].items():
         print(f"{key}: " + ", ".join(f"{name.removeprefix('aten::')} {count}" for name, count in r["top_ops"]))
     for name, value in report["ratios"].items():

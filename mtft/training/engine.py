@@ -1,12 +1,15 @@
 """The one seam to DeepSpeed: process-group setup and the engine, which owns gradient accumulation, ZeRO,
 offload and checkpoints. `Engine` is what the rest of mtft holds; nothing else calls a DeepSpeed method.
 
-Two optimizer paths, both inside a DeepSpeed engine:
+Three optimizer paths, all inside a DeepSpeed engine:
 - the lean step (ZeRO-0 in bf16 or fp32): DeepSpeed runs the module as it is and calls mtft's `MasterAdamW`
   (training/optimizer.py), which clips, tests and skips on the device, in a handful of ops whatever the number of
   tensors; the engine's per-bucket gradient all-reduce is off (the optimizer sums one flat buffer);
-- ZeRO-1/2/3, fp16 and offload: DeepSpeed's own optimizers (flat buffers, overflow check, loss scaling) around a
-  fused torch AdamW.
+- ZeRO-1/2 in bf16 or fp32 with torch AdamW on the device: DeepSpeed's ZeRO optimizer (flat partitions, reduction,
+  all-gather) around mtft's `GuardedAdamW`, with DeepSpeed's own norm and overflow check, which read the host,
+  turned off: the guard decides on the device here too;
+- ZeRO-3, fp16, offload and DeepSpeed's FusedAdam: DeepSpeed's own optimizers (flat buffers, overflow check, loss
+  scaling) around a fused torch AdamW.
 
 Everything else asks this module (and the parameter views in mtft/distributed.py) rather than DeepSpeed: whether
 parameters are sharded, gathering them, consolidating a sharded model, loading straight into shards, and whether
@@ -30,7 +33,7 @@ from transformers import get_scheduler
 from mtft.config.train import TrainConfig
 from mtft.errors import ConfigError
 from mtft.training.guard import poison_if_nonfinite
-from mtft.training.optimizer import MasterAdamW
+from mtft.training.optimizer import GuardedAdamW, MasterAdamW
 
 
 def init_distributed() -> tuple[int, int]:
@@ -100,8 +103,8 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
         train_micro_batch_size_per_gpu=t.micro_batch_size,
         gradient_accumulation_steps=t.grad_accum_steps,
         train_batch_size=t.micro_batch_size * t.grad_accum_steps * world_size,
-        # the lean step's optimizer clips itself, with the norm it also tests (training/optimizer.py)
-        gradient_clipping=0.0 if is_lean(cfg) else t.max_grad_norm,
+        # mtft's guarded optimizers clip themselves, with the norm they also test (training/optimizer.py)
+        gradient_clipping=0.0 if guards_on_device(cfg) else t.max_grad_norm,
         steps_per_print=10**9,
     )
     zero = ds.setdefault("zero_optimization", {})
@@ -114,6 +117,9 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
     precision = resolve_precision(cfg.deepspeed.precision)
     ds["bf16"] = {**ds.get("bf16", {}), "enabled": precision == "bf16" and not is_lean(cfg)}
     ds["fp16"] = {**ds.get("fp16", {}), "enabled": precision == "fp16"}
+    if guards_on_device(cfg) and not is_lean(cfg):  # GuardedAdamW computes and tests the norm on the device
+        zero["compute_grad_norm"] = False
+        ds["bf16"]["check_grad_overflow"] = False
     ds["zero_allow_untested_optimizer"] = True  # our AdamW is a plain torch optimizer
     return ds
 
@@ -123,18 +129,28 @@ def is_lean(cfg: TrainConfig) -> bool:
     return cfg.deepspeed.stage == 0 and resolve_precision(cfg.deepspeed.precision) in ("bf16", "fp32")
 
 
+def guards_on_device(cfg: TrainConfig) -> bool:
+    """Whether mtft's optimizer clips and guards the step on the device: the lean step, and ZeRO-1/2 in bf16 or fp32
+    with torch AdamW where the gradients are (DeepSpeed's own checks serve fp16's loss scaling, offload and
+    FusedAdam)."""
+    zero_1_2 = cfg.deepspeed.stage in (1, 2) and cfg.trainer.optimizer == "adamw"
+    on_device = resolve_precision(cfg.deepspeed.precision) in ("bf16", "fp32") and not cfg.deepspeed.offload_optimizer
+    return is_lean(cfg) or (zero_1_2 and on_device)
+
+
 class Engine:
     """The DeepSpeed engine as the training step uses it: forward, backward, the step's outcome on the device, the
     LR schedule, checkpoints. `ds` is DeepSpeed's engine, for this module's own functions only."""
 
-    def __init__(self, ds, schedule, lean: MasterAdamW | None):
-        self.ds, self.schedule, self.lean = ds, schedule, lean
+    def __init__(self, ds, schedule, guard: GuardedAdamW | None):
+        self.ds, self.schedule, self.guard = ds, schedule, guard
         self.module, self.device, self.world_size = ds.module, ds.device, ds.world_size
-        if lean is not None:
+        lean = isinstance(guard, MasterAdamW)
+        if lean:
             ds.enable_backward_allreduce = False  # per bucket and per tensor; MasterAdamW sums one flat buffer
         # The step's loss is normalised over all ranks' tokens, so gradients are summed over ranks. DeepSpeed's
-        # reductions average: their backward is scaled by the world size.
-        self.loss_scale = ds.world_size
+        # reductions average: their backward is scaled by the world size. MasterAdamW's own all-reduce sums.
+        self.loss_scale = 1 if lean else ds.world_size
 
     def __call__(self, *args, **kwargs):
         return self.ds(*args, **kwargs)
@@ -150,13 +166,13 @@ class Engine:
 
     def backward(self, loss: torch.Tensor) -> None:
         """One micro-batch's backward; at the step's last micro-batch, the optimizer step too. A non-finite loss
-        skips the step (training/guard.py): the lean step's optimizer watches it, DeepSpeed's overflow check sees
+        skips the step (training/guard.py): mtft's guarded optimizer watches it, DeepSpeed's overflow check sees
         the NaN gradients `poison_if_nonfinite` gives it."""
-        if self.lean is not None:
-            self.lean.watch_loss(loss)
+        if self.guard is not None:
+            self.guard.watch_loss(loss)
         else:
             loss = poison_if_nonfinite(loss)
-            loss = loss * self.loss_scale if self.loss_scale != 1 else loss
+        loss = loss * self.loss_scale if self.loss_scale != 1 else loss
         self.ds.backward(loss, scale_wrt_gas=False)
         self.ds.step()
 
@@ -170,10 +186,10 @@ class Engine:
 
     def outcome(self) -> torch.Tensor:
         """[gradient norm before clipping (NaN where none is computed), 1.0 if the update was skipped], on the
-        device. The lean step's comes from the device with no sync; DeepSpeed's own optimizers have already read
+        device. mtft's guarded optimizers leave it on the device with no sync; DeepSpeed's own have already read
         their overflow flag on the host, and their norm stays where it is."""
-        if self.lean is not None:
-            return torch.stack([self.lean.grad_norm, self.lean.skipped])
+        if self.guard is not None:
+            return torch.stack([self.guard.grad_norm, self.guard.skipped])
         norm = self.ds.get_global_grad_norm()
         skipped = torch.tensor(0.0 if self.ds.was_step_applied() else 1.0, device=self.device)
         if not isinstance(norm, torch.Tensor):
@@ -182,12 +198,12 @@ class Engine:
 
     @property
     def reports_grad_norm(self) -> bool:
-        return self.lean is not None or self.ds.get_global_grad_norm() is not None
+        return self.guard is not None or self.ds.get_global_grad_norm() is not None
 
     def finish_step(self, applied: bool) -> None:
-        """After the host has read the step's outcome: the lean step's LR schedule moves only for an applied step
-        (DeepSpeed steps its own schedule, already skipped on overflow)."""
-        if self.lean is not None and applied:
+        """After the host has read the step's outcome: with mtft's guarded optimizers the LR schedule moves only
+        for an applied step (DeepSpeed steps its own schedule, already skipped on overflow)."""
+        if self.guard is not None and applied:
             self.schedule.step()
 
     def optimizer_name(self) -> str:
@@ -212,9 +228,9 @@ class Engine:
 
 
 class _DeferredSchedule:
-    """What DeepSpeed holds as the lean step's LR schedule: it saves and loads the real one's state in its
-    checkpoints, but its `step()` (which DeepSpeed calls after every optimizer step) does nothing; `Engine`
-    steps the real one once the step is known to be applied."""
+    """What DeepSpeed holds as the LR schedule where mtft's optimizer guards the step (DeepSpeed sees no skip): it
+    saves and loads the real one's state in its checkpoints, but its `step()` (which DeepSpeed calls after every
+    optimizer step) does nothing; `Engine` steps the real one once the step is known to be applied."""
 
     def __init__(self, schedule):
         self.schedule = schedule
@@ -234,8 +250,9 @@ class _DeferredSchedule:
 
 def build_engine(model: nn.Module, cfg: TrainConfig, world_size: int) -> Engine:
     """AdamW over the trainable parameters and a transformers LR schedule, in a DeepSpeed engine.
-    ZeRO-0 (bf16, fp32): the lean step's MasterAdamW. ZeRO-1/2/3 and fp16: fused torch AdamW inside DeepSpeed's
-    optimizers. With the optimizer offloaded, DeepSpeed's vectorised CPU AdamW (JIT-compiled on first use)."""
+    ZeRO-0 (bf16, fp32): the lean step's MasterAdamW. ZeRO-1/2 (bf16, fp32): GuardedAdamW inside DeepSpeed's ZeRO
+    optimizer. ZeRO-3 and fp16: fused torch AdamW inside DeepSpeed's optimizers. With the optimizer offloaded,
+    DeepSpeed's vectorised CPU AdamW (JIT-compiled on first use)."""
     deepspeed = _deepspeed()
     from deepspeed.accelerator import get_accelerator
     from deepspeed.ops.adam import DeepSpeedCPUAdam
@@ -245,7 +262,7 @@ def build_engine(model: nn.Module, cfg: TrainConfig, world_size: int) -> Engine:
         raise ConfigError("trainer.optimizer", "fused_adamw needs the optimizer on the GPU (no optimizer offload)")
     if t.optimizer == "fused_adamw" and not torch.cuda.is_available():
         raise ConfigError("trainer.optimizer", "fused_adamw is DeepSpeed's CUDA FusedAdam; without a GPU use adamw")
-    lean = None
+    guard = None
     if is_lean(cfg):
         if resolve_precision(cfg.deepspeed.precision) == "bf16":
             for param in model.parameters():  # as DeepSpeed's bf16 engine does: parameters, not buffers
@@ -253,7 +270,12 @@ def build_engine(model: nn.Module, cfg: TrainConfig, world_size: int) -> Engine:
                     param.data = param.data.to(torch.bfloat16)
         model.to(get_accelerator().current_device_name())  # the master weights are made where they will live
         trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = lean = MasterAdamW(trainable, t.max_grad_norm, lr=t.lr, weight_decay=t.weight_decay)
+        optimizer = guard = MasterAdamW(trainable, t.max_grad_norm, lr=t.lr, weight_decay=t.weight_decay)
+    elif guards_on_device(cfg):  # ZeRO-1/2: its parameters are this rank's partitions, so the norm is summed
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = guard = GuardedAdamW(
+            trainable, t.max_grad_norm, lr=t.lr, weight_decay=t.weight_decay, sum_norm_over_ranks=True
+        )
     elif cfg.deepspeed.offload_optimizer:
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = DeepSpeedCPUAdam(trainable, lr=t.lr, weight_decay=t.weight_decay)
@@ -271,10 +293,10 @@ def build_engine(model: nn.Module, cfg: TrainConfig, world_size: int) -> Engine:
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
-        lr_scheduler=_DeferredSchedule(schedule) if lean is not None else schedule,
+        lr_scheduler=_DeferredSchedule(schedule) if guard is not None else schedule,
         config=deepspeed_config(cfg, world_size),
     )
-    return Engine(engine, schedule, lean)
+    return Engine(engine, schedule, guard)
 
 
 def partitioned_for_inference(model: nn.Module, cfg: TrainConfig, world_size: int):

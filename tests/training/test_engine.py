@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from mtft.errors import ConfigError
-from mtft.training.engine import deepspeed_config
+from mtft.training.engine import deepspeed_config, guards_on_device
 from tests.helpers import compose_config
 
 
@@ -21,8 +21,28 @@ def test_batch_sizes_precision_and_clipping_come_from_our_config():
     ds = deepspeed_config(cfg, world_size=4)
     assert ds["train_micro_batch_size_per_gpu"] == 3 and ds["gradient_accumulation_steps"] == 5
     assert ds["train_batch_size"] == 3 * 5 * 4
-    assert ds["gradient_clipping"] == 0.5 and ds["zero_optimization"]["stage"] == 2
     assert ds["bf16"]["enabled"] is False and ds["fp16"]["enabled"] is False
+    # ZeRO-2 with torch AdamW: GuardedAdamW clips by the norm it computes; DeepSpeed's own norm is off
+    assert ds["gradient_clipping"] == 0.0 and ds["zero_optimization"] == {"stage": 2, "compute_grad_norm": False}
+    ds = deepspeed_config(compose_config(["trainer.max_grad_norm=0.5", "deepspeed=zero3"]), world_size=4)
+    assert ds["gradient_clipping"] == 0.5 and "compute_grad_norm" not in ds["zero_optimization"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "guarded"),
+    [
+        (["deepspeed.precision=bf16"], True),
+        (["deepspeed.precision=fp32"], True),
+        (["deepspeed=zero2", "deepspeed.stage=1", "deepspeed.precision=bf16"], True),
+        (["deepspeed=zero2", "deepspeed.precision=fp32"], True),
+        (["deepspeed=zero2", "deepspeed.precision=fp16"], False),  # fp16's loss scaling is DeepSpeed's
+        (["deepspeed=zero2", "deepspeed.offload_optimizer=true"], False),  # DeepSpeed's CPU Adam
+        (["deepspeed=zero2", "trainer.optimizer=fused_adamw"], False),  # DeepSpeed's FusedAdam
+        (["deepspeed=zero3", "deepspeed.precision=bf16"], False),
+    ],
+)
+def test_the_guard_decides_on_the_device_for_zero_0_to_2_with_torch_adamw(overrides, guarded):
+    assert guards_on_device(compose_config(overrides)) is guarded
 
 
 def test_user_json_keeps_its_own_keys_but_not_ours(tmp_path):

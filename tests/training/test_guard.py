@@ -9,6 +9,8 @@ import shutil
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing
 
 import mtft.training.loop as loop
 import mtft.training.step as step_module
@@ -19,7 +21,7 @@ from mtft.training.guard import (
     skip_cause,
 )
 from mtft.training.loop import train
-from mtft.training.optimizer import MasterAdamW
+from mtft.training.optimizer import GuardedAdamW, MasterAdamW
 from mtft.training.state import COMPLETE_MARKER
 from tests.helpers import compose_config, computed, small_data_overrides
 
@@ -57,6 +59,33 @@ def test_master_adamw_skips_a_nan_step_on_the_device_and_clips_a_finite_one():
     # clipped to norm 1 (×1/5), then Adam's first step moves each weight by lr·sign(g)
     assert params[0].tolist() == pytest.approx([0.9, 1.0, 0.9]) and params[1].tolist() == [1.0, 1.0]
     assert optimizer.state[optimizer.master]["step"].item() == 1
+
+
+def _guard_on_two_ranks(rank: int, port: int, out) -> None:
+    """Each rank holds one partition of the weights (as under ZeRO-2); rank 1 alone sees a NaN loss in step 2."""
+    dist.init_process_group("gloo", rank=rank, world_size=2, init_method=f"tcp://127.0.0.1:{port}")
+    param = torch.nn.Parameter(torch.ones(2))
+    optimizer = GuardedAdamW([param], max_grad_norm=1.0, lr=0.1, weight_decay=0.0, sum_norm_over_ranks=True)
+    steps = []
+    for grad, loss in [([3.0, 0.0] if rank == 0 else [0.0, 4.0], 1.0), ([1.0, 1.0], math.nan if rank else 1.0)]:
+        param.grad = torch.tensor(grad)
+        optimizer.watch_loss(torch.tensor(loss))
+        optimizer.step()
+        steps.append([optimizer.grad_norm.item(), optimizer.skipped.item(), *param.tolist()])
+    (out / f"{rank}.json").write_text(json.dumps(steps))
+    dist.destroy_process_group()
+
+
+def test_guarded_adamw_sums_the_norm_over_ranks_and_skips_on_every_rank(tmp_path):
+    from mtft.training.engine import _free_port
+
+    torch.multiprocessing.spawn(_guard_on_two_ranks, args=(_free_port(), tmp_path), nprocs=2)
+    ranks = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1)]
+    for first, second in ranks:
+        assert first[:2] == pytest.approx([5.0, 0.0])  # √(3² + 4²): both partitions, before clipping
+        assert math.isnan(second[0]) and second[1] == 1.0  # one rank's NaN loss skips every rank's update
+    assert ranks[0][0][2:] == pytest.approx([0.9, 1.0]) and ranks[1][0][2:] == pytest.approx([1.0, 0.9])
+    assert ranks[0][1][2:] == ranks[0][0][2:] and ranks[1][1][2:] == ranks[1][0][2:]
 
 
 def test_master_adamw_skips_a_non_finite_loss_with_finite_gradients():
@@ -233,13 +262,16 @@ def test_a_non_finite_gradient_is_named_by_parameter(dist_group, small_tasks, tm
     assert "non-finite gradients of" in message and "layers.1.mlp.up_proj.lora_A" in message
 
 
-def test_deepspeeds_own_overflow_skip_counts_the_same(dist_group, small_tasks, tmp_path, monkeypatch):
-    """Under ZeRO-2 the skip is DeepSpeed's (its optimizer's overflow check), not ours: counted all the same."""
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_zero_stages_skip_and_count_the_same(dist_group, small_tasks, tmp_path, monkeypatch, stage):
+    """Under ZeRO-2 the skip is GuardedAdamW's, on the device inside DeepSpeed's ZeRO optimizer; under ZeRO-3 it is
+    DeepSpeed's own overflow check. Counted the same, and the LR schedule holds still through both skips."""
     inject_nan_into_add(monkeypatch)
-    summary = train(_config(tmp_path / "zero2", small_tasks, "deepspeed=zero2", "trainer.max_steps=6"))
-    got = _records(tmp_path / "zero2")
+    summary = train(_config(tmp_path / stage, small_tasks, f"deepspeed={stage}", "trainer.max_steps=6"))
+    got = _records(tmp_path / stage)
     assert summary["skipped_steps"] == 2 and got[6]["train/skipped_steps"] == 2
-    assert math.isfinite(got[6]["loss"]) and got[4]["grad_norm"] == math.inf
+    assert math.isfinite(got[6]["loss"]) and not math.isfinite(got[4]["grad_norm"])
+    assert got[3]["lr"] == got[4]["lr"] == got[5]["lr"] != got[6]["lr"]  # the rate after each step
 
 
 def test_non_finite_weights_are_never_saved(dist_group, small_tasks, tmp_path, monkeypatch):
