@@ -29,37 +29,40 @@ from mtft.models import TinyModelConfig, build_byte_tokenizer, build_tiny_model
 
 MODEL = TinyModelConfig(hidden_size=512, num_layers=10, num_heads=8, num_kv_heads=8, intermediate_size=1376)
 BATCH, SEQ, WARMUP, STEPS = 2, 256, 2, 10  # STEPS: timed rounds, one step of each adapter per round
-QUICK_WARMUP, QUICK_STEPS = 1, 2  # `--quick`: the code path, not a measurement to quote
+# `--quick`: the code path at a small size, not a measurement to quote
+QUICK_MODEL = TinyModelConfig(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=4, intermediate_size=256)
+QUICK_SEQ, QUICK_WARMUP, QUICK_STEPS = 64, 1, 2
 
 
-def _configs() -> dict[str, Any]:
+def _configs(quick: bool = False) -> dict[str, Any]:
     return {
         "lora": LoraConfig(rank=64, alpha=128),
         "smora": SMoRAConfig(rank=64, top_k=8, alpha=128),
         "molora": MoLoRAConfig(num_experts=8, expert_rank=8, top_k=2, alpha=128),
-        "mor1e": MoR1EConfig(num_down=_mor1e_rank(), num_up=_mor1e_rank(), top_k=8, alpha=128),
+        "mor1e": MoR1EConfig(num_down=_mor1e_rank(quick), num_up=_mor1e_rank(quick), top_k=8, alpha=128),
     }
 
 
-def _mor1e_rank() -> int:
-    """r1 = r2 = r whose MoR1E has about LoRA r=64's trainable parameters on MODEL's Linear shapes."""
-    shapes = [(m.in_features, m.out_features) for m in _model().modules() if isinstance(m, torch.nn.Linear)][:-1]
+def _mor1e_rank(quick: bool) -> int:
+    """r1 = r2 = r whose MoR1E has about LoRA r=64's trainable parameters on the model's Linear shapes."""
+    linears = [m for m in _model(quick).modules() if isinstance(m, torch.nn.Linear)][:-1]
+    shapes = [(m.in_features, m.out_features) for m in linears]
     lora = sum(64 * (i + o) for i, o in shapes)
     return min(range(1, 65), key=lambda r: abs(sum(r * (i + o) + i * r * r for i, o in shapes) - lora))
 
 
-def _model():
+def _model(quick: bool = False):
     torch.manual_seed(0)
-    return build_tiny_model(MODEL, build_byte_tokenizer())
+    return build_tiny_model(QUICK_MODEL if quick else MODEL, build_byte_tokenizer())
 
 
-def _trainer(name: str):
+def _trainer(name: str, quick: bool = False):
     """The adapter on a fresh copy of the model, and a function that takes one train step and returns its time."""
     torch.manual_seed(0)
-    model = ADAPTERS[name].inject(_model(), _configs()[name]).train()
+    model = ADAPTERS[name].inject(_model(quick), _configs(quick)[name]).train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-4)
-    ids = torch.randint(0, 256, (BATCH, SEQ))
+    ids = torch.randint(0, 256, (BATCH, QUICK_SEQ if quick else SEQ))
 
     def step() -> float:
         start = time.perf_counter()
@@ -73,7 +76,7 @@ def _trainer(name: str):
 
 def measure_memory(name: str, quick: bool = False) -> dict[str, Any]:
     """In a fresh process: the process's peak resident memory over a few train steps, and the parameter counts."""
-    model, trainable, step = _trainer(name)
+    model, trainable, step = _trainer(name, quick)
     for _ in range(QUICK_WARMUP + QUICK_STEPS if quick else WARMUP + 1):
         step()
     return {
@@ -85,7 +88,7 @@ def measure_memory(name: str, quick: bool = False) -> dict[str, Any]:
 
 def measure_time(names: list[str], quick: bool = False) -> dict[str, list[float]]:
     """Every adapter's step times, taken in turn, round after round, in this process (warm-up rounds dropped)."""
-    steps = {name: _trainer(name)[2] for name in names}
+    steps = {name: _trainer(name, quick)[2] for name in names}
     warmup, rounds = (QUICK_WARMUP, QUICK_STEPS) if quick else (WARMUP, STEPS)
     times: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(warmup + rounds):
@@ -106,11 +109,11 @@ def run(quick: bool = False) -> dict[str, Any]:
     for name in names[1:]:
         ratios[f"{name}_step_time_over_lora64"] = results[name]["step_seconds"] / base["step_seconds"]
         ratios[f"{name}_peak_memory_over_lora64"] = results[name]["peak_rss_mb"] / base["peak_rss_mb"]
-    configs = {name: vars(cfg) for name, cfg in _configs().items()}
+    configs = {name: vars(cfg) for name, cfg in _configs(quick).items()}
     return {
         "suite": "adapters",
-        "model": vars(MODEL),
-        "tokens_per_step": BATCH * SEQ,
+        "model": vars(QUICK_MODEL if quick else MODEL),
+        "tokens_per_step": BATCH * (QUICK_SEQ if quick else SEQ),
         "configs": configs,
         "results": results,
         "ratios": ratios,

@@ -31,7 +31,7 @@ CASES: dict[str, dict[str, Any]] = {
     "gradient_checkpointing=true": dict(layers=24, vocab=512, batch=1, cross_entropy="full", checkpointing=True),
 }
 SEQ = 2048
-QUICK_SEQ, QUICK_LAYERS = 256, 4  # `--quick`: the code path, not a measurement to quote
+QUICK_SEQ, QUICK_LAYERS, QUICK_VOCAB = 128, 2, 8192  # `--quick`: the code path, not a measurement to quote
 
 
 def measure(case: str, quick: bool = False) -> dict[str, Any]:
@@ -39,9 +39,11 @@ def measure(case: str, quick: bool = False) -> dict[str, Any]:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     spec = CASES[case]
-    seq, layers = (QUICK_SEQ, min(spec["layers"], QUICK_LAYERS)) if quick else (SEQ, spec["layers"])
+    seq, layers, vocab = (SEQ, spec["layers"], spec["vocab"])
+    if quick:
+        seq, layers, vocab = QUICK_SEQ, min(layers, QUICK_LAYERS), min(vocab, QUICK_VOCAB)
     config = Qwen2Config(
-        **{**QWEN_0_5B, "vocab_size": spec["vocab"], "num_hidden_layers": layers},
+        **{**QWEN_0_5B, "vocab_size": vocab, "num_hidden_layers": layers},
         use_cache=False,
         attn_implementation="sdpa",
     )
@@ -50,7 +52,7 @@ def measure(case: str, quick: bool = False) -> dict[str, Any]:
     runtime = ADAPTERS["lora"].runtime(model, LoraConfig(rank=16))
     if spec["checkpointing"]:
         enable_gradient_checkpointing(model, runtime.recomputation)
-    ids = torch.randint(0, spec["vocab"], (spec["batch"], seq))
+    ids = torch.randint(0, vocab, (spec["batch"], seq))
     positions = torch.arange(seq).remainder(seq // 4).expand(spec["batch"], seq)  # four packed samples a row
     before = resident_bytes()
     reset_peak()
