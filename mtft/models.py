@@ -72,6 +72,9 @@ class TinyModelConfig:
 @dataclass
 class ModelConfig:
     name_or_path: str | None = None  # local directory or hub id; None builds the tiny random model below
+    # a GGUF file (llama.cpp's format) in name_or_path to load instead of config.json and safetensors: read by
+    # transformers with the `gguf` package, dequantized, and from then on an ordinary model (exports included)
+    gguf_file: str | None = None
     trust_remote_code: bool = False
     # auto: flash_attention_2 where flash-attn imports and CUDA is present (packed rows then run as varlen, no
     # mask), else sdpa (packed rows get a block-diagonal mask, O(length²) per row); see resolve_attention
@@ -133,15 +136,23 @@ def build_tiny_model(
         return LlamaForCausalLM(config)
 
 
-def model_source(name_or_path: str) -> str:
+def model_source(name_or_path: str, gguf_file: str | None = None) -> str:
     """What transformers should load `name_or_path` from: an existing directory, or else a hub id.
 
     Checked before anything loads. A string that looks like a path (absolute, starting with `.` or `~`, or with more
     than one `/`) and is no directory is a mistyped path: transformers would report it as a malformed repo id."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ConfigError("model.name_or_path", f"{name_or_path}: no config.json in it; not a model directory")
+        if gguf_file is not None and not (path / gguf_file).is_file():
+            found = ", ".join(sorted(p.name for p in path.glob("*.gguf"))) or "none"
+            raise ConfigError(
+                "model.gguf_file", f"{gguf_file}: not a file in {name_or_path} (GGUF files there: {found})"
+            )
+        if gguf_file is None and not (path / "config.json").is_file():
+            hint = "; set model.gguf_file=NAME to load a GGUF file from it" if any(path.glob("*.gguf")) else ""
+            raise ConfigError(
+                "model.name_or_path", f"{name_or_path}: no config.json in it; not a model directory{hint}"
+            )
         return str(path) if name_or_path.startswith("~") else name_or_path  # transformers does not expand `~`
     if name_or_path.startswith((".", "~", "/")) or name_or_path.count("/") > 1:
         raise ConfigError("model.name_or_path", f"{name_or_path}: no such directory, and not a hub id")
@@ -153,9 +164,9 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     the weights may not be)."""
     if cfg.name_or_path is None:
         return build_byte_tokenizer()
-    source = model_source(cfg.name_or_path)
+    source = model_source(cfg.name_or_path, cfg.gguf_file)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code, **_gguf(cfg))
     except (OSError, ValueError) as err:  # not on the hub or offline, or a directory without tokenizer files
         raise ConfigError("model.name_or_path", f"{cfg.name_or_path}: {_cannot_load(source, err)}") from None
     ensure_chat_template(tokenizer)
@@ -173,16 +184,19 @@ def load_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrain
     if cfg.name_or_path is None:
         model = build_tiny_model(cfg.tiny, tokenizer, attention)
     else:
-        source = model_source(cfg.name_or_path)
+        source = model_source(cfg.name_or_path, cfg.gguf_file)
         try:
             model = AutoModelForCausalLM.from_pretrained(
                 source,
                 trust_remote_code=cfg.trust_remote_code,
                 attn_implementation=attention,
                 dtype=torch.float32,  # the DeepSpeed engine casts to the configured precision
+                **_gguf(cfg),
             )
         except OSError as err:  # e.g. a directory with a tokenizer but no weights
             raise ConfigError("model.name_or_path", f"{cfg.name_or_path}: {_cannot_load(source, err)}") from None
+        if cfg.gguf_file is not None:
+            _forget_gguf_quantization(model)
     model.config.use_cache = False  # training only; a cache would also break packed-sequence isolation
     return model
 
@@ -190,6 +204,25 @@ def load_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrain
 def load_model_and_tokenizer(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     tokenizer = load_tokenizer(cfg)
     return load_model(cfg, tokenizer), tokenizer
+
+
+def _gguf(cfg: ModelConfig) -> dict[str, str]:
+    """transformers' argument for a GGUF checkpoint; its reader needs the `gguf` package (the `gguf` extra)."""
+    if cfg.gguf_file is None:
+        return {}
+    if importlib.util.find_spec("gguf") is None:
+        raise ConfigError("model.gguf_file", "reading a GGUF file needs the gguf package: pip install 'mtft[gguf]'")
+    return {"gguf_file": cfg.gguf_file}
+
+
+def _forget_gguf_quantization(model: PreTrainedModel) -> None:
+    """transformers dequantizes a GGUF checkpoint as it loads, yet keeps its quantizer, which makes the model refuse
+    `save_pretrained` ("quantized with gguf and is not serializable") and look quantized to PEFT. The weights are
+    plain float tensors by then: drop the marks, so exports and merges are ordinary safetensors models."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
 
 
 def _cannot_load(source: str, err: Exception) -> str:

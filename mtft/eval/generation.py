@@ -94,7 +94,8 @@ def _scored(chunk: list, outputs: list[list[int]], task: str, spec, tokenizer) -
     for (_, (prompt, reference)), output in zip(chunk, outputs, strict=True):
         text = {
             "prompt": tokenizer.decode(prompt, skip_special_tokens=True),
-            "reference": tokenizer.decode(reference, skip_special_tokens=True),
+            # the trained span ends with the template's own end of turn, e.g. ChatML's "<|im_end|>\n": not the answer
+            "reference": tokenizer.decode(reference, skip_special_tokens=True).strip(),
             "output": tokenizer.decode(output, skip_special_tokens=True),
         }
         scores = {m: METRICS[m](text["output"], text["reference"], spec.answer_pattern) for m in metrics}

