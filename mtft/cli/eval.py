@@ -1,6 +1,10 @@
 """`mtft-eval checkpoint=RUN/checkpoint-N out=DIR [key=value ...]`: per-task validation loss, perplexity and
 generation metrics of a trained checkpoint (training/evaluate.py).
 
+`mtft-eval model=DIR_OR_ID [gguf_file=NAME] [adapter=DIR] data=FILE.yaml out=DIR`: the same for a model that mtft
+did not train: the base model (the zero-shot row), or with a PEFT adapter trained elsewhere (TRL, LLaMA-Factory,
+axolotl). precision=auto|bf16|fp32 sets its dtype (auto: bf16 on a GPU that has it).
+
 Keys: config=RUN/config.yaml (needed for an exported adapter; a checkpoint finds its run's), data=FILE.yaml (a
 data config; default: the run's), batch_size, max_new_tokens, max_samples (per task), do_sample, temperature,
 seed, zero3. Writes DIR/eval.json and DIR/predictions.jsonl and prints a table.
@@ -23,9 +27,11 @@ from mtft.distributed import is_rank_zero
 from mtft.errors import ConfigError, UserError
 
 USAGE = (
-    "[torchrun --nproc_per_node N -m mtft.cli.eval | mtft-eval] checkpoint=DIR out=DIR [config=FILE] [data=FILE]"
+    "[torchrun --nproc_per_node N -m mtft.cli.eval | mtft-eval] (checkpoint=DIR [config=FILE] [data=FILE] |"
+    " model=DIR_OR_ID [gguf_file=NAME] [adapter=DIR] [precision=P] data=FILE) out=DIR"
     " [batch_size=N] [max_new_tokens=N] [zero3=true|false] ..."
 )
+BASE_KEYS = {"model", "gguf_file", "adapter", "precision"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,21 +41,40 @@ def main(argv: list[str] | None = None) -> None:
         from mtft.training.evaluate import EvalSettings
 
         paths = {"checkpoint", "out", "config", "data"}
-        known = paths | {f.name for f in dataclasses.fields(EvalSettings)}
+        known = paths | BASE_KEYS | {f.name for f in dataclasses.fields(EvalSettings)}
         unknown = sorted(set(args) - known)
-        if unknown or "checkpoint" not in args or "out" not in args:
+        base_keys = sorted(BASE_KEYS & set(args))
+        if unknown or ("checkpoint" in args) == ("model" in args) or "out" not in args:
             raise ConfigError("", f"usage: {USAGE} (unknown: {unknown})")
-        settings = from_dict(EvalSettings, {k: yaml.safe_load(v) for k, v in args.items() if k not in paths})
+        if "checkpoint" in args and base_keys:
+            raise ConfigError(base_keys[0], "only with model=... (a checkpoint knows its model)")
+        if "model" in args and "config" in args:
+            raise ConfigError("config", "only with checkpoint=... (a base model has no run config)")
+        skip = paths | BASE_KEYS
+        settings = from_dict(EvalSettings, {k: yaml.safe_load(v) for k, v in args.items() if k not in skip})
         from mtft.training.evaluate import evaluate, print_table  # heavy imports once the arguments are valid
 
         optional = {k: Path(args[k]) if k in args else None for k in ("config", "data")}
-        report = evaluate(Path(args["checkpoint"]), Path(args["out"]), settings, **optional)
+        checkpoint = Path(args["checkpoint"]) if "checkpoint" in args else None
+        report = evaluate(checkpoint, Path(args["out"]), settings, **optional, base=base_model(args))
         if is_rank_zero():
             print_table(report)
             print(f"written to {args['out']}/eval.json and predictions.jsonl")
     except UserError as err:
         print(f"mtft-eval: error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def base_model(args: dict[str, str]):
+    """`model=`, `gguf_file=`, `adapter=`, `precision=` as a BaseModel (None without `model=`)."""
+    if "model" not in args:
+        return None
+    from mtft.models import ModelConfig
+    from mtft.training.inference import BaseModel
+
+    model = ModelConfig(name_or_path=args["model"], gguf_file=args.get("gguf_file"))
+    adapter = Path(args["adapter"]) if "adapter" in args else None
+    return BaseModel(model, adapter, args.get("precision", "auto"))
 
 
 if __name__ == "__main__":

