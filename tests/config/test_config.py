@@ -123,6 +123,13 @@ def test_trainer_defaults_only_in_dataclass():
             assert getattr(cfg.trainer, f.name) == f.default, f.name
 
 
+def test_a_pretrained_model_takes_a_pretrained_lms_learning_rate():
+    """model=hf: LoRA at 2e-4, as peers default to; the tiny demo keeps its 3e-3; the command line wins."""
+    assert compose_config(["model=hf", "model.name_or_path=/m"]).trainer.lr == 2e-4
+    assert compose_config(["model=hf", "model.name_or_path=/m", "trainer.lr=1e-3"]).trainer.lr == 1e-3
+    assert compose_config().trainer.lr == TrainerConfig.lr == 3e-3
+
+
 def test_registries_match_their_config_groups():
     """Each name is written three times: the registry key, its config's default name, the YAML option of the group.
     Every registry entry has its YAML file and every YAML file its entry, and selecting the option builds that
