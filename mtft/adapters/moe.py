@@ -191,8 +191,8 @@ class LowRankIn(torch.autograd.Function):
     def backward(ctx, grad_hidden: torch.Tensor, grad_logits: torch.Tensor):
         x, down, router = ctx.saved_tensors
         grad_x = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.matmul(grad_hidden, down) + torch.matmul(grad_logits, router)
+        if ctx.needs_input_grad[0]:  # one product of the stacked gradients: one tokens × in buffer, not three
+            grad_x = torch.matmul(torch.cat([grad_hidden, grad_logits], -1), torch.cat([down, router]))
         return grad_x, weight_grad(grad_hidden, x), weight_grad(grad_logits, x)
 
 
