@@ -73,18 +73,23 @@ OPTION_KEYS = {"deepspeed": {"stage"}, "logger": {"name"}, "model": {"name_or_pa
 
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}={p.stem}")
 def test_no_yaml_option_restates_a_default(path):
-    """Each other key a group's YAML sets differs from its dataclass's default (nested dataclasses key by key)."""
+    """Each other key a group's YAML sets differs from its dataclass's default (nested dataclasses key by key). An
+    option in the global package (`# @package _global_`, e.g. model=hf's trainer.lr) is checked section by section."""
     group = path.parent.name
-    fields = {f.name: f for f in dataclasses.fields(_section_class(group, path.stem))}
-    for key, value in (yaml.safe_load(path.read_text()) or {}).items():
-        if key in OPTION_KEYS.get(group, ()):
-            continue
-        default = _default(fields[key])
-        if dataclasses.is_dataclass(default):
-            nested = dataclasses.asdict(default)
-            assert all(nested[k] != v for k, v in value.items()), f"{path}: {key} restates a default"
-        else:
-            assert value != default, f"{path}: {key}: {value!r} is the dataclass default"
+    loaded = yaml.safe_load(path.read_text()) or {}
+    sections = loaded if path.read_text().startswith("# @package _global_") else {group: loaded}
+    for section, keys in sections.items():
+        cls = _section_class(group, path.stem) if section == group else typing.get_type_hints(TrainConfig)[section]
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for key, value in keys.items():
+            if section == group and key in OPTION_KEYS.get(group, ()):
+                continue
+            default = _default(fields[key])
+            if dataclasses.is_dataclass(default):
+                nested = dataclasses.asdict(default)
+                assert all(nested[k] != v for k, v in value.items()), f"{path}: {key} restates a default"
+            else:
+                assert value != default, f"{path}: {section}.{key}: {value!r} is the dataclass default"
 
 
 def test_generated_schema_widens_only_what_omegaconf_cannot_check():
