@@ -32,6 +32,14 @@ class TrainerConfig:
     max_new_tokens: int = 64  # cap on each of those generations
     save_steps: int = 0  # checkpoint every N steps; 0 saves only at the end
     save_total_limit: int = 0  # keep only the newest N complete checkpoints (never the one resumed from); 0 keeps all
+    # stop after N evaluations (every eval_steps) without improvement of early_stopping_metric; 0 never stops
+    early_stopping_patience: int = 0
+    # val_loss: the tasks' mean validation loss (lower is better); or TASK/METRIC, a metric of that task's sample
+    # generations (e.g. french/exact_match; higher is better; needs eval_generations > 0)
+    early_stopping_metric: str = "val_loss"
+    early_stopping_min_delta: float = 0.0  # an improvement must exceed it
+    # also checkpoint each evaluation that is the best so far, and keep that checkpoint (save_total_limit spares it)
+    keep_best: bool = False
     logging_steps: int = 20
     max_bad_steps: int = 5  # skipped steps (non-finite loss or gradient) in a row before the run stops
     seed: int = 42
@@ -62,6 +70,15 @@ class TrainerConfig:
         check(self.max_grad_norm >= 0, "max_grad_norm", f"must be >= 0, got {self.max_grad_norm}")
         check(self.save_steps >= 0, "save_steps", f"must be >= 0, got {self.save_steps}")
         check(self.save_total_limit >= 0, "save_total_limit", f"must be >= 0, got {self.save_total_limit}")
+        patience, delta = self.early_stopping_patience, self.early_stopping_min_delta
+        check(patience >= 0, "early_stopping_patience", f"must be >= 0, got {patience}")
+        check(delta >= 0, "early_stopping_min_delta", f"must be >= 0, got {delta}")
+        metric = self.early_stopping_metric
+        check(
+            metric == "val_loss" or metric.count("/") == 1,
+            "early_stopping_metric",
+            f"val_loss or TASK/METRIC (e.g. french/exact_match), got {metric!r}",
+        )
         check(not self.resume_allow_changes or self.resume, "resume_allow_changes", "applies only with trainer.resume")
         check_choice(self.lr_scheduler, "lr_scheduler", tuple(s.value for s in SchedulerType))
         check_choice(self.cross_entropy, "cross_entropy", ("full", "chunked"))

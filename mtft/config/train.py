@@ -13,7 +13,7 @@ from mtft.balancers.static import DataBalancedConfig
 from mtft.config.convert import from_dict
 from mtft.config.schema import DeepSpeedConfig, TrainerConfig
 from mtft.data.config import DataConfig
-from mtft.errors import ConfigError
+from mtft.errors import ConfigError, check
 from mtft.logging.config import LoggerConfig
 from mtft.models import ModelConfig
 
@@ -30,6 +30,16 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.balancer.check_tasks(self.data.task_names)
+        metric = self.trainer.early_stopping_metric
+        if metric != "val_loss":
+            task = metric.split("/", 1)[0]
+            names = ", ".join(self.data.task_names)
+            check(task in self.data.task_names, "trainer.early_stopping_metric", f"no task {task!r} (tasks: {names})")
+            check(
+                self.trainer.eval_generations > 0,
+                "trainer.early_stopping_metric",
+                f"{metric} is a generation metric: set trainer.eval_generations > 0",
+            )
         if self.trainer.compile and self.deepspeed.stage == 3:  # ZeRO-3's gathering hooks break the compiled graphs
             raise ConfigError("trainer.compile", "not available under ZeRO-3 (deepspeed stage 3)")
         if self.trainer.cross_entropy == "chunked" and self.deepspeed.stage == 3:

@@ -40,6 +40,7 @@ from mtft.logging.secrets import redact
 from mtft.logging.throughput import ThroughputWindow, peak_flops
 from mtft.models import compile_blocks, enable_gradient_checkpointing, load_model, load_tokenizer
 from mtft.training.cross_entropy import CROSS_ENTROPY
+from mtft.training.early_stopping import EarlyStopping
 from mtft.training.engine import (
     build_engine,
     deepspeed_config,
@@ -104,7 +105,13 @@ class TrainingRecipe:
         self._setup_training()
         self._setup_logging()
         self.state = TrainState()
-        self.resumable = Resumable(self.state, self.guard, self.balancer, self.batches, self.val_cycle)
+        t = self.trainer
+        self.early_stopping = EarlyStopping(
+            t.early_stopping_metric, t.early_stopping_patience, t.early_stopping_min_delta
+        )
+        self.resumable = Resumable(
+            self.state, self.guard, self.balancer, self.batches, self.val_cycle, self.early_stopping
+        )
         if self.resume_from is not None:
             self._resume(changes)
         self.logger.drop_after(self.state.step)  # records a crashed run wrote past its last checkpoint
@@ -215,11 +222,22 @@ class TrainingRecipe:
         self.preemption = Preemption()  # from here on a SIGTERM or SIGUSR1 ends the run after a step, saved
         while state.step < t.max_steps:
             val_losses = self._train_step()
-            preempted = self.preemption.requested()
-            if (t.save_steps and state.step % t.save_steps == 0) or state.step == t.max_steps or preempted:
+            preempted, stopping = self.preemption.requested(), self.early_stopping.should_stop()
+            best_now = t.keep_best and self.early_stopping.best_step == state.step
+            scheduled = (t.save_steps and state.step % t.save_steps == 0) or state.step == t.max_steps
+            if scheduled or preempted or stopping or best_now:
                 self._checkpoint()
             if preempted and state.step < t.max_steps:
                 return self._preempted()
+            if stopping:
+                if self.rank == 0:
+                    stop = self.early_stopping
+                    print(
+                        f"mtft: early stop at step {state.step}: {t.early_stopping_metric} has not improved for "
+                        f"{stop.since_best} evaluations (best {stop.best_value:.6g} at step {stop.best_step})",
+                        flush=True,
+                    )
+                break
         return self._wrap_up(val_losses, run_start)
 
     def _train_step(self) -> dict[str, float]:
@@ -249,6 +267,7 @@ class TrainingRecipe:
             val_losses = self._validate() if evaluate else {}
             if evaluate:
                 self._generations()
+                self.early_stopping.observe(state.step, val_losses, self.generation_scores)
         if result.applied:  # a skipped step leaves the balancer as it was
             self._observe(train_losses, val_losses, micro_batches)
         if state.step % t.logging_steps == 0 or evaluate:
@@ -368,7 +387,9 @@ class TrainingRecipe:
                 self.tokenizer,
                 self.run_inputs,
             )
-            prune_checkpoints(self.output_dir, t.save_total_limit, protect=self.resume_from)
+            best = self.early_stopping.best_step if t.keep_best else None
+            best_dir = self.output_dir / f"checkpoint-{best}" if best is not None else None
+            prune_checkpoints(self.output_dir, t.save_total_limit, protect=[self.resume_from, best_dir])
 
     def _last_checkpoint(self) -> Path | None:
         found = complete_checkpoints(self.output_dir)
@@ -393,6 +414,15 @@ class TrainingRecipe:
             self.trainable,
             self.guard.skipped,
         )
+        stop, t = self.early_stopping, self.trainer
+        if t.early_stopping_patience or t.keep_best:
+            run_summary["early_stopping"] = {
+                "metric": stop.metric,
+                "best_value": stop.best_value,
+                "best_step": stop.best_step,
+                "stopped_early": stop.should_stop(),
+                **({"best_checkpoint": f"checkpoint-{stop.best_step}"} if t.keep_best and stop.best_step else {}),
+            }
         if self.rank == 0:
             (self.output_dir / "summary.json").write_text(json.dumps(run_summary, indent=2))
             print_summary(run_summary)

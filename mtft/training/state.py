@@ -180,12 +180,14 @@ def complete_checkpoints(output_dir: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
-def prune_checkpoints(output_dir: Path, keep: int, protect: Path | None) -> None:
-    """Delete all but the newest `keep` complete checkpoints, never `protect` (the one this run resumed from)."""
+def prune_checkpoints(output_dir: Path, keep: int, protect: Path | list[Path | None] | None) -> None:
+    """Delete all but the newest `keep` complete checkpoints, never those in `protect` (the one this run resumed
+    from, the best one)."""
     if keep <= 0 or dist.get_rank() != 0:
         return
+    spared = {p.resolve() for p in (protect if isinstance(protect, list) else [protect]) if p is not None}
     for path in complete_checkpoints(output_dir)[:-keep]:
-        if protect is None or path.resolve() != protect.resolve():
+        if path.resolve() not in spared:
             shutil.rmtree(path)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from mtft.balancers import Balancer
 from mtft.data.batches import MixedBatches, ValidationCycle
+from mtft.training.early_stopping import EarlyStopping
 from mtft.training.guard import NumericalGuard
 
 
@@ -49,9 +50,15 @@ class Resumable:
     balancer: Balancer
     batches: MixedBatches
     val_cycle: ValidationCycle
+    early_stopping: EarlyStopping
 
     def run_state(self) -> dict[str, Any]:
-        return {**self.train.state_dict(), "balancer": self.balancer.state_dict(), "guard": self.guard.state_dict()}
+        return {
+            **self.train.state_dict(),
+            "balancer": self.balancer.state_dict(),
+            "guard": self.guard.state_dict(),
+            "early_stopping": self.early_stopping.state_dict(),
+        }
 
     def rank_state(self) -> dict[str, Any]:
         batches = self.batches.state_dict()
@@ -66,6 +73,8 @@ class Resumable:
         if not same_data:
             self.train.initial_val_losses = {}  # measured again, on the new data
             return
+        if "early_stopping" in run_state:  # checkpoints from before early stopping have none: nothing was observed
+            self.early_stopping.load_state_dict(run_state["early_stopping"])
         self.balancer.load_state_dict(run_state["balancer"])
         self.batches.load_state_dict(rank_state["batches"])
         self.val_cycle.cursor = rank_state["val_cycle"]

@@ -9,6 +9,7 @@ from mtft.balancers import build_balancer
 from mtft.balancers.dwa import DWAConfig
 from mtft.data.batches import MixedBatches, ValidationCycle
 from mtft.data.tasks import Sample, TaskData
+from mtft.training.early_stopping import EarlyStopping
 from mtft.training.guard import NumericalGuard
 from mtft.training.train_state import Resumable, TrainState
 
@@ -30,6 +31,7 @@ def _resumable() -> Resumable:
         build_balancer(DWAConfig(window=1), NAMES),  # weights move after two observed steps
         MixedBatches(tasks, np.array([0.5, 0.5]), micro_batch_size=2, pad_token_id=-1, seed=3),
         ValidationCycle(tasks, batch_size=2, pad_token_id=-1, seed=3),
+        EarlyStopping(patience=3),
     )
 
 
@@ -40,13 +42,15 @@ def _run_a_while(r: Resumable) -> None:
     r.batches.next()
     r.val_cycle.next()
     r.guard.step_skipped(5)
+    r.early_stopping.observe(4, {"add": 2.0, "sort": 3.0}, {})
 
 
 def test_the_checkpoint_layout_is_the_one_checkpoints_always_had():
     r = _resumable()
     _run_a_while(r)
     run_state, rank_state = r.run_state(), r.rank_state()
-    assert list(run_state) == ["step", "tokens", "initial_val_losses", "balancer", "guard"]
+    # early_stopping added 2026-12-04; a checkpoint without it loads as a run that observed nothing
+    assert list(run_state) == ["step", "tokens", "initial_val_losses", "balancer", "guard", "early_stopping"]
     assert (run_state["step"], run_state["tokens"]) == (5, 120)
     assert list(rank_state) == ["batches", "val_cycle", "weights"]
     assert rank_state["val_cycle"] == 2  # the bare cursor, past one global batch of 2
@@ -60,6 +64,7 @@ def test_loading_with_the_same_data_continues_exactly():
     resumed.load(saved.run_state(), saved.rank_state(), same_data=True)
     assert resumed.train == saved.train
     assert resumed.guard.state_dict() == saved.guard.state_dict()
+    assert resumed.early_stopping == saved.early_stopping and saved.early_stopping.best_step == 4
     assert resumed.balancer.weights() == saved.balancer.weights()
     for name in ("input_ids", "labels"):
         assert resumed.batches.next()[name].equal(saved.batches.next()[name])
