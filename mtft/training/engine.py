@@ -263,29 +263,25 @@ def build_engine(model: nn.Module, cfg: TrainConfig, world_size: int) -> Engine:
     if t.optimizer == "fused_adamw" and not torch.cuda.is_available():
         raise ConfigError("trainer.optimizer", "fused_adamw is DeepSpeed's CUDA FusedAdam; without a GPU use adamw")
     guard = None
+    trainable = [p for p in model.parameters() if p.requires_grad]  # the same objects after the casts and moves below
     if is_lean(cfg):
         if resolve_precision(cfg.deepspeed.precision) == "bf16":
             for param in model.parameters():  # as DeepSpeed's bf16 engine does: parameters, not buffers
                 if param.is_floating_point() and param.dtype != torch.bfloat16:
                     param.data = param.data.to(torch.bfloat16)
         model.to(get_accelerator().current_device_name())  # the master weights are made where they will live
-        trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = guard = MasterAdamW(trainable, t.max_grad_norm, lr=t.lr, weight_decay=t.weight_decay)
     elif guards_on_device(cfg):  # ZeRO-1/2: its parameters are this rank's partitions, so the norm is summed
-        trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = guard = GuardedAdamW(
             trainable, t.max_grad_norm, lr=t.lr, weight_decay=t.weight_decay, sum_norm_over_ranks=True
         )
     elif cfg.deepspeed.offload_optimizer:
-        trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = DeepSpeedCPUAdam(trainable, lr=t.lr, weight_decay=t.weight_decay)
     elif t.optimizer == "fused_adamw":
         from deepspeed.ops.adam import FusedAdam
 
-        trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = FusedAdam(trainable, lr=t.lr, weight_decay=t.weight_decay, adam_w_mode=True)
     else:  # fused: one kernel for every tensor, and no host read of its step counters on CUDA
-        trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=t.lr, weight_decay=t.weight_decay, fused=True)
     schedule = get_scheduler(
         t.lr_scheduler, optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=t.max_steps
