@@ -58,22 +58,25 @@ def selection_scores(scores: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
 
 
 class RankGates(torch.autograd.Function):
-    """g ⊙ h for h = A·x and the gates normalised to sum to 1, g_i = m_i·s_i / max(Σ_j m_j·s_j, EPS) with
-    s = sigmoid(logits) and m the top-k of s + b; (α/k)·(k·g) = α·g, so the caller scales by α. Also returns m
-    (not differentiable) for the loads.
+    """α·g ⊙ h for h = A·x and the gates normalised to sum to 1, g_i = m_i·s_i / max(Σ_j m_j·s_j, EPS) with
+    s = sigmoid(logits) and m the top-k of s + b; (α/k)·(k·g) = α·g. α rides in the (tokens × r) gates, so the
+    layer's add needs no scaling and its backward no (tokens × out) product. Also returns m (not differentiable)
+    for the loads.
 
     Backward, by the quotient rule: with d = dL/dg, dL/ds_j = m_j·(d_j − Σ_i d_i·g_i) / max(Σ, EPS), the sum term
-    dropped where the floor holds (its derivative is 0 there), then through the sigmoid."""
+    dropped where the floor holds (its derivative is 0 there), then through the sigmoid. With the saved gates and
+    share both times α, the sum term is divided by α once."""
 
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, logits: torch.Tensor, bias: torch.Tensor, k: int):
+    def forward(ctx, hidden: torch.Tensor, logits: torch.Tensor, bias: torch.Tensor, k: int, alpha: float):
         scores = torch.sigmoid(logits)
         chosen = top_k_mask(selection_scores(scores, bias), k)
         active = cast(chosen, scores.dtype)
         total = (active * scores).sum(-1, keepdim=True)
-        share = active / total.clamp_min(EPS)
+        share = active / total.clamp_min(EPS).div_(alpha)
         gates = share * scores
         ctx.save_for_backward(hidden, scores, gates, share, total >= EPS)
+        ctx.alpha = alpha
         ctx.mark_non_differentiable(chosen)
         ctx.set_materialize_grads(False)
         return gates * hidden, chosen
@@ -81,12 +84,12 @@ class RankGates(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor | None, _):
         if grad is None:
-            return None, None, None, None
+            return None, None, None, None, None
         hidden, scores, gates, share, unfloored = ctx.saved_tensors
         grad_gates = grad * hidden
         dot = (grad_gates * gates).sum(-1, keepdim=True)
-        grad_scores = torch.addcmul(grad_gates, dot, unfloored, value=-1) * share
-        return grad * gates, torch.ops.aten.sigmoid_backward(grad_scores, scores), None, None
+        grad_scores = torch.addcmul(grad_gates, dot, unfloored, value=-1 / ctx.alpha) * share
+        return grad * gates, torch.ops.aten.sigmoid_backward(grad_scores, scores), None, None, None
 
 
 class SMoRALinear(ExpertLinear):
@@ -95,11 +98,11 @@ class SMoRALinear(ExpertLinear):
         self.lora_A, self.lora_B = lora_pair(cfg.rank, cfg.rank, base.in_features, base.out_features)
         self.router_weight = init_router(cfg.rank, base.in_features)
         self.register_buffer("rank_bias", torch.zeros(cfg.rank))  # persistent: saved and restored
-        self.top_k, self.scaling, self.rate = cfg.top_k, cfg.alpha, cfg.bias_update_rate
+        self.top_k, self.alpha, self.rate = cfg.top_k, cfg.alpha, cfg.bias_update_rate
 
     def update(self, x: torch.Tensor) -> torch.Tensor:
         hidden, logits = LowRankIn.apply(x, self.lora_A, self.router_weight)
-        gated, chosen = RankGates.apply(hidden, logits, self.rank_bias, self.top_k)
+        gated, chosen = RankGates.apply(hidden, logits, self.rank_bias, self.top_k, self.alpha)
         self.record_load(chosen)
         return LowRankOut.apply(gated, self.lora_B)
 

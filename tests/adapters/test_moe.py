@@ -176,7 +176,9 @@ def test_gradcheck_of_every_hand_written_backward():
     assert torch.autograd.gradcheck(lambda x, a, r: LowRankIn.apply(x, a, r), (x, double(4, 5), double(6, 5)))
     assert torch.autograd.gradcheck(LowRankOut.apply, (double(2, 3, 4), double(5, 4)))
     bias = torch.randn(6, dtype=torch.float64) * 0.1
-    assert torch.autograd.gradcheck(lambda h, z: RankGates.apply(h, z, bias, 3)[0], (double(2, 3, 6), double(2, 3, 6)))
+    assert torch.autograd.gradcheck(
+        lambda h, z: RankGates.apply(h, z, bias, 3, 2.5)[0], (double(2, 3, 6), double(2, 3, 6))
+    )
     expansion = torch.eye(3, dtype=torch.float64).repeat_interleave(2, dim=0)
 
     def expert_gates(h, z):
