@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -68,22 +69,25 @@ def test_the_real_tokenizer_pads_with_its_end_of_turn_and_its_template_adds_a_sy
     from mtft.models import ModelConfig, load_tokenizer
 
     directory, gguf = smollm2
-    tokenizer = load_tokenizer(ModelConfig(name_or_path=str(directory), gguf_file=gguf))
+    tokenizer = load_tokenizer(ModelConfig(name_or_path=str(directory), gguf_file=gguf, gguf_cache=False))
     assert tokenizer.pad_token == tokenizer.eos_token == "<|im_end|>" and len(tokenizer) == 49152
     text = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False)
     assert text.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")  # in every sample
 
 
-def _run(args: list[str]) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=600)
+def _run(args: list[str], cache: Path) -> subprocess.CompletedProcess:
+    """A CLI in a new process with the GGUF cache of the test: it must find the copy the training run made."""
+    env = {**os.environ, "MTFT_GGUF_CACHE": str(cache)}
+    proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "de-quantizing GGUF" not in proc.stderr  # transformers' GGUF reader did not run again
     return proc
 
 
 def test_gguf_base_fine_tunes_evaluates_exports_and_generates_the_same_in_a_new_process(smollm2, tmp_path):
     directory, gguf = smollm2
     tasks = ", ".join(f"{{name: {n}, path: '{p}'}}" for n, p in _tasks(tmp_path).items())
-    run = tmp_path / "run"
+    run, cache = tmp_path / "run", tmp_path / "gguf-cache"
     proc = run_cli(
         [
             "model=hf",
@@ -103,13 +107,17 @@ def test_gguf_base_fine_tunes_evaluates_exports_and_generates_the_same_in_a_new_
             f"trainer.output_dir={run}",
         ],
         timeout=600,
+        env={"MTFT_GGUF_CACHE": str(cache)},
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    copies = [path for path in cache.iterdir() if (path / "config.json").is_file()]
+    assert len(copies) == 1 and "dequantized once into" in proc.stdout, proc.stdout[-2000:]
+    assert [path.name for path in cache.iterdir()] == [copies[0].name]  # no partial copy left beside it
     losses = [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     assert len(losses) == STEPS and losses[-1] < losses[0], losses  # the loss falls
 
     checkpoint = run / f"checkpoint-{STEPS}"
-    _run(["mtft.cli.eval", f"checkpoint={checkpoint}", f"out={tmp_path / 'eval'}", f"max_new_tokens={TOKENS}"])
+    _run(["mtft.cli.eval", f"checkpoint={checkpoint}", f"out={tmp_path / 'eval'}", f"max_new_tokens={TOKENS}"], cache)
     scores = json.loads((tmp_path / "eval" / "eval.json").read_text())["tasks"]
     assert set(scores) == {"french", "spanish"}
     assert all(math.isfinite(s["val_loss"]) and s["generated"] == s["val_samples"] == 3 for s in scores.values())
@@ -125,12 +133,12 @@ def test_gguf_base_fine_tunes_evaluates_exports_and_generates_the_same_in_a_new_
         f"data={data}",
         f"out={tmp_path / 'base'}",
     ]
-    _run([*zero_shot, f"max_new_tokens={TOKENS}"])
+    _run([*zero_shot, f"max_new_tokens={TOKENS}"], cache)
     base = json.loads((tmp_path / "base" / "eval.json").read_text())["tasks"]
     assert set(base) == {"french", "spanish"} and all(math.isfinite(s["val_loss"]) for s in base.values())
 
-    _run(["mtft.cli.export", f"checkpoint={checkpoint}", f"out={tmp_path / 'adapter'}"])
-    _run(["mtft.cli.export", f"checkpoint={checkpoint}", f"out={tmp_path / 'merged'}", "merge=true"])
+    _run(["mtft.cli.export", f"checkpoint={checkpoint}", f"out={tmp_path / 'adapter'}"], cache)
+    _run(["mtft.cli.export", f"checkpoint={checkpoint}", f"out={tmp_path / 'merged'}", "merge=true"], cache)
     merged_config = json.loads((tmp_path / "merged" / "config.json").read_text())
     assert "quantization_config" not in merged_config and (tmp_path / "merged" / "model.safetensors").is_file()
 
@@ -148,6 +156,7 @@ def test_gguf_base_fine_tunes_evaluates_exports_and_generates_the_same_in_a_new_
             f"prompts={prompts}",
             f"out={answers}",
             f"max_new_tokens={TOKENS}",
-        ]
+        ],
+        cache,
     )
     assert [json.loads(line)["output"] for line in answers.read_text().splitlines()] == [r["output"] for r in rows]
