@@ -29,6 +29,7 @@ import importlib.metadata
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -151,6 +152,10 @@ class Runner:
         name = "trl-lora" if (adapter, balancer) == PEER else re.sub(r"[^A-Za-z0-9.+-]+", "_", f"{adapter}-{balancer}")
         return self.out / "runs" / name / (f"seed{seed}" if seed is not None else "base")
 
+    def _fresh(self, run_dir: Path) -> None:
+        """A run that an earlier call left unfinished (killed, or failed) starts again from nothing."""
+        shutil.rmtree(run_dir, ignore_errors=True)
+
     def _call(self, command: list[str], run_dir: Path, log: str) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         with open(run_dir / log, "w") as sink:
@@ -190,6 +195,7 @@ class Runner:
         run_dir, s = self.run_dir(adapter, balancer, seed), self.settings
         if (run_dir / "eval" / "eval.json").is_file():
             return self.report(run_dir)
+        self._fresh(run_dir)
         train = [
             sys.executable,
             "-m",
@@ -221,6 +227,7 @@ class Runner:
         run_dir, s = self.run_dir(*PEER, seed), self.settings
         if (run_dir / "eval" / "eval.json").is_file():
             return self.report(run_dir)
+        self._fresh(run_dir)
         lora = dict(arg.split("=", 1) for arg in ADAPTERS["lora"][1:])
         train = [
             str(PEER_PYTHON),
