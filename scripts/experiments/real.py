@@ -47,6 +47,7 @@ import yaml  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_suite  # noqa: E402
+from quality import cell  # noqa: E402  (mean ± std over seeds, as the synthetic experiments print it)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -264,11 +265,6 @@ def headline(metrics: dict[str, list[str]]) -> dict[str, str]:
     return {task: next(m for m in names if m in HEADLINE) for task, names in metrics.items()}
 
 
-def mean_std(values: list[float]) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {std:.3f}"
-
-
 def score(report: dict, chosen: dict[str, str]) -> float:
     """The mean over tasks of each task's headline metric."""
     return statistics.mean(report["tasks"][task][metric] for task, metric in chosen.items())
@@ -293,9 +289,9 @@ def table(
         summary = reports[0].get("summary", {})
         trainable = summary.get("trainable_parameters")
         cells = [adapter, balancer, f"{trainable:,}" if trainable else "—"]
-        cells += [mean_std([r["tasks"][t][which[t]] for r in reports]) for t in tasks]
-        cells.append(mean_std([score(r, which) for r in reports]))
-        cells.append(mean_std([statistics.mean(r["tasks"][t]["val_loss"] for t in tasks) for r in reports]))
+        cells += [cell([r["tasks"][t][which[t]] for r in reports]) for t in tasks]
+        cells.append(cell([score(r, which) for r in reports]))
+        cells.append(cell([statistics.mean(r["tasks"][t]["val_loss"] for t in tasks) for r in reports]))
         speeds = [s for s in map(tokens_per_second, reports) if s]
         cells.append(f"{statistics.mean(speeds):,.0f}" if speeds else "—")
         lines.append("| " + " | ".join(cells) + " |")
@@ -309,7 +305,7 @@ def secondary(results: dict[tuple[str, str], list[dict]], metrics: dict[str, lis
     head = ["adapter", "balancer", *[f"{t} {m}" for t, m in columns]]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for (adapter, balancer), reports in results.items():
-        cells = [adapter, balancer, *[mean_std([r["tasks"][t][m] for r in reports]) for t, m in columns]]
+        cells = [adapter, balancer, *[cell([r["tasks"][t][m] for r in reports]) for t, m in columns]]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
