@@ -8,6 +8,8 @@ A leaf module: it imports nothing from mtft, so both registries (and tests) can 
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Protocol, TypeVar
@@ -66,4 +68,11 @@ class Registry(Mapping[str, M]):
         return f"Registry({self.kind!r}, {sorted(self._entries)})"
 
 
-__all__ = ["Registry"]
+def import_methods(package: str, path: list[str]) -> None:
+    """Import every module of a method package (`__name__`, `__path__`), in name order: a method's module registers
+    itself when imported, so a new method is its file alone, with no list of modules to edit."""
+    for module in sorted(pkgutil.iter_modules(path), key=lambda info: info.name):
+        importlib.import_module(f"{package}.{module.name}")
+
+
+__all__ = ["Registry", "import_methods"]

@@ -12,6 +12,7 @@ import sys
 from functools import cache
 from pathlib import Path
 
+import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -109,6 +110,17 @@ def is_mixture(method: AdapterMethod) -> bool:
     cfg = method.config()
     model = method.inject(build_tiny_model(TinyModelConfig(), build_byte_tokenizer()), cfg)
     return isinstance(method.runtime(model, cfg), ExpertsRuntime)
+
+
+def adapter_cases(kind: str = "all") -> list:
+    """`pytest.param(name, settings)` for each adapter of `adapter_names(kind)`: its defaults (settings {}), then
+    each of the settings its config declares in `matrix_variants` (e.g. MoR1E's dense routing)."""
+    cases = []
+    for name in adapter_names(kind):
+        cases.append(pytest.param(name, {}, id=name))
+        for settings in ADAPTERS[name].config.matrix_variants:
+            cases.append(pytest.param(name, settings, id="-".join([name, *(f"{k}={v}" for k, v in settings.items())])))
+    return cases
 
 
 def balancer_names(kind: str = "all") -> list[str]:

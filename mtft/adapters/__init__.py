@@ -1,34 +1,25 @@
-"""Adapter registry: `adapter=<name>` in the config selects one of these; `register_adapter` adds one (checked:
-unique name, equal to its config's `name` and, by a test, to a YAML file in configs/adapter/)."""
+"""Adapter registry: `adapter=<name>` in the config selects one of these. Each method's module registers itself
+(`register_adapter`, in adapters/base.py) and this package imports every module it holds, so a new method is one
+file. Checked: a unique name, equal to its config's `name`."""
 
 from __future__ import annotations
 
 import json
-from functools import partial
 from pathlib import Path
 
 from torch import nn
 
-from mtft.adapters import full, lora, molora, mor1e, smora
-from mtft.adapters.base import ADAPTER_CONFIG_FILE, AdapterConfig, AdapterMethod, write_adapter_config
-from mtft.adapters.moe import ExpertsRuntime, load_experts, save_experts
-from mtft.registry import Registry
+from mtft.adapters.base import (
+    ADAPTER_CONFIG_FILE,
+    ADAPTERS,
+    AdapterConfig,
+    AdapterMethod,
+    register_adapter,
+    write_adapter_config,
+)
+from mtft.registry import import_methods
 
-
-def _experts(config: type[AdapterConfig], inject, runtime=lambda model, cfg: ExpertsRuntime(model)) -> AdapterMethod:
-    """A mixture-of-experts method: saved as its own safetensors; routing is per token, so it cannot be merged."""
-    load = partial(load_experts, config_class=config, inject=inject)
-    return AdapterMethod(config, inject, save_experts, load, runtime)
-
-
-ADAPTERS: Registry[AdapterMethod] = Registry("adapter")
-register_adapter = ADAPTERS.register
-
-register_adapter("none", AdapterMethod(full.FullFinetuneConfig, full.inject, full.save, full.load))
-register_adapter("lora", AdapterMethod(lora.LoraConfig, lora.inject, lora.save, lora.load))
-register_adapter("molora", _experts(molora.MoLoRAConfig, molora.inject))
-register_adapter("mor1e", _experts(mor1e.MoR1EConfig, mor1e.inject, mor1e.runtime))
-register_adapter("smora", _experts(smora.SMoRAConfig, smora.inject))
+import_methods(__name__, __path__)
 
 
 def save_adapter(model: nn.Module, cfg: AdapterConfig, directory: str | Path) -> None:

@@ -15,6 +15,7 @@ from torch import nn
 
 from mtft.distributed import full_numel
 from mtft.errors import check
+from mtft.registry import Registry
 
 ADAPTER_CONFIG_FILE = "mtft_adapter.json"
 
@@ -25,6 +26,8 @@ class AdapterConfig:
     # capabilities, so no caller branches on a method's name
     can_merge: ClassVar[bool] = False  # its update folds into the base weights (mtft-export merge=true)
     is_full_model: ClassVar[bool] = False  # it trains (and saves) the whole model, not an adapter
+    # settings other than the defaults that the test matrices also run (a path the defaults never take)
+    matrix_variants: ClassVar[tuple[dict[str, Any], ...]] = ()
 
 
 @dataclass
@@ -80,6 +83,11 @@ class AdapterMethod(NamedTuple):
     save: Callable[[nn.Module, Path], None]  # writes the trained weights as safetensors
     load: Callable[[nn.Module, Path], nn.Module]  # restores them onto a freshly loaded base model
     runtime: Callable[[nn.Module, AdapterConfig], AdapterRuntime] = lambda model, cfg: AdapterRuntime()
+
+
+# Every method's module registers itself here when imported; `mtft.adapters` imports them all.
+ADAPTERS: Registry[AdapterMethod] = Registry("adapter")
+register_adapter = ADAPTERS.register
 
 
 def write_adapter_config(cfg: AdapterConfig, directory: Path) -> None:

@@ -8,7 +8,7 @@ from typing import ClassVar
 
 from torch import nn
 
-from mtft.adapters.base import AdapterConfig
+from mtft.adapters.base import AdapterConfig, AdapterMethod, register_adapter
 
 
 @dataclass
@@ -30,3 +30,6 @@ def save(model: nn.Module, directory: Path) -> None:
 def load(model: nn.Module, directory: Path) -> nn.Module:
     """The saved directory is a whole HF model (sharded or not): it replaces the given base."""
     return type(model).from_pretrained(directory, dtype=next(model.parameters()).dtype)
+
+
+register_adapter("none", AdapterMethod(FullFinetuneConfig, inject, save, load))

@@ -9,7 +9,7 @@ from typing import ClassVar
 import peft
 from torch import nn
 
-from mtft.adapters.base import LowRankConfig
+from mtft.adapters.base import AdapterMethod, LowRankConfig, register_adapter
 from mtft.errors import check
 
 
@@ -38,3 +38,6 @@ def save(model: nn.Module, directory: Path) -> None:
 
 def load(model: nn.Module, directory: Path) -> nn.Module:
     return peft.PeftModel.from_pretrained(model, directory)
+
+
+register_adapter("lora", AdapterMethod(LoraConfig, inject, save, load))

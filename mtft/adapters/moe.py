@@ -15,6 +15,7 @@ child nn.Linear, because ZeRO-3 gathers a module's own parameters for its forwar
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 from collections import defaultdict
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtft.adapters.base import ADAPTER_CONFIG_FILE, AdapterRuntime, LowRankConfig
+from mtft.adapters.base import ADAPTER_CONFIG_FILE, AdapterMethod, AdapterRuntime, LowRankConfig
 from mtft.distributed import all_reduce_sum
 from mtft.errors import ConfigError
 
@@ -374,3 +375,9 @@ class ExpertsRuntime(AdapterRuntime):
 
     def metrics(self) -> dict[str, Any]:
         return router_metrics(self.layers)
+
+
+def experts_method(config: type[LowRankConfig], inject: Callable, runtime: Callable | None = None) -> AdapterMethod:
+    """A mixture-of-experts method: saved as its own safetensors; routing is per token, so it cannot be merged."""
+    load = functools.partial(load_experts, config_class=config, inject=inject)
+    return AdapterMethod(config, inject, save_experts, load, runtime or (lambda model, cfg: ExpertsRuntime(model)))

@@ -19,13 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtft.adapters.base import LowRankConfig
+from mtft.adapters.base import LowRankConfig, register_adapter
 from mtft.adapters.moe import (
     ExpertLinear,
     LowRankIn,
     LowRankOut,
     RealTokens,
     cast,
+    experts_method,
     init_router,
     inject_experts,
     lora_pair,
@@ -157,3 +158,6 @@ class MoLoRALinear(ExpertLinear):
 
 def inject(model: nn.Module, cfg: MoLoRAConfig) -> nn.Module:
     return inject_experts(model, cfg, lambda linear: MoLoRALinear(linear, cfg))
+
+
+register_adapter("molora", experts_method(MoLoRAConfig, inject))

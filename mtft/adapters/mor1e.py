@@ -15,12 +15,13 @@ logits = (1 − λ)·router(x) + λ·prior_router(affinity), with λ = sigmoid(l
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from mtft.adapters import intuition
-from mtft.adapters.base import LowRankConfig
+from mtft.adapters.base import LowRankConfig, register_adapter
 from mtft.adapters.intuition import MODULE_NAME, IntuitionPrior
 from mtft.adapters.moe import (
     ExpertLinear,
@@ -28,6 +29,7 @@ from mtft.adapters.moe import (
     LowRankIn,
     LowRankOut,
     cast,
+    experts_method,
     init_router,
     inject_experts,
     lora_pair,
@@ -46,6 +48,7 @@ class MoR1EConfig(LowRankConfig):
     top_k: int = 8  # 0: dense routing over all r1·r2 pairs
     intuition_clusters: int = 0  # k-means clusters of the instance prior; 0 routes on the token alone
     intuition_layer: int = -1  # which hidden layer of the base model embeds an instance
+    matrix_variants: ClassVar[tuple[dict, ...]] = ({"top_k": 0},)  # dense routing: float loads, no top-k
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -163,3 +166,6 @@ def inject(model: nn.Module, cfg: MoR1EConfig) -> nn.Module:
 
 def runtime(model: nn.Module, cfg: MoR1EConfig) -> ExpertsRuntime:
     return intuition.PriorRuntime(model) if cfg.intuition_clusters else ExpertsRuntime(model)
+
+
+register_adapter("mor1e", experts_method(MoR1EConfig, inject, runtime))

@@ -19,12 +19,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mtft.adapters.base import LowRankConfig
+from mtft.adapters.base import LowRankConfig, register_adapter
 from mtft.adapters.moe import (
     ExpertLinear,
     LowRankIn,
     LowRankOut,
     cast,
+    experts_method,
     init_router,
     inject_experts,
     lora_pair,
@@ -123,3 +124,6 @@ class SMoRALinear(ExpertLinear):
 
 def inject(model: nn.Module, cfg: SMoRAConfig) -> nn.Module:
     return inject_experts(model, cfg, lambda linear: SMoRALinear(linear, cfg))
+
+
+register_adapter("smora", experts_method(SMoRAConfig, inject))

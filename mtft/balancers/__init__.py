@@ -1,41 +1,13 @@
-"""Balancer registry: `balancer=<name>` in the config selects one of these; `register_balancer` adds one
-(checked: unique name, equal to its config's `name` and, by a test, to a YAML file in configs/balancer/)."""
+"""Balancer registry: `balancer=<name>` in the config selects one of these. Each balancer's module registers itself
+(`register_balancer`, in balancers/base.py) and this package imports every module it holds, so a new balancer is
+one file. Checked: a unique name, equal to its config's `name`."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from mtft.balancers.base import BALANCERS, Balancer, BalancerConfig, BalancerMethod, register_balancer
+from mtft.registry import import_methods
 
-from mtft.balancers.base import Balancer, BalancerConfig
-from mtft.balancers.coba import CoBaBalancer, CoBaConfig
-from mtft.balancers.dwa import DWABalancer, DWAConfig
-from mtft.balancers.famo import FAMOBalancer, FAMOConfig
-from mtft.balancers.static import (
-    DataBalancedBalancer,
-    DataBalancedConfig,
-    StaticBalancer,
-    StaticConfig,
-    UniformBalancer,
-    UniformConfig,
-)
-from mtft.balancers.uncertainty import UncertaintyBalancer, UncertaintyConfig
-from mtft.registry import Registry
-
-
-class BalancerMethod(NamedTuple):
-    config: type[BalancerConfig]
-    balancer: type[Balancer]
-
-
-BALANCERS: Registry[BalancerMethod] = Registry("balancer")
-register_balancer = BALANCERS.register
-
-register_balancer("uniform", BalancerMethod(UniformConfig, UniformBalancer))
-register_balancer("data_balanced", BalancerMethod(DataBalancedConfig, DataBalancedBalancer))
-register_balancer("static", BalancerMethod(StaticConfig, StaticBalancer))
-register_balancer("coba", BalancerMethod(CoBaConfig, CoBaBalancer))
-register_balancer("dwa", BalancerMethod(DWAConfig, DWABalancer))
-register_balancer("famo", BalancerMethod(FAMOConfig, FAMOBalancer))
-register_balancer("uncertainty", BalancerMethod(UncertaintyConfig, UncertaintyBalancer))
+import_methods(__name__, __path__)
 
 
 def build_balancer(cfg: BalancerConfig, task_names: list[str]) -> Balancer:

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from mtft.errors import ConfigError
+from mtft.registry import Registry
 
 
 @dataclass
@@ -75,3 +76,14 @@ def check_known_tasks(names: list[str], task_names: list[str], key: str) -> None
     for name in names:
         if name not in task_names:
             raise ConfigError(f"{key}.{name}", f"no task is named '{name}'; the tasks are {', '.join(task_names)}")
+
+
+class BalancerMethod(NamedTuple):
+    config: type[BalancerConfig]
+    balancer: type[Balancer]
+
+
+# Every balancer's module registers itself here when imported; `mtft.balancers` imports them all.
+BALANCERS: Registry[BalancerMethod] = Registry("balancer")
+
+register_balancer = BALANCERS.register

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from mtft.balancers.base import Balancer, BalancerConfig
+from mtft.balancers.base import Balancer, BalancerConfig, BalancerMethod, register_balancer
 from mtft.errors import check, check_choice
 
 VARIANTS = ("bounded", "mftcoder")
@@ -190,3 +190,6 @@ class CoBaBalancer(Balancer):
         self.total_slopes = deque(state["total_slopes"], maxlen=self.slope_memory)
         self._weights = np.array(state["weights"])
         self._metrics = dict(state["metrics"])
+
+
+register_balancer("coba", BalancerMethod(CoBaConfig, CoBaBalancer))

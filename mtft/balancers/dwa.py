@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from mtft.balancers.base import Balancer, BalancerConfig
+from mtft.balancers.base import Balancer, BalancerConfig, BalancerMethod, register_balancer
 from mtft.errors import check
 
 
@@ -73,3 +73,6 @@ class DWABalancer(Balancer):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sums, self.counts = dict(state["sums"]), dict(state["counts"])
         self.means, self.steps, self._weights = list(state["means"]), state["steps"], dict(state["weights"])
+
+
+register_balancer("dwa", BalancerMethod(DWAConfig, DWABalancer))

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from mtft.balancers.base import Balancer, BalancerConfig
+from mtft.balancers.base import Balancer, BalancerConfig, BalancerMethod, register_balancer
 from mtft.errors import check
 
 
@@ -86,3 +86,6 @@ class FAMOBalancer(Balancer):
             self.logits.copy_(state["logits"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.before = dict(state["before"])
+
+
+register_balancer("famo", BalancerMethod(FAMOConfig, FAMOBalancer))

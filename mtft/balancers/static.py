@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mtft.balancers.base import Balancer, BalancerConfig, check_known_tasks
+from mtft.balancers.base import Balancer, BalancerConfig, BalancerMethod, check_known_tasks, register_balancer
 from mtft.errors import check
 
 
@@ -65,3 +65,8 @@ class StaticBalancer(Balancer):
 
     def weights(self) -> dict[str, float]:
         return {t: self.cfg.weights.get(t, 1.0) for t in self.task_names}
+
+
+register_balancer("uniform", BalancerMethod(UniformConfig, UniformBalancer))
+register_balancer("data_balanced", BalancerMethod(DataBalancedConfig, DataBalancedBalancer))
+register_balancer("static", BalancerMethod(StaticConfig, StaticBalancer))

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from mtft.balancers.base import Balancer, BalancerConfig
+from mtft.balancers.base import Balancer, BalancerConfig, BalancerMethod, register_balancer
 from mtft.errors import check
 
 
@@ -50,3 +50,6 @@ class UncertaintyBalancer(Balancer):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.log_variance = dict(state["log_variance"])
+
+
+register_balancer("uncertainty", BalancerMethod(UncertaintyConfig, UncertaintyBalancer))

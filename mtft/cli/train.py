@@ -14,11 +14,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mtft.config.hydra import config_error, register, to_train_config
+from mtft.config.hydra import CONFIG_DIR, config_error, option_file, register, to_train_config
 from mtft.errors import ConfigError, UserError
-
-# Inside the package, so a wheel or a non-editable install ships the configs with the code.
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 register()
 # PEFT still calls this transformers API; the warning is theirs to fix and only clutters every run's output.
@@ -65,16 +62,18 @@ def _where_set(key: str) -> str:
     choice = hydra_cfg.runtime.choices.get(group)
     if not choice:
         return ""
-    return f" (set in {_group_file(hydra_cfg.runtime.config_sources, group, choice)} or its defaults)"
+    return f" (set in {_group_source(hydra_cfg.runtime.config_sources, group, choice)})"
 
 
-def _group_file(config_sources: list, group: str, choice: str) -> Path:
-    """The YAML file Hydra composed `group=choice` from, looked up in Hydra's search path order: a user's option
-    under `--config-dir` (chosen, say, by their own primary config) is named where it is, not as a packaged path."""
+def _group_source(config_sources: list, group: str, choice: str) -> str:
+    """Where Hydra composed `group=choice` from, looked up in Hydra's search path order: a user's option under
+    `--config-dir` (chosen, say, by their own primary config) is named where it is, not as a packaged path."""
     for source in config_sources:
         if source.schema == "file" and (path := Path(source.path) / group / f"{choice}.yaml").is_file():
-            return path
-    return CONFIG_DIR / group / f"{choice}.yaml"
+            return f"{path} or its defaults"
+    if (path := option_file(group, choice)).is_file():
+        return f"{path} or its defaults"
+    return f"the defaults of {group}={choice}"
 
 
 def main() -> None:

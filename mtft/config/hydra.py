@@ -8,6 +8,8 @@ what differs from it.
 Adapter and balancer options differ in their fields, so their sections are typed per option: each registry entry's
 config is stored as `schema/<group>/<name>`, and train.yaml's defaults list merges the one named by the group's
 choice (`adapter=smora` -> `schema/adapter/smora`, SMoRAConfig's defaults and types) before the option's YAML. A
+registered method with no YAML file in configs/<group>/ gets an empty option there, so `adapter=<name>` works for a
+method that is its module alone. A
 user's own option under `--config-dir` with a name no registry entry has gets no schema there (its `name:` picks the
 dataclass on conversion); it can take one with `defaults: [/schema/adapter/smora@_here_, _self_]`.
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -34,6 +37,8 @@ from mtft.data.synthetic import DEMO_DATA_DIR
 from mtft.errors import ConfigError, unknown_key
 
 PER_OPTION = {"adapter": ADAPTERS, "balancer": BALANCERS}  # sections typed by the option chosen, not here
+# Inside the package, so a wheel or a non-editable install ships the configs with the code.
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 def train_schema() -> type:
@@ -55,9 +60,17 @@ def register() -> None:
     for group, registry in PER_OPTION.items():
         for name, method in registry.items():
             store.store(group=f"schema/{group}", name=name, node=schema_of(method.config))
+            if not option_file(group, name).is_file():  # the option itself: its schema says it all
+                store.store(group=group, name=name, node={})
     if not OmegaConf.has_resolver("mtft_demo"):
         # ${mtft_demo:add.jsonl} -> the bundled demo file, wherever mtft is installed
         OmegaConf.register_new_resolver("mtft_demo", lambda name: str(DEMO_DATA_DIR / name))
+
+
+def option_file(group: str, name: str) -> Path:
+    """The packaged YAML of an option; a method needs none (`register` stores an empty one), but may have one for
+    comments or for values that differ from its dataclass's defaults."""
+    return CONFIG_DIR / group / f"{name}.yaml"
 
 
 def to_train_config(cfg: DictConfig) -> TrainConfig:

@@ -12,9 +12,8 @@ from mtft.adapters.molora import MoLoRAConfig, MoLoRALinear
 from mtft.adapters.mor1e import MoR1EConfig, MoR1ELinear
 from mtft.adapters.smora import SMoRAConfig, SMoRALinear
 from mtft.models import TinyModelConfig, build_byte_tokenizer, build_tiny_model
-from tests.helpers import adapter_names
+from tests.helpers import adapter_cases
 
-MOE = adapter_names("moe")
 INPUT_IDS = torch.tensor([[5, 80, 81, 82, 99, 100, 40, 41], [7, 7, 90, 91, 92, 93, 94, 95]])
 
 
@@ -47,10 +46,10 @@ def logits(model):
         return model(input_ids=INPUT_IDS).logits
 
 
-@pytest.mark.parametrize("name", MOE)
-def test_adapted_model_equals_the_base_at_initialisation(name):
+@pytest.mark.parametrize(("name", "settings"), adapter_cases("moe"))
+def test_adapted_model_equals_the_base_at_initialisation(name, settings):
     base_logits = logits(tiny())
-    model = ADAPTERS[name].inject(tiny(), ADAPTERS[name].config()).eval()
+    model = ADAPTERS[name].inject(tiny(), ADAPTERS[name].config(**settings)).eval()
     assert len(expert_layers(model)) == 14  # all-linear: 7 per layer, never lm_head
     torch.testing.assert_close(logits(model), base_logits, atol=0, rtol=0)
 
@@ -178,9 +177,9 @@ def layer_class(name: str) -> type[ExpertLinear]:
     return type(next(iter(expert_layers(method.inject(tiny(), method.config())).values())))
 
 
-@pytest.mark.parametrize("name", MOE)
-def test_bf16_forward_and_backward(name):
-    cfg = ADAPTERS[name].config()
+@pytest.mark.parametrize(("name", "settings"), adapter_cases("moe"))
+def test_bf16_forward_and_backward(name, settings):
+    cfg = ADAPTERS[name].config(**settings)
     layer = layer_class(name)(torch.nn.Linear(16, 16), cfg)
     layer = layer.to(torch.bfloat16).train()
     layer.base.requires_grad_(False)

@@ -13,7 +13,7 @@ from mtft.adapters import ADAPTERS
 from mtft.adapters.moe import aux_loss, expert_layers, set_token_mask
 from mtft.data.tokenize import IGNORE
 from tests.adapters.test_experts import tiny
-from tests.helpers import adapter_names
+from tests.helpers import adapter_cases
 
 PAD = 0
 AUX_COEF = 0.5  # a large auxiliary loss coefficient, for adapters that have one: any leak would be far above rounding
@@ -23,9 +23,11 @@ def has_aux_loss(name: str) -> bool:
     return "aux_loss_coef" in {f.name for f in dataclasses.fields(ADAPTERS[name].config)}
 
 
-def adapted(name: str):
+def adapted(name: str, settings: dict):
     method = ADAPTERS[name]
-    model = method.inject(tiny(), method.config(**({"aux_loss_coef": AUX_COEF} if has_aux_loss(name) else {})))
+    model = method.inject(
+        tiny(), method.config(**settings, **({"aux_loss_coef": AUX_COEF} if has_aux_loss(name) else {}))
+    )
     model.train()
     torch.manual_seed(2)
     for layer in expert_layers(model).values():  # a live update path, so routing matters to the loss
@@ -59,19 +61,19 @@ def loss_and_embeddings(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Te
 
 
 @pytest.mark.parametrize("layout", [padded_batch, packed_batch], ids=["padded", "packed"])
-@pytest.mark.parametrize("name", adapter_names("moe"))
-def test_no_gradient_reaches_a_padding_position(name, layout):
+@pytest.mark.parametrize(("name", "settings"), adapter_cases("moe"))
+def test_no_gradient_reaches_a_padding_position(name, settings, layout):
     batch = layout()
-    loss, embeddings = loss_and_embeddings(adapted(name), batch)
+    loss, embeddings = loss_and_embeddings(adapted(name, settings), batch)
     loss.backward()
     real = batch["real"]
     assert embeddings.grad[~real].abs().max() == 0  # exactly: not merely small
     assert embeddings.grad[real].abs().max() > 1e-6
 
 
-@pytest.mark.parametrize("name", adapter_names("moe"))
-def test_appended_padding_changes_neither_aux_loss_nor_loads(name):
-    model = adapted(name)
+@pytest.mark.parametrize(("name", "settings"), adapter_cases("moe"))
+def test_appended_padding_changes_neither_aux_loss_nor_loads(name, settings):
+    model = adapted(name, settings)
     layers = list(expert_layers(model).values())
 
     def aux_and_loads(input_ids: torch.Tensor) -> tuple[float, torch.Tensor]:
@@ -90,6 +92,8 @@ def test_appended_padding_changes_neither_aux_loss_nor_loads(name):
     for padded in (longer, extra_row):
         padded_aux, padded_loads = aux_and_loads(padded)
         assert padded_aux == pytest.approx(aux, rel=1e-6, abs=0)
-        torch.testing.assert_close(padded_loads, loads, atol=0, rtol=0)
+        # top-k loads are token counts, where one padding token would add 1; dense routing's are sums of gate
+        # mass, which longer rows sum in another order (a few 1e-7 apart)
+        torch.testing.assert_close(padded_loads, loads, atol=1e-5, rtol=1e-5)
     if has_aux_loss(name):
         assert aux > 0  # the auxiliary loss is really computed

@@ -131,9 +131,9 @@ def test_a_pretrained_model_takes_a_pretrained_lms_learning_rate():
 
 
 def test_registries_match_their_config_groups():
-    """Each name is written three times: the registry key, its config's default name, the YAML option of the group.
-    Every registry entry has its YAML file and every YAML file its entry, and selecting the option builds that
-    entry's config under that name (so the YAML's own `name:` agrees too)."""
+    """Each name is written twice: the registry key and its config's default name; a YAML option of the group is
+    optional (comments, or values other than the defaults), and names a registry entry. Selecting the option builds
+    that entry's config under that name (so a YAML's own `name:` agrees too)."""
     from mtft.adapters import ADAPTERS
     from mtft.balancers import BALANCERS
 
@@ -142,4 +142,4 @@ def test_registries_match_their_config_groups():
             assert entry.config().name == name
             built = getattr(compose_config([f"{group}={name}"]), group)
             assert type(built) is entry.config and built.name == name, (group, name)
-        assert {p.stem for p in (CONFIG_DIR / group).glob("*.yaml")} == set(registry)
+        assert {p.stem for p in (CONFIG_DIR / group).glob("*.yaml")} <= set(registry)  # a YAML file is optional

@@ -14,6 +14,8 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
+from mtft.adapters import ADAPTERS
+from mtft.balancers import BALANCERS
 from mtft.cli.train import CONFIG_DIR
 from mtft.config.hydra import config_error, to_train_config
 from mtft.data.config import DataConfig, TaskSpec
@@ -40,7 +42,8 @@ def reported(overrides: list[str], config_dir: str = str(CONFIG_DIR)) -> ConfigE
 
 
 def options(group: str) -> str:
-    return ", ".join(sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml")))
+    registered = {"adapter": ADAPTERS, "balancer": BALANCERS}.get(group, {})
+    return ", ".join(sorted({p.stem for p in (CONFIG_DIR / group).glob("*.yaml")} | set(registered)))
 
 
 # ---- 1. an unknown group option -----------------------------------------------------------------------------------
