@@ -16,10 +16,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from mtft.adapters import ADAPTERS, AdapterMethod
+from mtft.adapters import ADAPTERS, AdapterMethod, adapter_variants
 from mtft.adapters.moe import ExpertsRuntime
-from mtft.balancers import BALANCERS, BalancerMethod
-from mtft.balancers.base import Balancer
+from mtft.balancers import BALANCERS, is_adaptive
 from mtft.cli.train import CONFIG_DIR
 from mtft.config.hydra import register, to_train_config
 from mtft.config.train import TrainConfig
@@ -115,12 +114,10 @@ def is_mixture(method: AdapterMethod) -> bool:
 def adapter_cases(kind: str = "all") -> list:
     """`pytest.param(name, settings)` for each adapter of `adapter_names(kind)`: its defaults (settings {}), then
     each of the settings its config declares in `matrix_variants` (e.g. MoR1E's dense routing)."""
-    cases = []
-    for name in adapter_names(kind):
-        cases.append(pytest.param(name, {}, id=name))
-        for settings in ADAPTERS[name].config.matrix_variants:
-            cases.append(pytest.param(name, settings, id="-".join([name, *(f"{k}={v}" for k, v in settings.items())])))
-    return cases
+    names = adapter_names(kind)
+    return [
+        pytest.param(name, settings, id=run) for run, (name, settings) in adapter_variants().items() if name in names
+    ]
 
 
 def balancer_names(kind: str = "all") -> list[str]:
@@ -129,10 +126,6 @@ def balancer_names(kind: str = "all") -> list[str]:
     if kind not in ("all", "adaptive"):
         raise ValueError(f"kind must be 'all' or 'adaptive', got {kind!r}")
     return sorted(name for name, method in BALANCERS.items() if kind == "all" or is_adaptive(method))
-
-
-def is_adaptive(method: BalancerMethod) -> bool:
-    return any(getattr(method.balancer, hook) is not getattr(Balancer, hook) for hook in ("observe", "after_step"))
 
 
 # Settings that make an adaptive balancer move within a few steps (the defaults wait 100 steps, or average over

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -22,6 +23,40 @@ from mtft.registry import import_methods
 import_methods(__name__, __path__)
 
 
+def baseline_adapter() -> str:
+    """The registered method the benchmarks compare every other with: the one whose config is `is_baseline`."""
+    names = [name for name, method in ADAPTERS.items() if method.config.is_baseline]
+    if len(names) != 1:
+        raise ValueError(f"exactly one adapter config may set is_baseline; these do: {names}")
+    return names[0]
+
+
+def compared_adapters(rank: int, alpha: float, model: nn.Module | None = None) -> dict[str, AdapterConfig]:
+    """Every registered method the benchmarks compare, at LoRA `rank`'s budget on `model`'s Linears (all but the
+    output head, as `all-linear` wraps them), the baseline first. Without a model: which methods, in that order."""
+    head = model.get_output_embeddings() if model is not None else None
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear) and m is not head] if model is not None else []
+    shapes = [(m.in_features, m.out_features) for m in linears]
+    configs = {name: method.config.at_lora_budget(rank, alpha, shapes) for name, method in ADAPTERS.items()}
+    baseline = baseline_adapter()
+    names = [baseline, *sorted(name for name in configs if name != baseline)]
+    return {name: configs[name] for name in names if configs[name] is not None}
+
+
+def adapter_variants(runs: bool = False) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Run name -> (adapter, settings): every registered adapter at its defaults (`mor1e`), then at each of its
+    config's `matrix_variants` and, with `runs`, its `run_variants` (`mor1e-top_k_0`: a name that is a path and a
+    Hydra value); the baseline first."""
+    baseline = baseline_adapter()
+    variants = {}
+    for name in [baseline, *sorted(n for n in ADAPTERS if n != baseline)]:
+        config = ADAPTERS[name].config
+        variants[name] = (name, {})
+        for settings in [*config.matrix_variants, *(config.run_variants if runs else ())]:
+            variants["-".join([name, *(f"{k}_{v}" for k, v in settings.items())])] = (name, settings)
+    return variants
+
+
 def save_adapter(model: nn.Module, cfg: AdapterConfig, directory: str | Path) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -36,4 +71,14 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
     return ADAPTERS[name].load(model, directory)
 
 
-__all__ = ["ADAPTERS", "AdapterConfig", "AdapterMethod", "load_adapter", "register_adapter", "save_adapter"]
+__all__ = [
+    "ADAPTERS",
+    "AdapterConfig",
+    "AdapterMethod",
+    "adapter_variants",
+    "baseline_adapter",
+    "compared_adapters",
+    "load_adapter",
+    "register_adapter",
+    "save_adapter",
+]

@@ -26,8 +26,17 @@ class AdapterConfig:
     # capabilities, so no caller branches on a method's name
     can_merge: ClassVar[bool] = False  # its update folds into the base weights (mtft-export merge=true)
     is_full_model: ClassVar[bool] = False  # it trains (and saves) the whole model, not an adapter
-    # settings other than the defaults that the test matrices also run (a path the defaults never take)
+    is_baseline: ClassVar[bool] = False  # the method the benchmarks compare every other with (PEFT LoRA)
+    # settings other than the defaults that the test matrices also run (a path the defaults never take), and those
+    # that only a run on real data can take (e.g. a prior fitted on the tasks): end-to-end matrices run both
     matrix_variants: ClassVar[tuple[dict[str, Any], ...]] = ()
+    run_variants: ClassVar[tuple[dict[str, Any], ...]] = ()
+
+    @classmethod
+    def at_lora_budget(cls, rank: int, alpha: float, shapes: list[tuple[int, int]]) -> AdapterConfig | None:
+        """This method as the benchmarks set it beside LoRA of `rank` and `alpha` on Linears of these (in, out)
+        shapes (about LoRA's trainable parameters); None: the benchmarks do not compare it (full fine-tuning)."""
+        return None
 
 
 @dataclass

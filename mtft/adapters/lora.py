@@ -17,7 +17,12 @@ from mtft.errors import check
 class LoraConfig(LowRankConfig):
     name: str = "lora"
     can_merge: ClassVar[bool] = True
+    is_baseline: ClassVar[bool] = True
     rank: int = 16
+
+    @classmethod
+    def at_lora_budget(cls, rank: int, alpha: float, shapes: list[tuple[int, int]]) -> LoraConfig:
+        return cls(rank=rank, alpha=alpha)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -45,6 +45,11 @@ class MoLoRAConfig(LowRankConfig):
     top_k: int = 2
     aux_loss_coef: float = 0.01  # 0 turns the balancing loss off
 
+    @classmethod
+    def at_lora_budget(cls, rank: int, alpha: float, shapes: list[tuple[int, int]]) -> MoLoRAConfig:
+        """8 experts of rank/8 (LoRA's parameters, plus an 8-wide router), top-2."""
+        return cls(num_experts=8, expert_rank=max(1, rank // 8), top_k=2, alpha=alpha)
+
     def __post_init__(self) -> None:
         super().__post_init__()
         check(self.num_experts > 0, "num_experts", f"must be > 0, got {self.num_experts}")

@@ -49,6 +49,14 @@ class MoR1EConfig(LowRankConfig):
     intuition_clusters: int = 0  # k-means clusters of the instance prior; 0 routes on the token alone
     intuition_layer: int = -1  # which hidden layer of the base model embeds an instance
     matrix_variants: ClassVar[tuple[dict, ...]] = ({"top_k": 0},)  # dense routing: float loads, no top-k
+    run_variants: ClassVar[tuple[dict, ...]] = ({"intuition_clusters": 4},)  # the prior, fitted on the tasks
+
+    @classmethod
+    def at_lora_budget(cls, rank: int, alpha: float, shapes: list[tuple[int, int]]) -> MoR1EConfig:
+        """r1 = r2 = r whose trainable parameters (A, B and the r·r-wide router) are closest to LoRA's; top-8."""
+        lora = sum(rank * (i + o) for i, o in shapes)
+        r = min(range(1, 4 * rank), key=lambda r: abs(sum(r * (i + o) + i * r * r for i, o in shapes) - lora))
+        return cls(num_down=r, num_up=r, top_k=min(8, r * r), alpha=alpha)
 
     def __post_init__(self) -> None:
         super().__post_init__()

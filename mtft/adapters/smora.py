@@ -44,6 +44,11 @@ class SMoRAConfig(LowRankConfig):
     top_k: int = 4
     bias_update_rate: float = 1e-3  # 0 turns balancing off
 
+    @classmethod
+    def at_lora_budget(cls, rank: int, alpha: float, shapes: list[tuple[int, int]]) -> SMoRAConfig:
+        """LoRA's rank (so its parameters, plus a rank-wide router), an eighth of it active per token."""
+        return cls(rank=rank, top_k=max(1, rank // 8), alpha=alpha)
+
     def __post_init__(self) -> None:
         super().__post_init__()
         check(self.rank > 0, "rank", f"must be > 0, got {self.rank}")

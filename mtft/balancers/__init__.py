@@ -4,7 +4,7 @@ one file. Checked: a unique name, equal to its config's `name`."""
 
 from __future__ import annotations
 
-from mtft.balancers.base import BALANCERS, Balancer, BalancerConfig, BalancerMethod, register_balancer
+from mtft.balancers.base import BALANCERS, Balancer, BalancerConfig, BalancerMethod, is_adaptive, register_balancer
 from mtft.registry import import_methods
 
 import_methods(__name__, __path__)
@@ -14,4 +14,12 @@ def build_balancer(cfg: BalancerConfig, task_names: list[str]) -> Balancer:
     return BALANCERS[cfg.name].balancer(cfg, task_names)
 
 
-__all__ = ["BALANCERS", "Balancer", "BalancerConfig", "BalancerMethod", "build_balancer", "register_balancer"]
+__all__ = [
+    "BALANCERS",
+    "Balancer",
+    "BalancerConfig",
+    "BalancerMethod",
+    "build_balancer",
+    "is_adaptive",
+    "register_balancer",
+]

@@ -85,5 +85,9 @@ class BalancerMethod(NamedTuple):
 
 # Every balancer's module registers itself here when imported; `mtft.balancers` imports them all.
 BALANCERS: Registry[BalancerMethod] = Registry("balancer")
-
 register_balancer = BALANCERS.register
+
+
+def is_adaptive(method: BalancerMethod) -> bool:
+    """Whether its weights follow the losses: it overrides `observe` or `after_step`, the only ways they reach it."""
+    return any(getattr(method.balancer, hook) is not getattr(Balancer, hook) for hook in ("observe", "after_step"))

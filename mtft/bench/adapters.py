@@ -1,12 +1,12 @@
 """`mtft-bench adapters`: the train step (forward, backward, AdamW) of each MoE adapter against PEFT LoRA r=64,
 on a ~30M-parameter Llama.
 
-Step time: all four models live in one process and take their steps in turn, round after round, so that a
+Step time: all the models live in one process and take their steps in turn, round after round, so that a
 slow spell of the machine falls on every adapter alike; the report gives each adapter's median step. Peak
 memory: each adapter trains a few steps in a fresh process of its own (bench/isolated.py), whose peak is its own.
 
-Compared configurations (the issue's targets): smora r=64 k=8; molora 8 experts x r8, top-2; mor1e with r1 = r2
-chosen so its trainable parameters are closest to LoRA r=64's.
+Compared: every registered adapter with a configuration at LoRA r=64's budget (`at_lora_budget` of its config:
+smora r=64 k=8; molora 8 experts x r8, top-2; mor1e with r1 = r2 whose trainable parameters are closest to LoRA's).
 """
 
 from __future__ import annotations
@@ -19,11 +19,7 @@ from typing import Any
 
 import torch
 
-from mtft.adapters import ADAPTERS
-from mtft.adapters.lora import LoraConfig
-from mtft.adapters.molora import MoLoRAConfig
-from mtft.adapters.mor1e import MoR1EConfig
-from mtft.adapters.smora import SMoRAConfig
+from mtft.adapters import ADAPTERS, baseline_adapter, compared_adapters
 from mtft.bench.isolated import in_fresh_process, peak_resident_bytes
 from mtft.models import TinyModelConfig, build_byte_tokenizer, build_tiny_model
 
@@ -35,20 +31,7 @@ QUICK_SEQ, QUICK_WARMUP, QUICK_STEPS = 64, 1, 2
 
 
 def _configs(quick: bool = False) -> dict[str, Any]:
-    return {
-        "lora": LoraConfig(rank=64, alpha=128),
-        "smora": SMoRAConfig(rank=64, top_k=8, alpha=128),
-        "molora": MoLoRAConfig(num_experts=8, expert_rank=8, top_k=2, alpha=128),
-        "mor1e": MoR1EConfig(num_down=_mor1e_rank(quick), num_up=_mor1e_rank(quick), top_k=8, alpha=128),
-    }
-
-
-def _mor1e_rank(quick: bool) -> int:
-    """r1 = r2 = r whose MoR1E has about LoRA r=64's trainable parameters on the model's Linear shapes."""
-    linears = [m for m in _model(quick).modules() if isinstance(m, torch.nn.Linear)][:-1]
-    shapes = [(m.in_features, m.out_features) for m in linears]
-    lora = sum(64 * (i + o) for i, o in shapes)
-    return min(range(1, 65), key=lambda r: abs(sum(r * (i + o) + i * r * r for i, o in shapes) - lora))
+    return compared_adapters(rank=64, alpha=128, model=_model(quick))
 
 
 def _model(quick: bool = False):
@@ -100,15 +83,15 @@ def measure_time(names: list[str], quick: bool = False) -> dict[str, list[float]
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    names = ["lora", "smora", "molora", "mor1e"]
+    names, baseline = list(_configs(quick)), baseline_adapter()
     results = {name: in_fresh_process("mtft.bench.adapters", name, quick) for name in names}
     for name, times in measure_time(names, quick).items():
         results[name] |= {"step_seconds": statistics.median(times), "step_seconds_all": times}
-    base = results["lora"]
+    base = results[baseline]
     ratios = {}
     for name in names[1:]:
-        ratios[f"{name}_step_time_over_lora64"] = results[name]["step_seconds"] / base["step_seconds"]
-        ratios[f"{name}_peak_memory_over_lora64"] = results[name]["peak_rss_mb"] / base["peak_rss_mb"]
+        ratios[f"{name}_step_time_over_{baseline}64"] = results[name]["step_seconds"] / base["step_seconds"]
+        ratios[f"{name}_peak_memory_over_{baseline}64"] = results[name]["peak_rss_mb"] / base["peak_rss_mb"]
     configs = {name: vars(cfg) for name, cfg in _configs(quick).items()}
     return {
         "suite": "adapters",

@@ -31,7 +31,6 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,11 +38,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mtft.adapters import ADAPTERS
-from mtft.adapters.lora import LoraConfig
-from mtft.adapters.molora import MoLoRAConfig
-from mtft.adapters.mor1e import MoR1EConfig
-from mtft.adapters.smora import SMoRAConfig
+from mtft.adapters import ADAPTERS, baseline_adapter, compared_adapters, lora
 from mtft.bench.gpu_smoke import QWEN_0_5B, TINY
 from mtft.config.schema import DeepSpeedConfig, TrainerConfig
 from mtft.config.train import TrainConfig
@@ -88,30 +83,12 @@ class Setup:
     attention: str
 
 
-def _mor1e_matching_lora(model: torch.nn.Module) -> MoR1EConfig:
-    """r1 = r2 = r whose MoR1E has about LoRA r64's trainable parameters on this model's Linear shapes."""
-    head = model.get_output_embeddings()
-    shapes = [
-        (m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head
-    ]
-    lora = sum(LORA_RANK * (i + o) for i, o in shapes)
-    r = min(range(1, 4 * LORA_RANK), key=lambda r: abs(sum(r * (i + o) + i * r * r for i, o in shapes) - lora))
-    return MoR1EConfig(num_down=r, num_up=r, top_k=8, alpha=ALPHA)
-
-
-# The issue's comparison: LoRA r64; SMoRA r64 top-8; MoLoRA 8 experts × r8, top-2; MoR1E at LoRA r64's parameters.
-ADAPTER_CONFIGS: dict[str, Callable[[torch.nn.Module], Any]] = {
-    "lora": lambda model: LoraConfig(rank=LORA_RANK, alpha=ALPHA),
-    "smora": lambda model: SMoRAConfig(rank=LORA_RANK, top_k=8, alpha=ALPHA),
-    "molora": lambda model: MoLoRAConfig(num_experts=8, expert_rank=8, top_k=2, alpha=ALPHA),
-    "mor1e": _mor1e_matching_lora,
-}
-
-
 def adapter_config(name: str, model: torch.nn.Module) -> Any:
-    if name not in ADAPTER_CONFIGS:
-        raise ValueError(f"unknown adapter {name!r}; choose {', '.join(ADAPTER_CONFIGS)}")
-    return ADAPTER_CONFIGS[name](model)
+    """Adapter `name` at LoRA r64's budget on `model` (each config's `at_lora_budget`: the issue's comparison)."""
+    configs = compared_adapters(LORA_RANK, ALPHA, model)
+    if name not in configs:
+        raise ValueError(f"unknown adapter {name!r}; choose {', '.join(configs)}")
+    return configs[name]
 
 
 def synthetic_tasks(directory: Path, seq: int, samples: int = 300, seed: int = 0) -> list[TaskSpec]:
@@ -146,7 +123,7 @@ class Plain:
     def __init__(self, setup: Setup, batches: list[dict[str, torch.Tensor]]):
         dtype = torch.bfloat16 if setup.precision == "bf16" else torch.float32
         base = build_base(setup)
-        self.model = ADAPTERS["lora"].inject(base, adapter_config("lora", base)).to(dtype).train()
+        self.model = lora.inject(base, lora.LoraConfig(rank=LORA_RANK, alpha=ALPHA)).to(dtype).train()
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=1e-5, fused=True)
         self.batches, self.index = batches, 0
@@ -350,8 +327,8 @@ def _report(
                 )
     for name, r in results.items():
         adapter, *flags = name.split("+")
-        twin = "+".join(["lora", *flags])
-        if adapter not in ("lora", "plain") and twin in results:
+        twin = "+".join([baseline_adapter(), *flags])
+        if name != twin and adapter != "plain" and twin in results:
             ratios[f"{name}_step_over_{twin}"] = r["step_seconds"] / results[twin]["step_seconds"]
     return {
         "suite": "gpu",
@@ -422,8 +399,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--shape", choices=[s for s in SHAPES if s != "tiny"], default="0.5b")
     parser.add_argument(
         "--configs",
-        default="plain,lora,smora,molora,mor1e",
-        help="comma-separated: plain, or lora|smora|molora|mor1e [+compile +chunked +ckpt +zero1|2 +fused]",
+        default=",".join(["plain", *compared_adapters(LORA_RANK, ALPHA)]),
+        help=f"comma-separated: plain, or {'|'.join(compared_adapters(LORA_RANK, ALPHA))} [+{' +'.join(FLAGS)}]",
     )
     parser.add_argument("--attention", default="auto", help="auto | sdpa | flash_attention_2 | eager | ...")
     parser.add_argument("--batch", type=int, default=4, help="packed rows per micro-batch")

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import mtft
+from mtft.adapters import adapter_variants, baseline_adapter
 
 QWEN_0_5B = dict(
     vocab_size=151936,
@@ -51,13 +52,11 @@ TINY = dict(  # vocab_size: the byte tokenizer's own
     rope_theta=1e6,
 )
 
-RUNS: dict[str, list[str]] = {  # run name -> its adapter overrides; LoRA first, the baseline of the step-time ratios
-    "lora": ["adapter=lora"],
-    "smora": ["adapter=smora"],
-    "molora": ["adapter=molora"],
-    "mor1e": ["adapter=mor1e"],
-    "mor1e-intuition": ["adapter=mor1e", "adapter.intuition_clusters=4"],
-    "none": ["adapter=none"],
+# run name -> its adapter overrides: every registered adapter at its defaults and its declared variants (MoR1E
+# with the prior, dense), the baseline (LoRA) first: the step-time ratios' denominator
+RUNS: dict[str, list[str]] = {
+    run: [f"adapter={name}", *(f"adapter.{key}={value}" for key, value in settings.items())]
+    for run, (name, settings) in adapter_variants(runs=True).items()
 }
 LAUNCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -203,13 +202,14 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def print_table(results: dict[str, dict[str, Any]], ratios: dict[str, float]) -> None:
-    print(f"\n{'run':<16}{'tokens/s':>11}{'MFU':>7}{'peak GPU GB':>13}{'loss first -> last':>21}", end="")
-    print(f"{'skipped':>9}{'step / lora':>13}  result")
+    baseline = baseline_adapter()
+    print(f"\n{'run':<28}{'tokens/s':>11}{'MFU':>7}{'peak GPU GB':>13}{'loss first -> last':>21}", end="")
+    print(f"{'skipped':>9}{'step / ' + baseline:>13}  result")
     for name, r in results.items():
         loss = f"{_fmt(r.get('first_loss'), '.3f')} -> {_fmt(r.get('last_loss'), '.3f')}"
         skipped = str(r["skipped_steps"]) if r.get("skipped_steps_reported") else f"{r.get('skipped_steps', '-')}*"
-        ratio = 1.0 if name == "lora" and "step_seconds" in r else ratios.get(f"{name}_step_time_over_lora")
-        print(f"{name:<16}{_fmt(r.get('tokens_per_second'), ',.0f'):>11}{_fmt(r.get('mfu'), '.1%'):>7}", end="")
+        ratio = 1.0 if name == baseline and "step_seconds" in r else ratios.get(f"{name}_step_time_over_{baseline}")
+        print(f"{name:<28}{_fmt(r.get('tokens_per_second'), ',.0f'):>11}{_fmt(r.get('mfu'), '.1%'):>7}", end="")
         print(f"{_fmt(r.get('peak_gpu_gb'), '.2f'):>13}{loss:>21}{skipped:>9}{_fmt(ratio, '.2f'):>13}", end="")
         print(f"  {'pass' if not r['problems'] else 'FAIL'}")
     if any(not r.get("skipped_steps_reported", True) for r in results.values()):
@@ -276,11 +276,12 @@ def main(argv: list[str] | None = None) -> int:
         results[name]["wall_seconds"] = seconds
         print(f"    {'pass' if not results[name]['problems'] else 'FAIL'} in {seconds:.0f} s", flush=True)
 
-    base = results.get("lora", {}).get("step_seconds")
+    baseline = baseline_adapter()
+    base = results.get(baseline, {}).get("step_seconds")
     ratios = {
-        f"{name}_step_time_over_lora": r["step_seconds"] / base
+        f"{name}_step_time_over_{baseline}": r["step_seconds"] / base
         for name, r in results.items()
-        if name != "lora" and base and r.get("step_seconds")
+        if name != baseline and base and r.get("step_seconds")
     }
     print_table(results, ratios)
     report = {

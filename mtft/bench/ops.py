@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from mtft.adapters import baseline_adapter
 from mtft.bench import gpu
 from mtft.data.config import DataConfig
 from mtft.models import build_byte_tokenizer
@@ -161,15 +162,16 @@ def suite(quick: bool) -> dict[str, Any]:
 
 
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """Each configuration's ops over plain's, and a mixture's over its LoRA twin's, in the same precision."""
+    """Each configuration's ops over plain's, and a mixture's over its twin of the baseline adapter (LoRA, with the
+    same flags), in the same precision."""
     out = {}
     for key, result in results.items():
         name, precision = key.split("/")
         adapter, *flags = name.split("+")
         if name != "plain" and f"plain/{precision}" in results:
             out[f"{name}_ops_over_plain/{precision}"] = result["ops"] / results[f"plain/{precision}"]["ops"]
-        twin = "+".join(["lora", *flags]) + f"/{precision}"
-        if adapter not in ("plain", "lora") and twin in results:
+        twin = "+".join([baseline_adapter(), *flags]) + f"/{precision}"
+        if adapter != "plain" and key != twin and twin in results:
             out[f"{name}_ops_over_{twin.split('/')[0]}/{precision}"] = result["ops"] / results[twin]["ops"]
     return out
 

@@ -7,18 +7,22 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import peft
 import pytest
 import torch
 
 import mtft
+from mtft.adapters import adapter_variants
 from mtft.training.loop import train
 from tests.helpers import adapter_names, compose_config, small_data_overrides
 
-# run name -> (adapter, extra overrides): every registered adapter with its defaults, and MoR1E with its prior
-RUNS = {name: (name, []) for name in adapter_names()}
-RUNS["mor1e_intuition"] = ("mor1e", ["adapter.intuition_clusters=2"])
+# run name -> (adapter, extra overrides): every registered adapter with its defaults and its declared variants
+RUNS = {
+    run: (name, [f"adapter.{key}={value}" for key, value in settings.items()])
+    for run, (name, settings) in adapter_variants(runs=True).items()
+}
 INPUT_IDS = [[5, 80, 81, 82, 99, 100, 40, 41]]
 
 RELOAD = """
@@ -82,7 +86,7 @@ def test_saved_adapters_reload_in_a_new_process(dist_group, small_tasks, tmp_pat
             mtft.adapters.intuition.prior_for(fresh, torch.tensor(INPUT_IDS))
         with torch.no_grad():
             torch.testing.assert_close(fresh(input_ids=torch.tensor(INPUT_IDS)).logits, logits, atol=1e-6, rtol=0)
-    lora_dir = next(d for d, n in trained.items() if n == "lora")
+    lora_dir = next(d for d in trained if (Path(d) / "adapter_config.json").is_file())  # saved in PEFT's format
     peft_model = peft.PeftModel.from_pretrained(build_tiny_model(TinyModelConfig(), build_byte_tokenizer()), lora_dir)
     with torch.no_grad():
         peft_logits = peft_model.eval()(input_ids=torch.tensor(INPUT_IDS)).logits

@@ -15,9 +15,10 @@ import pytest
 import torch
 import yaml
 
+from mtft.adapters import adapter_variants, baseline_adapter
 from mtft.bench import gpu_smoke
 from mtft.models import build_byte_tokenizer
-from tests.helpers import compose_config
+from tests.helpers import adapter_names, compose_config
 
 REPO = Path(__file__).resolve().parents[2]
 FALLING = [5.0, 4.9, 4.8, 4.6, 4.5, 4.3, 4.2, 4.0, 3.9, 3.7]
@@ -107,17 +108,18 @@ def test_each_run_is_the_issues_setup_and_a_valid_config(name, tmp_path):
     assert (cfg.data.packing, cfg.data.max_seq_len, cfg.trainer.micro_batch_size) == (True, 2048, 4)
     assert (cfg.deepspeed.precision, cfg.trainer.max_steps, cfg.trainer.logging_steps) == ("bf16", 30, 1)
     assert cfg.trainer.eval_generations == 0 and cfg.model.name_or_path == str(tmp_path / "model")
-    assert cfg.adapter.name == name.split("-")[0]
-    if name == "mor1e-intuition":
-        assert cfg.adapter.intuition_clusters == 4
+    adapter, settings = adapter_variants(runs=True)[name]
+    assert cfg.adapter.name == adapter and settings.items() <= vars(cfg.adapter).items()
 
 
 @pytest.mark.integration
 def test_tiny_smoke_on_cpu_end_to_end(tmp_path):
-    """scripts/gpu_smoke.sh --tiny: the model built and saved, two real mtft-train runs, the checks, the table."""
+    """scripts/gpu_smoke.sh --tiny: the model built and saved, two real mtft-train runs (the baseline and a
+    mixture), the checks, the table."""
     out = tmp_path / "smoke"
     env = {**os.environ, "PYTHON": sys.executable}
-    command = [str(REPO / "scripts" / "gpu_smoke.sh"), "--tiny", "--adapters", "lora,molora", "--steps", "4"]
+    runs = [baseline_adapter(), adapter_names("moe")[0]]
+    command = [str(REPO / "scripts" / "gpu_smoke.sh"), "--tiny", "--adapters", ",".join(runs), "--steps", "4"]
     proc = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
@@ -126,7 +128,7 @@ def test_tiny_smoke_on_cpu_end_to_end(tmp_path):
     assert config["vocab_size"] == len(build_byte_tokenizer())
     assert (config.get("rope_theta") or config["rope_parameters"]["rope_theta"]) == 1e6  # transformers 4 or 5
     report = json.loads((out / "gpu_smoke.json").read_text())
-    assert report["passed"] and report["device"] == "cpu" and list(report["results"]) == ["lora", "molora"]
+    assert report["passed"] and report["device"] == "cpu" and list(report["results"]) == runs
     for name, result in report["results"].items():
         assert result["problems"] == [] and result["steps_logged"] == 4
         assert result["last_loss_mean"] < result["first_loss_mean"] and result["skipped_steps"] == 0
@@ -134,9 +136,9 @@ def test_tiny_smoke_on_cpu_end_to_end(tmp_path):
         run_config = yaml.safe_load((out / "runs" / name / "config.yaml").read_text())
         assert run_config["model"]["name_or_path"] == str((out / "model").resolve())
         assert run_config["adapter"]["name"] == name and run_config["deepspeed"]["precision"] == "fp32"
-    assert report["ratios"]["molora_step_time_over_lora"] > 0
+    assert report["ratios"][f"{runs[1]}_step_time_over_{runs[0]}"] > 0
     table = proc.stdout[proc.stdout.index("tokens/s") :]
-    assert [line.split()[0] for line in table.splitlines()[1:3]] == ["lora", "molora"]
+    assert [line.split()[0] for line in table.splitlines()[1:3]] == runs
     assert table.splitlines()[1].endswith("pass") and "PASSED" in proc.stdout
 
 

@@ -7,22 +7,22 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mtft.adapters import ADAPTERS
-from mtft.bench import ops
+from mtft.adapters import compared_adapters
+from mtft.bench import gpu, ops
 from mtft.training.step import host_values
 
-MIXTURES = [name for name in ADAPTERS if name not in ("lora", "none")]
-ADAPTER_NAMES = ["lora", *MIXTURES]
+# every adapter the benchmarks compare (at LoRA r64's budget), the baseline (LoRA) first
+BASELINE, *MIXTURES = ADAPTER_NAMES = list(compared_adapters(gpu.LORA_RANK, gpu.ALPHA))
 # The op budgets at the narrow 24-layer 0.5B layout, at a short sequence: the counts per layer and per step are a
 # real model's, and each profile takes a second or two.
 SEQ = 64
 OPS_BF16 = ["plain", *ADAPTER_NAMES]
-OPS_FP32 = ["plain", "lora"]  # the adapters' layers are the same in either precision
+OPS_FP32 = ["plain", BASELINE]  # the adapters' layers are the same in either precision
 MIXTURE_OPS_OVER_LORA = 1.3  # each mixture's bf16 step over LoRA's: the issue's budget
 # The sync budget for every adapter, ZeRO stage and accumulation, at the tiny shape: syncs come from the step's
 # machinery (optimizer, guard, reads), not from the model's size.
 SYNC_BF16 = [f"{a}{flags}" for a in ADAPTER_NAMES for flags in ("", "+accum2", "+zero2", "+zero2+accum2")]
-SYNC_FP32 = [f"lora{flags}" for flags in ("", "+accum2", "+zero1", "+zero2", "+zero2+accum2")]
+SYNC_FP32 = [f"{BASELINE}{flags}" for flags in ("", "+accum2", "+zero1", "+zero2", "+zero2+accum2")]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def tiny_counts() -> dict[str, dict]:
 
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
 def test_lora_dispatches_no_more_ops_than_the_plain_peft_loop(counts, precision):
-    lora, plain = counts[f"lora/{precision}"], counts[f"plain/{precision}"]
+    lora, plain = counts[f"{BASELINE}/{precision}"], counts[f"plain/{precision}"]
     assert lora["ops"] <= plain["ops"], (lora["ops"], plain["ops"])
     assert lora["optimizer"] == "MasterAdamW (fused)"
 
@@ -55,14 +55,14 @@ def test_every_step_makes_one_host_sync(tiny_counts, key):
 
 @pytest.mark.parametrize("mixture", MIXTURES)
 def test_each_mixture_stays_close_to_loras_ops(counts, mixture):
-    ratio = counts[f"{mixture}/bf16"]["ops"] / counts["lora/bf16"]["ops"]
+    ratio = counts[f"{mixture}/bf16"]["ops"] / counts[f"{BASELINE}/bf16"]["ops"]
     assert ratio <= MIXTURE_OPS_OVER_LORA, ratio
 
 
 @pytest.mark.parametrize("zero", ["", "+zero2"])
 def test_accumulation_adds_no_host_work_per_micro_batch(tiny_counts, zero):
     """A second micro-batch adds its forward and backward, not another pass of per-tensor work."""
-    one, two = tiny_counts[f"lora{zero}/bf16"]["ops"], tiny_counts[f"lora{zero}+accum2/bf16"]["ops"]
+    one, two = tiny_counts[f"{BASELINE}{zero}/bf16"]["ops"], tiny_counts[f"{BASELINE}{zero}+accum2/bf16"]["ops"]
     assert two < 2 * one
 
 

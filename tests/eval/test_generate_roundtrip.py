@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from mtft.adapters import ADAPTERS, adapter_variants
 from mtft.training.export import export
 from mtft.training.loop import train
 from tests.helpers import compose_config
@@ -17,11 +18,12 @@ from tests.helpers import compose_config
 pytestmark = pytest.mark.integration
 
 STEPS, PROMPTS, TOKENS = 4, 5, 8
-ADAPTERS = {
-    "lora": ["adapter=lora"],
-    "smora": ["adapter=smora", "adapter.rank=8", "adapter.top_k=2"],
-    "molora": ["adapter=molora"],
-    "mor1e": ["adapter=mor1e", "adapter.intuition_clusters=2"],  # the prior from the prompt and saved centroids
+# every registered adapter (not full fine-tuning: a whole model, test_export's) and its declared variants (MoR1E's
+# prior: from the prompt and the saved centroids)
+RUNS = {
+    run: [f"adapter={name}", *(f"adapter.{key}={value}" for key, value in settings.items())]
+    for run, (name, settings) in adapter_variants(runs=True).items()
+    if not ADAPTERS[name].config.is_full_model
 }
 # mtft-generate's CLI, twice per exported adapter (all prompts in one batch, then one at a time), in one new process
 GENERATE = """
@@ -36,7 +38,7 @@ for directory, config, prompts, out in zip(*[iter(sys.argv[1:])] * 4):
 
 def test_exported_adapters_generate_in_a_new_process_what_the_trained_model_generated(tmp_path):
     expected, arguments = {}, []
-    for name, overrides in ADAPTERS.items():
+    for name, overrides in RUNS.items():
         run = tmp_path / name
         settings = [f"trainer.max_steps={STEPS}", f"trainer.eval_steps={STEPS}", f"trainer.eval_generations={PROMPTS}"]
         train(compose_config([*overrides, *settings, f"trainer.max_new_tokens={TOKENS}", f"trainer.output_dir={run}"]))

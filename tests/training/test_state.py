@@ -43,7 +43,7 @@ def test_checkpoint_loads_back_to_the_same_logits(dist_group, small_tasks, tmp_p
     train(cfg)
     checkpoint = tmp_path / "checkpoint-6"
     assert (checkpoint / COMPLETE_MARKER).is_file()
-    weights_file = "model.safetensors" if adapter == "none" else "adapter_model.safetensors"
+    weights_file = "model.safetensors" if ADAPTERS[adapter].config.is_full_model else "adapter_model.safetensors"
     assert (checkpoint / "adapter" / weights_file).is_file()
 
     input_ids = torch.tensor([[5, 80, 81, 82, 99, 100, 40, 41]])
@@ -64,7 +64,7 @@ def test_checkpoint_loads_back_to_the_same_logits(dist_group, small_tasks, tmp_p
         mtft_logits = logits(mtft.load_adapter(fresh_base(), checkpoint / "adapter"))
         assert (engine_logits - base_logits).abs().max() > 1e-3  # training changed the model
         torch.testing.assert_close(mtft_logits, engine_logits, atol=1e-6, rtol=0)
-        if adapter == "lora":  # 3. PEFT's own loader: the adapter is in PEFT format
+        if (checkpoint / "adapter" / "adapter_config.json").is_file():  # 3. saved in PEFT's format: PEFT's loader
             peft_logits = logits(peft.PeftModel.from_pretrained(fresh_base(), checkpoint / "adapter"))
             torch.testing.assert_close(peft_logits, engine_logits, atol=1e-6, rtol=0)
 
