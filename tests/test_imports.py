@@ -17,8 +17,8 @@ name under `mtft`: a subpackage, or a single-file module) and that unit to its l
 
 A module may import its own unit freely (e.g. adapters.molora -> adapters.moe) and any unit in a lower layer;
 two different units in the same layer may not import each other. `eval` sits above the component layer because
-generation sets the MoR1E instance prior (adapters) and reads TaskData (data); `report` sits in it because it
-reads only a run's files. `config` is below training, bench and cli (which use TrainConfig) and above every
+generation hands the prompts to the adapter's runtime (adapters) and reads TaskData (data); `report` sits in it
+because it reads only a run's files. `config` is below training, bench and cli (which use TrainConfig) and above every
 component, so no component can reach a registry or Hydra.
 
 A unit missing from LAYERS fails the test: a new package must be placed on purpose.
@@ -197,3 +197,20 @@ def test_the_checker_sees_each_kind_of_violation(tmp_path, monkeypatch):
     (tmp_path / "mtft/models.py").write_text("")
     with pytest.raises(AssertionError, match=r"no longer present.*mtft/models.py"):
         test_the_allow_list_holds_only_imports_that_still_exist()
+
+
+# What generates from a model knows an adapter only by its registry and its runtime handle (`before_generate`):
+# never a method's own module, so nothing there is specific to one method (e.g. MoR1E's prior).
+ADAPTER_FACADE = {"mtft.adapters", "mtft.adapters.base"}
+GENERATING = ["mtft/eval", "mtft/training/inference.py", "mtft/cli/generate.py"]
+
+
+def test_generation_reaches_adapters_only_through_the_registry_and_the_runtime():
+    files = [p for g in GENERATING for p in ((ROOT / g).rglob("*.py") if (ROOT / g).is_dir() else [ROOT / g])]
+    found = [
+        f"{path.relative_to(ROOT).as_posix()}:{line}: `{written}`"
+        for path in files
+        for line, target, written in imports(path)
+        if unit(target) == "adapters" and target not in ADAPTER_FACADE
+    ]
+    assert len(files) > 3 and not found, found

@@ -15,7 +15,10 @@ from mtft.adapters.base import (
     ADAPTERS,
     AdapterConfig,
     AdapterMethod,
+    AdapterRuntime,
+    attach_runtime,
     register_adapter,
+    runtime_of,
     write_adapter_config,
 )
 from mtft.registry import import_methods
@@ -65,20 +68,26 @@ def save_adapter(model: nn.Module, cfg: AdapterConfig, directory: str | Path) ->
 
 
 def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
-    """Restore what `save_adapter` wrote onto a freshly loaded base model (in any process)."""
+    """Restore what `save_adapter` wrote onto a freshly loaded base model (in any process), with its runtime
+    attached (`runtime_of(model).before_generate(prompts)` before generating from it)."""
     directory = Path(directory)
-    name = json.loads((directory / ADAPTER_CONFIG_FILE).read_text())["name"]
-    return ADAPTERS[name].load(model, directory)
+    saved = json.loads((directory / ADAPTER_CONFIG_FILE).read_text())
+    method = ADAPTERS[saved["name"]]
+    model = method.load(model, directory)
+    return attach_runtime(model, method.runtime(model, method.config(**saved)))
 
 
 __all__ = [
     "ADAPTERS",
     "AdapterConfig",
     "AdapterMethod",
+    "AdapterRuntime",
     "adapter_variants",
+    "attach_runtime",
     "baseline_adapter",
     "compared_adapters",
     "load_adapter",
     "register_adapter",
+    "runtime_of",
     "save_adapter",
 ]

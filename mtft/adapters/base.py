@@ -54,9 +54,14 @@ class LowRankConfig(AdapterConfig):
 
 
 class AdapterRuntime:
-    """The one object the training loop talks to, whatever the adapter; it knows none of an adapter's internals.
-    LoRA and full fine-tuning use this one, which does nothing; a mixture of experts has routers to feed and
-    to balance (adapters/moe.py). Its run-time state lives in the model's buffers, so checkpoints carry it."""
+    """The one object the training loop, evaluation and generation talk to, whatever the adapter; they know none of
+    an adapter's internals. LoRA and full fine-tuning use this one, which does nothing; a mixture of experts has
+    routers to feed and to balance (adapters/moe.py). Its run-time state lives in the model's buffers, so
+    checkpoints carry it. The model carries its runtime (`runtime_of`)."""
+
+    # Routing depends on the prompt apart from the answer (MoR1E's prior): a request that hands the model prompt and
+    # answer as one sequence (lm-eval's scored requests) cannot be routed as in training.
+    routes_on_the_prompt: ClassVar[bool] = False
 
     def prepare(self, model: nn.Module, tasks: list, pad_token_id: int, seed: int) -> None:
         """Before training, on the engine's device, with the tokenized tasks (e.g. MoR1E fits its prior).
@@ -68,6 +73,10 @@ class AdapterRuntime:
 
     def before_forward(self, batch: dict[str, torch.Tensor]) -> None:
         """Whatever the next forward needs to know about its batch beyond the model's inputs."""
+
+    def before_generate(self, prompts: dict[str, torch.Tensor]) -> None:
+        """Before generating from a batch of prompts (`input_ids` and `attention_mask`, padded on either side):
+        whatever routing inputs the model needs, from the prompts alone, as training computed them."""
 
     def aux_loss(self) -> torch.Tensor | float:
         """Auxiliary loss of the last training forward, added to the task loss (0: none)."""
@@ -92,6 +101,20 @@ class AdapterMethod(NamedTuple):
     save: Callable[[nn.Module, Path], None]  # writes the trained weights as safetensors
     load: Callable[[nn.Module, Path], nn.Module]  # restores them onto a freshly loaded base model
     runtime: Callable[[nn.Module, AdapterConfig], AdapterRuntime] = lambda model, cfg: AdapterRuntime()
+
+
+RUNTIME_ATTRIBUTE = "mtft_runtime"
+
+
+def attach_runtime(model: nn.Module, runtime: AdapterRuntime) -> nn.Module:
+    """Give `model` its adapter's runtime, so whatever generates from it finds the handle with the model."""
+    setattr(model, RUNTIME_ATTRIBUTE, runtime)
+    return model
+
+
+def runtime_of(model: nn.Module) -> AdapterRuntime:
+    """The runtime attached to `model` (by training or `load_adapter`); a model with none needs nothing."""
+    return getattr(model, RUNTIME_ATTRIBUTE, None) or AdapterRuntime()
 
 
 # Every method's module registers itself here when imported; `mtft.adapters` imports them all.

@@ -8,8 +8,8 @@ their nearest centroid, so the temperature does not depend on the embedding's sc
 prior to logits over its expert pairs and blends them into its token router with a learned mixing weight.
 
 The centroids live in the model (`mtft_intuition`) and are saved with the adapter, so a new input's prior is
-computed the same way at inference from the prompt alone: `prior_for(model, input_ids, attention_mask)`. Training,
-validation and generation use the prior stored on each sample, which equals `prior_for(sample.prompt())`.
+computed the same way at inference from the prompt alone: the runtime's `before_generate(prompts)` (`prior_for`).
+Training and validation use the prior stored on each sample, which equals `prior_for(sample.prompt())`.
 """
 
 from __future__ import annotations
@@ -146,12 +146,14 @@ def right_padded(prompts: list[list[int]], pad_token_id: int, multiple_of: int =
 
 
 def prior_for(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> None:
-    """At inference: compute the prior of a prompt (everything before the answer, as Sample.prompt) from the
-    saved centroids and set it for the next forward."""
+    """At inference: compute the prior of each prompt (everything before the answer, as Sample.prompt) from the
+    saved centroids and set it for the next forward. Prompts padded on either side are embedded right-padded, as
+    training embedded them (a left pad would shift their positions)."""
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+    prompts = [row[mask.bool()].tolist() for row, mask in zip(input_ids.cpu(), attention_mask.cpu(), strict=True)]
     prior: IntuitionPrior = getattr(model, MODULE_NAME)
-    vectors = embed(model, {"input_ids": input_ids, "attention_mask": attention_mask}, prior.layer)
-    set_instance_prior(model, prior.affinities(vectors).unsqueeze(1).expand(-1, input_ids.shape[1], -1))
+    vectors = embed(model, right_padded(prompts, pad_token_id=0), prior.layer)  # the pad id: masked out
+    set_instance_prior(model, prior.affinities(vectors).unsqueeze(1))  # (prompts, 1, clusters): every position
 
 
 def set_instance_prior(model: nn.Module, prior: torch.Tensor | None) -> None:
@@ -162,7 +164,10 @@ def set_instance_prior(model: nn.Module, prior: torch.Tensor | None) -> None:
 
 
 class PriorRuntime(ExpertsRuntime):
-    """MoR1E with its intuition prior: fitted before training; each batch's per-token prior goes to the routers."""
+    """MoR1E with its intuition prior: fitted before training; each batch's per-token prior goes to the routers;
+    before generating, each prompt's prior is computed from the prompt."""
+
+    routes_on_the_prompt = True
 
     def __init__(self, model: nn.Module):
         super().__init__(model)
@@ -177,3 +182,6 @@ class PriorRuntime(ExpertsRuntime):
     def before_forward(self, batch: dict[str, torch.Tensor]) -> None:
         super().before_forward(batch)
         set_instance_prior(self.model, batch.get("instance_prior"))
+
+    def before_generate(self, prompts: dict[str, torch.Tensor]) -> None:
+        prior_for(self.model, prompts["input_ids"], prompts["attention_mask"])

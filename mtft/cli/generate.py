@@ -68,18 +68,15 @@ def main(argv: list[str] | None = None) -> None:
         prompts = [args["prompt"]] if "prompt" in args else read_prompts(Path(args["prompts"]))
         import torch
 
-        from mtft.training.inference import (
-            generate,
-            load_base,
-            load_trained,
-        )  # heavy imports once the arguments are valid
+        from mtft.eval.generation import Decoding  # heavy imports once the arguments are valid
+        from mtft.training.inference import generate, load_base, load_trained
 
         torch.manual_seed(settings.seed)
         base = base_model(args)
         config = Path(args["config"]) if "config" in args else None
         trained = load_base(base) if base is not None else load_trained(Path(args["checkpoint"]), config)
-        options = {k: v for k, v in dataclasses.asdict(settings).items() if k != "seed"}
-        answers = generate(trained, prompts, **options)
+        decoding = Decoding(settings.max_new_tokens, settings.batch_size, settings.do_sample, settings.temperature)
+        answers = generate(trained, prompts, decoding)
         rows = [{"prompt": p, "output": a} for p, a in zip(prompts, answers, strict=True)]
         if "out" in args:
             Path(args["out"]).write_text("".join(json.dumps(r) + "\n" for r in rows))

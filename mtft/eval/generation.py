@@ -3,6 +3,7 @@ evaluation during training (beside their references, so a person can see what ea
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from mtft.adapters.intuition import set_instance_prior
+from mtft.adapters import runtime_of
 from mtft.data.tasks import Sample, TaskData
 from mtft.data.tokenize import IGNORE
 from mtft.distributed import gather_lists
@@ -32,54 +33,65 @@ def first_turn(sample: Sample) -> tuple[list[int], list[int]] | None:
     return prompt, sample.input_ids[len(prompt) + start : len(prompt) + end]
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """How prompts are answered: `batch_size` at a time, up to `max_new_tokens` each, greedy or sampled."""
+
+    max_new_tokens: int
+    batch_size: int = 8
+    do_sample: bool = False
+    temperature: float = 1.0
+    seed: int | None = None  # sampling reseeded per batch from (seed, task, batch): outputs independent of ranks
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """Which share of the batches this process generates, and whether each forward is collective (ZeRO-3)."""
+
+    rank: int = 0
+    world_size: int = 1
+    synced: bool = False
+
+
 @torch.no_grad()
 def scored_generations(
     model,
+    tokenizer: PreTrainedTokenizerBase,
     tasks: list[TaskData],
     specs: list,
-    tokenizer: PreTrainedTokenizerBase,
     per_task: int | None,
-    batch_size: int,
-    max_new_tokens: int,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    synced: bool = False,
+    decoding: Decoding,
+    ranks: Ranks = Ranks(),
     progress: bool = False,
-    rank: int = 0,
-    world_size: int = 1,
-    seed: int | None = None,
 ) -> list[dict[str, Any]]:
     """One row per validation sample with a prompt and an answer (the first `per_task` of each task, or all):
     task, prompt, reference, output, and the task's metrics (its spec's `metrics`, eval/metrics.py). Used by
     mtft-eval and, with a few samples per task, by training at each evaluation.
 
-    Data-parallel over `world_size` ranks: of each task's batches, rank r generates r, r + W, ..., and the rows
-    are gathered onto every rank in the one-rank order. The batches are the one-rank batches (same prompts, same
-    padding), so the rows are the same as one rank's. `seed`: sampling is reseeded per batch from (seed, task,
-    batch), so sampled outputs, too, do not depend on the number of ranks.
+    Data-parallel over the ranks: of each task's batches, rank r generates r, r + W, ..., and the rows are
+    gathered onto every rank in the one-rank order. The batches are the one-rank batches (same prompts, same
+    padding), so the rows are the same as one rank's; sampled outputs are reseeded per batch (`Decoding.seed`).
 
-    Collective under ZeRO-3 (`synced`): every forward gathers shards from all ranks, so every rank runs the same
-    number of generate calls (a rank with no batch left generates a discarded one-prompt batch), and
+    Collective under ZeRO-3 (`ranks.synced`): every forward gathers shards from all ranks, so every rank runs the
+    same number of generate calls (a rank with no batch left generates a discarded one-prompt batch), and
     `synced_gpus` keeps ranks whose batch finished early stepping until all have."""
     was_training = model.training
     model.eval()
     stop = sorted(stop_ids(model, tokenizer))
+    rank, world_size = ranks.rank, ranks.world_size
     mine = []  # (task index, batch index, rows): this rank's batches
     for task_index, (task, spec) in enumerate(zip(tasks, specs, strict=True)):
         turns = [(s, t) for s in task.val[:per_task] if (t := first_turn(s)) is not None]
-        chunks = [turns[start : start + batch_size] for start in range(0, len(turns), batch_size)]
+        chunks = [turns[start : start + decoding.batch_size] for start in range(0, len(turns), decoding.batch_size)]
         rounds = range(rank, -(-len(chunks) // world_size) * world_size, world_size)
         for index in tqdm(rounds, desc=task.name, leave=False) if progress else rounds:
-            if index >= len(chunks) and not synced:
+            if index >= len(chunks) and not ranks.synced:
                 break
             chunk = chunks[index] if index < len(chunks) else chunks[0][:1]
-            if seed is not None:
-                torch.manual_seed(int(np.random.SeedSequence([seed, task_index, index]).generate_state(1)[0]))
-            priors = [s.prior for s, _ in chunk] if chunk[0][0].prior is not None else None
+            if decoding.seed is not None:
+                torch.manual_seed(int(np.random.SeedSequence([decoding.seed, task_index, index]).generate_state(1)[0]))
             prompts = [prompt for _, (prompt, _) in chunk]
-            outputs = generate_batch(
-                model, prompts, tokenizer, max_new_tokens, stop, do_sample, temperature, priors, synced
-            )
+            outputs = generate_batch(model, tokenizer, prompts, stop, decoding, ranks.synced)
             if index < len(chunks):
                 mine.append((task_index, index, _scored(chunk, outputs, task.name, spec, tokenizer)))
     model.train(was_training)
@@ -123,30 +135,26 @@ def stop_ids(model, tokenizer: PreTrainedTokenizerBase) -> set[int]:
 @torch.no_grad()
 def generate_batch(
     model,
-    prompts: list[list[int]],
     tokenizer: PreTrainedTokenizerBase,
-    max_new_tokens: int,
+    prompts: list[list[int]],
     stop_ids: list[int],
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    priors: list[list[float]] | None = None,
+    decoding: Decoding,
     synced: bool = False,
 ) -> list[list[int]]:
     """Each prompt's continuation (token ids, up to the first stop token, which is dropped), decoded together:
-    left-padded so every prompt ends where generation starts, with the KV cache. `priors`: MoR1E's per-sample
-    routing prior, one per prompt."""
+    left-padded so every prompt ends where generation starts, with the KV cache. The adapter's runtime, carried by
+    the model, sees the prompts first (`before_generate`: routing inputs computed from each prompt)."""
     device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
     pad = tokenizer.pad_token_id
     input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
     attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-    if priors is not None:
-        set_instance_prior(model, torch.tensor(priors, device=device)[:, None, :])
-    sampling = {"do_sample": True, "temperature": temperature} if do_sample else {"do_sample": False}
+    runtime_of(model).before_generate({"input_ids": input_ids, "attention_mask": attention_mask})
+    sampling = {"do_sample": True, "temperature": decoding.temperature} if decoding.do_sample else {"do_sample": False}
     output = model.generate(
         input_ids=input_ids,
         attention_mask=attention_mask,
-        max_new_tokens=max_new_tokens,
+        max_new_tokens=decoding.max_new_tokens,
         use_cache=True,
         eos_token_id=stop_ids,
         pad_token_id=pad,

@@ -31,8 +31,8 @@ from mtft.data.config import DataConfig
 from mtft.data.tasks import TaskData, load_tasks
 from mtft.distributed import rank_zero_first
 from mtft.errors import check
-from mtft.eval.generation import metric_means, scored_generations
-from mtft.eval.harness import harness_results
+from mtft.eval.generation import Decoding, Ranks, metric_means, scored_generations
+from mtft.eval.harness import Harness, harness_results
 from mtft.training.engine import init_distributed, partitioned_for_inference
 from mtft.training.inference import BaseModel, load_base, load_trained, read_yaml
 from mtft.training.validation import validation_losses
@@ -99,21 +99,12 @@ def evaluate(
     batches = tqdm(batches, total=count, desc="loss", leave=False, disable=rank != 0)
     losses = validation_losses(engine, batches, names, runtime)
 
+    decoding = Decoding(
+        settings.max_new_tokens, settings.batch_size, settings.do_sample, settings.temperature, settings.seed
+    )
+    ranks = Ranks(rank, world, synced=sharded and world > 1)
     predictions = scored_generations(
-        model,
-        tasks,
-        cfg.data.tasks,
-        tokenizer,
-        settings.max_samples,
-        settings.batch_size,
-        settings.max_new_tokens,
-        settings.do_sample,
-        settings.temperature,
-        synced=sharded and world > 1,
-        progress=rank == 0,
-        rank=rank,
-        world_size=world,
-        seed=settings.seed,
+        model, tokenizer, tasks, cfg.data.tasks, settings.max_samples, decoding, ranks, progress=rank == 0
     )
     results = {}
     for task in tasks:
@@ -127,9 +118,8 @@ def evaluate(
     if settings.harness_tasks:
         include = Path(settings.harness_include) if settings.harness_include else None
         names = [name.strip() for name in settings.harness_tasks.split(",") if name.strip()]
-        harness = harness_results(
-            model, tokenizer, names, include, settings.harness_limit, settings.harness_fewshot, settings.batch_size
-        )
+        request = Harness(names, include, settings.harness_limit, settings.harness_fewshot, settings.batch_size)
+        harness = harness_results(model, tokenizer, request)
     report = {
         "checkpoint": str(checkpoint) if checkpoint is not None else None,
         "model": cfg.model.name_or_path,

@@ -15,15 +15,12 @@ import yaml
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from mtft.adapters import ADAPTERS, load_adapter
+from mtft.adapters import ADAPTERS, load_adapter, runtime_of
 from mtft.adapters.base import ADAPTER_CONFIG_FILE, AdapterRuntime
-from mtft.adapters.full import FullFinetuneConfig
 from mtft.config.train import TrainConfig, build_train_config
 from mtft.data.config import DataConfig
-from mtft.data.tasks import Sample, TaskData
-from mtft.data.tokenize import IGNORE
 from mtft.errors import ConfigError
-from mtft.eval.generation import generate_batch, stop_ids
+from mtft.eval.generation import Decoding, generate_batch, stop_ids
 from mtft.models import ModelConfig, load_model, load_tokenizer
 from mtft.training.engine import resolve_precision
 
@@ -32,7 +29,7 @@ from mtft.training.engine import resolve_precision
 class Trained:
     model: nn.Module
     tokenizer: PreTrainedTokenizerBase
-    runtime: AdapterRuntime  # the adapter's handle: e.g. MoR1E's prior for each prompt
+    runtime: AdapterRuntime  # the adapter's handle (also attached to the model: `runtime_of`)
     cfg: TrainConfig | None  # the run's (a base model's: its model and the data it is scored on; None without)
     adapter: str  # the adapter method's name
 
@@ -50,11 +47,9 @@ def load_trained(checkpoint: Path, config: Path | None = None) -> Trained:
         raise ConfigError("config", f"{config or checkpoint}: no run config.yaml; pass config=RUN/config.yaml")
     cfg = build_train_config(read_yaml(config, "config"))
     tokenizer = load_tokenizer(cfg.model)
-    saved = json.loads((adapter_dir / ADAPTER_CONFIG_FILE).read_text())
-    adapter_cfg = ADAPTERS[saved["name"]].config(**saved)
+    name = json.loads((adapter_dir / ADAPTER_CONFIG_FILE).read_text())["name"]
     model = load_adapter(load_model(cfg.model, tokenizer), adapter_dir)
-    runtime = ADAPTERS[adapter_cfg.name].runtime(model, adapter_cfg)
-    return Trained(_for_inference(model, cfg.deepspeed.precision), tokenizer, runtime, cfg, adapter_cfg.name)
+    return Trained(_for_inference(model, cfg.deepspeed.precision), tokenizer, runtime_of(model), cfg, name)
 
 
 PEFT_CONFIG_FILE = "adapter_config.json"
@@ -76,7 +71,8 @@ def load_base(base: BaseModel, data: DataConfig | None = None) -> Trained:
         raise ConfigError("adapter", f"{base.adapter}: no {PEFT_CONFIG_FILE} in it; not a PEFT adapter directory")
     cfg = None
     if data is not None:  # nothing injected or trained: the full model, as it is
-        cfg = TrainConfig(data=data, model=base.model, adapter=FullFinetuneConfig())
+        full = next(method.config for method in ADAPTERS.values() if method.config.is_full_model)
+        cfg = TrainConfig(data=data, model=base.model, adapter=full())
         cfg.deepspeed.precision = base.precision
     tokenizer = load_tokenizer(base.model)
     model = load_model(base.model, tokenizer)
@@ -105,36 +101,16 @@ def read_yaml(path: Path, key: str) -> dict[str, Any]:
     return loaded
 
 
-def generate(
-    trained: Trained,
-    prompts: list[str | list[dict[str, str]]],
-    max_new_tokens: int = 256,
-    batch_size: int = 8,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-) -> list[str]:
+def generate(trained: Trained, prompts: list[str | list[dict[str, str]]], decoding: Decoding) -> list[str]:
     """Each prompt's answer. A prompt is a user message (a string) or a whole conversation (chat messages, the
     last one the user's); the chat template is applied and the assistant's turn opened, as in training."""
     tokenizer = trained.tokenizer
     conversations = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]
     ids = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=True) for c in conversations]
     ids = [list(i["input_ids"]) if isinstance(i, dict) or hasattr(i, "keys") else list(i) for i in ids]
-    samples = [Sample(i, [IGNORE] * len(i), 0, prompt_length=len(i)) for i in ids]
-    trained.runtime.prepare_inference(trained.model, [TaskData("prompts", [], samples)], tokenizer.pad_token_id)
     stop = sorted(stop_ids(trained.model, tokenizer))
     answers = []
-    for start in range(0, len(samples), batch_size):
-        chunk = samples[start : start + batch_size]
-        priors = [s.prior for s in chunk] if chunk[0].prior is not None else None
-        outputs = generate_batch(
-            trained.model,
-            [s.input_ids for s in chunk],
-            tokenizer,
-            max_new_tokens,
-            stop,
-            do_sample,
-            temperature,
-            priors,
-        )
+    for start in range(0, len(ids), decoding.batch_size):
+        outputs = generate_batch(trained.model, tokenizer, ids[start : start + decoding.batch_size], stop, decoding)
         answers += [tokenizer.decode(o, skip_special_tokens=True) for o in outputs]
     return answers

@@ -21,7 +21,7 @@ import torch
 import yaml
 from transformers import set_seed
 
-from mtft.adapters import ADAPTERS
+from mtft.adapters import ADAPTERS, attach_runtime
 from mtft.adapters.base import count_parameters
 from mtft.balancers import build_balancer
 from mtft.config.train import TrainConfig
@@ -32,7 +32,7 @@ from mtft.data.tokenize import check_max_seq_len
 from mtft.distributed import rank_zero_first, same_on_all_ranks
 from mtft.errors import ConfigError
 from mtft.eval.generation import COLUMNS as GENERATION_COLUMNS
-from mtft.eval.generation import metric_means, scored_generations
+from mtft.eval.generation import Decoding, Ranks, metric_means, scored_generations
 from mtft.logging import build_run_logger
 from mtft.logging.progress import Progress, use_bars
 from mtft.logging.records import LossWindow, metrics_record, task_means
@@ -153,6 +153,7 @@ class TrainingRecipe:
         method = ADAPTERS[cfg.adapter.name]
         self.model = method.inject(model, cfg.adapter)
         self.adapter = method.runtime(self.model, cfg.adapter)  # the loop's one handle on the adapter
+        attach_runtime(self.model, self.adapter)  # generation finds it with the model
         if self.trainer.gradient_checkpointing:
             enable_gradient_checkpointing(self.model, self.adapter.recomputation)
         if self.trainer.compile:
@@ -327,15 +328,12 @@ class TrainingRecipe:
             synced = generation_is_collective(self.engine)
             rows = scored_generations(
                 self.engine.module,
+                self.tokenizer,
                 self.tasks,
                 self.cfg.data.tasks,
-                self.tokenizer,
                 t.eval_generations,
-                t.eval_batch_size,
-                t.max_new_tokens,
-                synced=synced,
-                rank=self.rank,  # each rank generates its share of the batches; the rows are the one-rank rows
-                world_size=self.world_size,
+                Decoding(t.max_new_tokens, t.eval_batch_size),
+                Ranks(self.rank, self.world_size, synced),  # each rank generates its share; the rows are one rank's
             )
             table = [[row[column] for column in GENERATION_COLUMNS] for row in rows]
             self.logger.table("generations", GENERATION_COLUMNS, table, self.state.step, save=True)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mtft.adapters import ADAPTERS
-from mtft.adapters.intuition import MODULE_NAME, kmeans, prior_for, set_instance_prior
+from mtft.adapters.intuition import MODULE_NAME, kmeans, set_instance_prior
 from mtft.adapters.moe import expert_layers
 from mtft.adapters.mor1e import MoR1EConfig
 from mtft.data.collate import collate
@@ -49,32 +49,33 @@ def test_clusters_separate_the_tasks_and_every_sample_has_a_prior(prepared):
     assert dominant["add"] != dominant["sentiment"]
 
 
-def test_the_training_prior_is_prior_for_the_prompt_alone(small_tasks):
-    """The stored prior (used in training, validation and generation) is what `prior_for` gives at inference
-    from the prompt alone: the answer never shapes it. Four clusters keep the affinities soft enough that an
-    embedding of prompt and answer together would give a measurably different prior."""
+def test_the_training_prior_is_what_generation_computes_from_the_prompt_alone(small_tasks):
+    """The stored prior (used in training and validation) is what the runtime's `before_generate` gives from the
+    prompt alone, left-padded in a batch as generation pads it: the answer never shapes it. Four clusters keep the
+    affinities soft enough that an embedding of prompt and answer together would give a measurably different prior."""
     cfg = compose_config([*small_data_overrides(small_tasks), "adapter=mor1e", "adapter.intuition_clusters=4"])
     model, tokenizer = load_model_and_tokenizer(cfg.model)
     tasks = load_tasks(cfg.data, tokenizer, seed=0)
     model = ADAPTERS["mor1e"].inject(model, cfg.adapter)
-    ADAPTERS["mor1e"].runtime(model, cfg.adapter).prepare(model, tasks, tokenizer.pad_token_id, 0)
+    runtime = ADAPTERS["mor1e"].runtime(model, cfg.adapter)
+    runtime.prepare(model, tasks, tokenizer.pad_token_id, 0)
     model.eval()
 
-    def inference_prior(ids: list[int]) -> torch.Tensor:
-        input_ids = torch.tensor([ids])
-        prior_for(model, input_ids)
+    def generation_priors(prompts: list[list[int]]) -> torch.Tensor:
+        width = max(map(len, prompts))
+        input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in prompts])
+        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        runtime.before_generate({"input_ids": input_ids, "attention_mask": attention_mask})
         current = getattr(model, MODULE_NAME).current
-        assert current.shape == (1, len(ids), 4)
-        return current[0, -1]
+        assert current.shape == (len(prompts), 1, 4)  # one prior a prompt, for every position generated
+        return current[:, 0]
 
     samples = [s for task in tasks for s in task.train[:6] + task.val[:6]]
-    gaps = []
-    for sample in samples:
-        assert 0 < len(sample.prompt()) < len(sample.input_ids)  # a real prompt, then the answer
-        stored = torch.tensor(sample.prior)
-        torch.testing.assert_close(inference_prior(sample.prompt()), stored, atol=1e-5, rtol=0)
-        gaps.append(float((inference_prior(sample.input_ids) - stored).abs().max()))
-    assert max(gaps) > 1e-3  # prompt and answer together would route differently
+    assert all(0 < len(s.prompt()) < len(s.input_ids) for s in samples)  # a real prompt, then the answer
+    stored = torch.tensor([s.prior for s in samples])
+    torch.testing.assert_close(generation_priors([s.prompt() for s in samples]), stored, atol=1e-5, rtol=0)
+    gaps = (generation_priors([s.input_ids for s in samples]) - stored).abs().max()
+    assert gaps > 1e-3  # prompt and answer together would route differently
 
 
 def test_kmeans_draws_on_the_points_device(monkeypatch):

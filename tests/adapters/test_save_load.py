@@ -28,15 +28,13 @@ INPUT_IDS = [[5, 80, 81, 82, 99, 100, 40, 41]]
 RELOAD = """
 import json, sys, torch
 import mtft
-import mtft.adapters.intuition
 from mtft.models import TinyModelConfig
 from mtft.models import build_byte_tokenizer, build_tiny_model
 out = {}
 for directory in sys.argv[2:]:
     model = mtft.load_adapter(build_tiny_model(TinyModelConfig(), build_byte_tokenizer()), directory).eval()
     input_ids = torch.tensor(json.loads(sys.argv[1]))
-    if hasattr(model, "mtft_intuition"):
-        mtft.adapters.intuition.prior_for(model, input_ids)
+    mtft.runtime_of(model).before_generate({"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)})
     with torch.no_grad():
         out[directory] = model(input_ids=input_ids).logits.tolist()
 print(json.dumps(out))
@@ -82,8 +80,8 @@ def test_saved_adapters_reload_in_a_new_process(dist_group, small_tasks, tmp_pat
         logits = torch.tensor(reloaded[directory])
         assert (logits - base_logits).abs().max() > 1e-4, name  # the adapter was trained and is in effect
         fresh = mtft.load_adapter(build_tiny_model(TinyModelConfig(), build_byte_tokenizer()), directory).eval()
-        if hasattr(fresh, "mtft_intuition"):
-            mtft.adapters.intuition.prior_for(fresh, torch.tensor(INPUT_IDS))
+        ids = torch.tensor(INPUT_IDS)
+        mtft.runtime_of(fresh).before_generate({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
         with torch.no_grad():
             torch.testing.assert_close(fresh(input_ids=torch.tensor(INPUT_IDS)).logits, logits, atol=1e-6, rtol=0)
     lora_dir = next(d for d in trained if (Path(d) / "adapter_config.json").is_file())  # saved in PEFT's format

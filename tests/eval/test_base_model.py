@@ -15,6 +15,7 @@ from mtft.cli.eval import main as eval_main
 from mtft.cli.generate import main as generate_main
 from mtft.data.synthetic import DEMO_DATA_DIR
 from mtft.errors import ConfigError
+from mtft.eval.generation import Decoding
 from mtft.models import ModelConfig, TinyModelConfig, build_byte_tokenizer, build_tiny_model
 from mtft.training.inference import BaseModel, generate, load_base
 
@@ -55,9 +56,11 @@ def test_generate_answers_from_the_base_model_with_a_peft_adapter(base_and_adapt
     model, adapter, _ = base_and_adapter
     generate_main([f"model={model}", f"adapter={adapter}", "prompt=What is 2+3?", "max_new_tokens=6"])
     printed = capsys.readouterr().out.strip().splitlines()[-1]
-    direct = generate(load_base(BaseModel(ModelConfig(name_or_path=str(model)), adapter)), ["What is 2+3?"], 6)
+    direct = generate(
+        load_base(BaseModel(ModelConfig(name_or_path=str(model)), adapter)), ["What is 2+3?"], Decoding(6)
+    )
     assert printed == direct[0]
-    plain = generate(load_base(BaseModel(ModelConfig(name_or_path=str(model)))), ["What is 2+3?"], 6)
+    plain = generate(load_base(BaseModel(ModelConfig(name_or_path=str(model)))), ["What is 2+3?"], Decoding(6))
     assert isinstance(plain[0], str)
 
 

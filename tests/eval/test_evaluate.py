@@ -11,7 +11,7 @@ import torch
 from mtft.cli.eval import main as eval_main
 from mtft.cli.generate import main as generate_main
 from mtft.errors import ConfigError
-from mtft.eval.generation import generate_batch
+from mtft.eval.generation import Decoding, generate_batch
 from mtft.models import TinyModelConfig, build_byte_tokenizer, build_tiny_model
 from mtft.training.evaluate import EvalSettings, evaluate
 from mtft.training.export import export
@@ -63,8 +63,8 @@ def test_left_padded_batches_generate_what_each_prompt_generates_alone():
     model = build_tiny_model(TinyModelConfig(), tokenizer).eval()
     prompts = [tokenizer.encode(text) for text in ("12+3=", "reverse: abcdef ->", "x")]
     stop = [tokenizer.eos_token_id]
-    together = generate_batch(model, prompts, tokenizer, 6, stop)
-    alone = [generate_batch(model, [prompt], tokenizer, 6, stop)[0] for prompt in prompts]
+    together = generate_batch(model, tokenizer, prompts, stop, Decoding(6))
+    alone = [generate_batch(model, tokenizer, [prompt], stop, Decoding(6))[0] for prompt in prompts]
     assert together == alone and all(len(out) <= 6 for out in together)
 
 
@@ -137,8 +137,8 @@ def test_lm_eval_runs_a_local_task_on_the_trained_model(run, tmp_path):
         harness_include=str(tmp_path / "tasks"),
     )
     adapter = json.loads((run / "checkpoint-3" / "adapter" / "mtft_adapter.json").read_text())
-    if adapter.get("intuition_clusters"):  # routing needs each prompt's prior, which the harness does not carry
-        with pytest.raises(ConfigError, match="intuition prior"):
+    if adapter.get("intuition_clusters"):  # routing needs each prompt's prior apart from its answer
+        with pytest.raises(ConfigError, match="routes on the prompt apart from the answer"):
             evaluate(run / "checkpoint-3", tmp_path / "eval", settings)
         return
     report = evaluate(run / "checkpoint-3", tmp_path / "eval", settings)

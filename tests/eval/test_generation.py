@@ -7,7 +7,7 @@ import torch
 from mtft.data.config import TaskSpec
 from mtft.data.tasks import Sample, TaskData
 from mtft.data.tokenize import IGNORE
-from mtft.eval.generation import first_turn, metric_means, scored_generations
+from mtft.eval.generation import Decoding, Ranks, first_turn, metric_means, scored_generations
 from mtft.models import TinyModelConfig, build_byte_tokenizer, build_tiny_model
 
 
@@ -26,7 +26,7 @@ def test_greedy_generations_are_deterministic_and_bounded():
     specs = [TaskSpec(name="add", path="add.jsonl", metrics=["exact_match", "chrf"])]
 
     def generate():
-        return scored_generations(model, tasks, specs, tokenizer, per_task=2, batch_size=4, max_new_tokens=5)
+        return scored_generations(model, tokenizer, tasks, specs, 2, Decoding(max_new_tokens=5, batch_size=4))
 
     rows = generate()
     assert len(rows) == 1 and [rows[0][k] for k in ("task", "prompt", "reference")] == ["add", "12+3=", "15"]
@@ -51,12 +51,12 @@ def test_each_rank_generates_its_own_batches_and_together_the_one_rank_rows():
     for do_sample in (False, True):
 
         def generate(rank: int = 0, world_size: int = 1, sample: bool = do_sample):
-            return scored_generations(
-                model, tasks, specs, tokenizer, None, 2, 6, sample, rank=rank, world_size=world_size, seed=3
-            )
+            decoding = Decoding(max_new_tokens=6, batch_size=2, do_sample=sample, seed=3)
+            return scored_generations(model, tokenizer, tasks, specs, None, decoding, Ranks(rank, world_size))
 
         one_rank, (first, second) = generate(), [generate(rank, 2) for rank in (0, 1)]
         assert [row["prompt"] for row in first] == prompts[:2] + prompts[4:]
         assert [row["prompt"] for row in second] == prompts[2:4]
         assert first[:2] + second + first[2:] == one_rank
-    assert one_rank != scored_generations(model, tasks, specs, tokenizer, None, 2, 6, True, seed=4)  # it samples
+    reseeded = Decoding(max_new_tokens=6, batch_size=2, do_sample=True, seed=4)
+    assert one_rank != scored_generations(model, tokenizer, tasks, specs, None, reseeded)  # it samples
