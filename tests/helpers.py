@@ -64,6 +64,17 @@ def run_cli(
     return subprocess.run([*command, *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def wandb_records(run_dir: Path) -> list[dict]:
+    """An offline W&B run's records, read by wandb's own reader (`wandb leet inspect --json`, which parses the
+    run's .wandb transaction log)."""
+    wandb = Path(sys.executable).parent / "wandb"
+    proc = subprocess.run(
+        [str(wandb), "leet", "inspect", "--json", str(run_dir)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+
+
 def torchrun(args: list[str], ranks: int, cwd: Path, script: str = "-m mtft.cli.train") -> str:
     """`torchrun --standalone --nproc_per_node RANKS SCRIPT ARGS` in a clean environment (as `run_cli`), under a
     hard timeout; asserts it succeeded and returns its stdout."""

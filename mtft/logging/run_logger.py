@@ -17,7 +17,7 @@ class Backend(Protocol):
 
     def table(self, name: str, columns: list[str], rows: list[list[Any]], step: int) -> None: ...
 
-    def finish(self) -> None: ...
+    def finish(self, exit_code: int = 0) -> None: ...
 
 
 class NullBackend:
@@ -27,7 +27,7 @@ class NullBackend:
     def table(self, name: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
         pass
 
-    def finish(self) -> None:
+    def finish(self, exit_code: int = 0) -> None:
         pass
 
 
@@ -35,6 +35,7 @@ class RunLogger:
     def __init__(self, output_dir: Path | None, backend: Backend):
         self.output_dir = output_dir  # None on ranks other than 0
         self.backend = backend
+        self.finished = False
 
     def log(self, record: dict[str, Any]) -> None:
         self._append("metrics.jsonl", record)
@@ -55,8 +56,11 @@ class RunLogger:
                 lines = path.read_text().splitlines(keepends=True)
                 path.write_text("".join(line for line in lines if json.loads(line)["step"] <= step))
 
-    def finish(self) -> None:
-        self.backend.finish()
+    def finish(self, exit_code: int = 0) -> None:
+        """Close the backend's run once; a nonzero `exit_code` marks it failed (W&B shows the run as failed)."""
+        if not self.finished:
+            self.finished = True
+            self.backend.finish(exit_code)
 
     def _append(self, name: str, record: dict[str, Any]) -> None:
         if self.output_dir is not None:

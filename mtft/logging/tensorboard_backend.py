@@ -49,5 +49,5 @@ class TensorBoardBackend:
         lines += ["| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in row) + " |" for row in rows]
         self.writer.add_text(name, "\n".join(lines), step)
 
-    def finish(self) -> None:
+    def finish(self, exit_code: int = 0) -> None:
         self.writer.close()

@@ -54,5 +54,5 @@ class WandbBackend:
     def table(self, name: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
         self.run.log({name: self.wandb.Table(columns=columns, data=rows)}, step=step)
 
-    def finish(self) -> None:
-        self.run.finish()
+    def finish(self, exit_code: int = 0) -> None:
+        self.run.finish(exit_code=exit_code)

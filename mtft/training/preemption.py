@@ -33,5 +33,7 @@ class Preemption:
         return bool(all_reduce_sum(torch.tensor([float(self.signal is not None)])).item() > 0)
 
     def restore(self) -> None:
+        """Put back the handlers that were there before; once (a second call does nothing)."""
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        self._previous = {}

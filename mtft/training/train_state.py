@@ -21,17 +21,23 @@ from typing import Any
 
 from mtft.balancers import Balancer
 from mtft.data.batches import MixedBatches, ValidationCycle
+from mtft.logging.records import LossWindow
 from mtft.training.early_stopping import EarlyStopping
 from mtft.training.guard import NumericalGuard
 
 
 @dataclasses.dataclass
 class TrainState:
-    """What the loop itself counts, explicit rather than locals that closures read."""
+    """What the loop itself counts and carries from step to step, explicit rather than locals or attributes that
+    methods read. A checkpoint saves the first three; the rest lives within one run."""
 
     step: int = 0  # optimizer steps taken (skipped ones included)
     tokens: int = 0  # non-padding tokens trained on, all ranks
     initial_val_losses: dict[str, float] = dataclasses.field(default_factory=dict)  # before step 1: the baseline
+    # within the run (not compared: a resumed state equals the saved one without them)
+    window: LossWindow = dataclasses.field(default_factory=lambda: LossWindow(0), compare=False)  # next record's
+    generation_scores: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict, compare=False)
+    val_losses: dict[str, float] = dataclasses.field(default_factory=dict, compare=False)  # last step's ({}: none)
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step, "tokens": self.tokens, "initial_val_losses": self.initial_val_losses}

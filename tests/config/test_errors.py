@@ -173,7 +173,7 @@ def test_train_reports_max_seq_len_before_loading_the_model(dist_group, tmp_path
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr("mtft.training.loop.load_model", no_model)
+    monkeypatch.setattr("mtft.training.components.load_model", no_model)
     from mtft.training.loop import train
 
     cfg = compose_config(["data.max_seq_len=16", f"trainer.output_dir={tmp_path / 'run'}"])

@@ -5,27 +5,13 @@ environment are nowhere in the run's files."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-from tests.helpers import run_cli, small_data_overrides
+from tests.helpers import run_cli, small_data_overrides, wandb_records
 
 pytestmark = pytest.mark.integration
 
 SECRETS = {"HF_TOKEN": "hf_plantedSecret4242", "MY_SERVICE_API_KEY": "sk-planted-0123456789"}
-
-
-def _records(run_dir: Path) -> list[dict]:
-    wandb = Path(sys.executable).parent / "wandb"
-    proc = subprocess.run(
-        [str(wandb), "leet", "inspect", "--json", str(run_dir)], capture_output=True, text=True, timeout=120
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
 
 
 def test_offline_run_read_back_through_wandbs_reader(small_tasks, tmp_path):
@@ -46,7 +32,7 @@ def test_offline_run_read_back_through_wandbs_reader(small_tasks, tmp_path):
     proc = run_cli(overrides, env=SECRETS)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run_dir,) = (out / "wandb").glob("offline-run-*")
-    records = _records(run_dir)
+    records = wandb_records(run_dir)
 
     history = [r["history"]["item"] for r in records if r["type"] == "history"]
     steps = [h["_step"] for h in history if "loss" in h]

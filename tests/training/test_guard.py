@@ -12,8 +12,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing
 
-import mtft.training.loop as loop
 import mtft.training.step as step_module
+from mtft.training import components
 from mtft.training.guard import (
     NumericalGuard,
     TrainingDiverged,
@@ -146,7 +146,7 @@ def inject_nan_into_add(monkeypatch, bad_steps=BAD_STEPS) -> None:
     """Task 'add' (index 0) gets a NaN loss, and NaN gradients, on the optimizer steps `bad_steps`. The step
     number is the engine's own counter, which a resumed run restores, so the injection lands on the same steps."""
     now = {"step": 0}
-    original_step, original_sums = loop.optimizer_step, step_module.task_loss_sums
+    original_step, original_sums = step_module.optimizer_step, step_module.task_loss_sums
 
     def counting_step(engine, *args, **kwargs):
         now["step"] = engine.global_steps + 1
@@ -158,7 +158,7 @@ def inject_nan_into_add(monkeypatch, bad_steps=BAD_STEPS) -> None:
             sums = sums * torch.tensor([math.nan] + [1.0] * (num_tasks - 1), device=sums.device)
         return sums
 
-    monkeypatch.setattr(loop, "optimizer_step", counting_step)
+    monkeypatch.setattr(step_module, "optimizer_step", counting_step)
     monkeypatch.setattr(step_module, "task_loss_sums", poisoned_sums)
 
 
@@ -242,7 +242,7 @@ def test_too_many_bad_steps_in_a_row_stop_the_run(dist_group, small_tasks, tmp_p
 
 def test_a_non_finite_gradient_is_named_by_parameter(dist_group, small_tasks, tmp_path, monkeypatch):
     """The loss is finite, one adapter weight's gradient is not (as MoLoRA's once were): the stop names it."""
-    original_inject = loop.ADAPTERS["lora"].inject
+    original_inject = components.ADAPTERS["lora"].inject
 
     def inject_with_a_bad_gradient(model, cfg):
         model = original_inject(model, cfg)
@@ -253,7 +253,9 @@ def test_a_non_finite_gradient_is_named_by_parameter(dist_group, small_tasks, tm
         return model
 
     monkeypatch.setattr(
-        loop, "ADAPTERS", {**loop.ADAPTERS, "lora": loop.ADAPTERS["lora"]._replace(inject=inject_with_a_bad_gradient)}
+        components,
+        "ADAPTERS",
+        {**components.ADAPTERS, "lora": components.ADAPTERS["lora"]._replace(inject=inject_with_a_bad_gradient)},
     )
     with pytest.raises(TrainingDiverged) as stopped:
         train(_config(tmp_path / "grad", small_tasks, "trainer.max_bad_steps=3"))
@@ -276,7 +278,7 @@ def test_zero_stages_skip_and_count_the_same(dist_group, small_tasks, tmp_path, 
 
 def test_non_finite_weights_are_never_saved(dist_group, small_tasks, tmp_path, monkeypatch):
     """An update that leaves a weight infinite (as an absurd learning rate can): the checkpoint is refused."""
-    original_step = loop.optimizer_step
+    original_step = step_module.optimizer_step
 
     def overflowing_step(engine, *args, **kwargs):
         result = original_step(engine, *args, **kwargs)
@@ -284,7 +286,7 @@ def test_non_finite_weights_are_never_saved(dist_group, small_tasks, tmp_path, m
             next(p for p in engine.module.parameters() if p.requires_grad).fill_(math.inf)
         return result
 
-    monkeypatch.setattr(loop, "optimizer_step", overflowing_step)
+    monkeypatch.setattr(step_module, "optimizer_step", overflowing_step)
     out = tmp_path / "inf"
     with pytest.raises(TrainingDiverged) as stopped:
         train(_config(out, small_tasks, "trainer.save_steps=1"))

@@ -9,8 +9,8 @@ import shutil
 
 import pytest
 
-import mtft.training.loop as loop
 from mtft.errors import ConfigError
+from mtft.training import components
 from mtft.training.loop import train
 from mtft.training.state import COMPLETE_MARKER, RUN_INPUTS, input_changes, load_rank_state
 from tests.helpers import compose_config, small_data_overrides
@@ -40,15 +40,15 @@ def run(dist_group, small_tasks, tmp_path):
 
 
 def _no_model(monkeypatch):
-    """Whichever name the loop loads the model by, calling it fails the test."""
+    """Whichever name the run's setup loads the model by, calling it fails the test."""
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model loaded before the data config was compared")
 
-    loaders = [name for name in ("load_model_and_tokenizer", "load_model") if hasattr(loop, name)]
+    loaders = [name for name in ("load_model_and_tokenizer", "load_model") if hasattr(components, name)]
     assert loaders
     for name in loaders:
-        monkeypatch.setattr(loop, name, refuse)
+        monkeypatch.setattr(components, name, refuse)
 
 
 def test_changed_data_path_and_seed_are_refused_with_a_diff(run, tmp_path, monkeypatch):

@@ -19,7 +19,21 @@ def test_the_training_package_imports_no_mixture_of_experts_or_prior_internals()
 
 
 def test_the_loop_reaches_the_adapter_only_through_its_handle():
-    source = (Path(mtft.training.__file__).parent / "loop.py").read_text()
-    calls = handle_attributes(source, "adapter")
+    folder = Path(mtft.training.__file__).parent
+    calls = handle_attributes((folder / "loop.py").read_text(), "adapter")
+    calls |= handle_attributes((folder / "components.py").read_text(), "adapter")
     # the step and validation use before_forward, aux_loss and after_step; checkpointing is given recomputation
     assert calls == {"prepare", "metrics", "recomputation"}
+
+
+def test_the_loop_imports_fewer_than_30_names_from_mtft():
+    """The recipe asks its components (checkpointer, evaluator, guard, ...) rather than holding their pieces."""
+    tree = ast.parse((Path(mtft.training.__file__).parent / "loop.py").read_text())
+    names = [
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "mtft"
+        for alias in node.names
+    ]
+    names += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names if "mtft" in a.name]
+    assert 10 < len(names) < 30, sorted(names)

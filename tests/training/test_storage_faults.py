@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import mtft.training.loop as loop
 from mtft.errors import ConfigError
-from mtft.training import state
+from mtft.training import checkpointer, components, state
 from mtft.training.loop import train
 from mtft.training.state import COMPLETE_MARKER, CheckpointWriteError, find_resume_checkpoint, verify_checkpoint
 from tests.helpers import LAUNCH_VARS, compose_config, computed, small_data_overrides
@@ -47,8 +46,10 @@ def _records(out) -> dict[int, dict]:
 
 def _spy_resumes(monkeypatch) -> list:
     """The checkpoints train() actually loads."""
-    loaded, load = [], loop.load_checkpoint
-    monkeypatch.setattr(loop, "load_checkpoint", lambda engine, path: loaded.append(path.name) or load(engine, path))
+    loaded, load = [], checkpointer.load_checkpoint
+    monkeypatch.setattr(
+        checkpointer, "load_checkpoint", lambda engine, path: loaded.append(path.name) or load(engine, path)
+    )
     return loaded
 
 
@@ -236,12 +237,12 @@ def test_unwritable_output_dir_is_refused_before_the_model_loads(dist_group, sma
 
 
 def _forbid_model_loading(monkeypatch, why: str) -> None:
-    """Whichever name the loop loads the model by, calling it fails the test."""
+    """Whichever name the run's setup loads the model by, calling it fails the test."""
 
     def refuse(*args, **kwargs):
         raise AssertionError(why)
 
-    loaders = [name for name in ("load_model_and_tokenizer", "load_model") if hasattr(loop, name)]
+    loaders = [name for name in ("load_model_and_tokenizer", "load_model") if hasattr(components, name)]
     assert loaders
     for name in loaders:
-        monkeypatch.setattr(loop, name, refuse)
+        monkeypatch.setattr(components, name, refuse)
