@@ -72,8 +72,8 @@ class TrainingRecipe:
     # ---- setup ------------------------------------------------------------------------------------------------
     def setup(self) -> None:
         """Every component, in the order each needs the last: the process group, the output directory and the
-        checkpoint to resume from (checked before any model loads), the model and tasks, the engine and the
-        balancer, the logger, the resumed state, the run's files, then the first validation."""
+        checkpoint to resume from (checked before any model loads), the model and tasks, the engine and what
+        drives it, the logger, the resumed state, the run's files, then the first validation."""
         cfg, t = self.cfg, self.trainer
         self.rank, self.world_size = init_distributed()
         if cfg.deepspeed.precision == "auto":  # made concrete here, so config.yaml records what ran
@@ -85,6 +85,18 @@ class TrainingRecipe:
         set_seed(t.seed)  # every random draw below (model init, adapter init) follows from it, in order
         if not use_bars(cfg.logger.progress, self.rank):  # tokenizing bars only where a person watches a terminal
             datasets.disable_progress_bars()
+        self._setup_components()
+        self._setup_state()
+        self._write_run_files()
+        self.progress = Progress(cfg.logger.progress, self.rank, t.max_steps, self.state.step)
+        self.preemption = Preemption()  # from here on a SIGTERM or SIGUSR1 ends the run after a step, saved
+        if not self.state.initial_val_losses:
+            self.state.initial_val_losses = self.evaluator.losses(self.progress)
+            self.balancer.start(self.state.initial_val_losses)
+
+    def _setup_components(self) -> None:
+        """The model and tasks, the engine, the balancer, the guard, the data streams, the evaluator, the logger."""
+        cfg, t = self.cfg, self.trainer
         built = load_model_and_tasks(cfg, self.world_size)
         self.tokenizer, self.model, self.adapter, self.tasks = built.tokenizer, built.model, built.adapter, built.tasks
         self.token_losses, self.names = built.token_losses, [task.name for task in built.tasks]
@@ -100,6 +112,10 @@ class TrainingRecipe:
         self.logger = build_run_logger(cfg.logger, self.output_dir, self.run_config, self.rank)
         peak = peak_flops(cfg.logger.peak_tflops, cfg.deepspeed.precision)
         self.throughput = ThroughputWindow(self.engine.module, self.world_size, peak)
+
+    def _setup_state(self) -> None:
+        """The run's state and every stateful component, restored from the checkpoint to resume from if any."""
+        t = self.trainer
         self.state = TrainState(window=LossWindow(len(self.names)))
         self.early_stopping = EarlyStopping(
             t.early_stopping_metric, t.early_stopping_patience, t.early_stopping_min_delta
@@ -111,12 +127,6 @@ class TrainingRecipe:
             sizes = [len(task.train) for task in self.tasks]
             self.checkpointer.resume(self.engine, self.resumable, self.names, sizes)
         self.logger.drop_after(self.state.step)  # records a crashed run wrote past its last checkpoint
-        self._write_run_files()
-        self.progress = Progress(cfg.logger.progress, self.rank, t.max_steps, self.state.step)
-        self.preemption = Preemption()  # from here on a SIGTERM or SIGUSR1 ends the run after a step, saved
-        if not self.state.initial_val_losses:
-            self.state.initial_val_losses = self.evaluator.losses(self.progress)
-            self.balancer.start(self.state.initial_val_losses)
 
     def _write_run_files(self) -> None:
         """config.yaml and data_report.json (rank 0), and the data report as the logger's first table."""
