@@ -1,6 +1,7 @@
 """A new method is one file: in a scratch copy of the project, `balancers/dwa.py` and `adapters/molora.py` are copied
-under new names with the names inside changed, and no other file is touched. `mtft-train` then trains with both,
-and the test matrices collect and pass both copies."""
+under new names with the names inside changed, CONTRIBUTING.md's two worked examples are written where they say,
+and no other file is touched. `mtft-train` then trains with the copies and with the examples, and the test matrices
+collect and pass all four."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,16 @@ MATRICES = [
 ]
 
 
+NEW_METHODS = ["molora_copy", "dwa_copy", "dense_molora", "inverse"]
+
+
+def contributing_examples() -> dict[str, str]:
+    """CONTRIBUTING.md's worked examples: the file each names (`1. **`mtft/.../x.py`**`) and the code under it."""
+    text = (ROOT / "CONTRIBUTING.md").read_text()
+    found = re.findall(r"\*\*`(mtft/\w+/\w+\.py)`\*\*[^\n]*\n\n( +)```python\n(.*?)\n +```", text, re.DOTALL)
+    return {path: textwrap.dedent(code) + "\n" for path, _, code in found}
+
+
 def copy_method(folder: Path, name: str, class_prefix: str) -> None:
     """`folder/<name>.py` as `<name>_copy.py`: its registered name and its class-name prefix changed, nothing else."""
     text = re.sub(rf'"{name}"', f'"{name}_copy"', (folder / f"{name}.py").read_text())
@@ -44,6 +56,8 @@ def scratch(tmp_path_factory) -> Path:
     shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
     copy_method(root / "mtft/balancers", "dwa", "DWA")
     copy_method(root / "mtft/adapters", "molora", "MoLoRA")
+    for path, code in contributing_examples().items():
+        (root / path).write_text(code)
     return root
 
 
@@ -56,29 +70,34 @@ def run(scratch: Path, *args: str, timeout: int) -> subprocess.CompletedProcess:
     )
 
 
+def test_contributing_has_the_two_examples():
+    assert set(contributing_examples()) == {"mtft/balancers/inverse.py", "mtft/adapters/dense_molora.py"}
+
+
 def test_the_copies_change_only_names(scratch):
     copy = (scratch / "mtft/adapters/molora_copy.py").read_text()
     assert 'register_adapter("molora_copy"' in copy and "class MoLoRACopyConfig" in copy and '"molora"' not in copy
     assert 'register_balancer("dwa_copy"' in (scratch / "mtft/balancers/dwa_copy.py").read_text()
 
 
-def test_mtft_train_trains_with_both_copies(scratch, tmp_path):
+@pytest.mark.parametrize(("adapter", "balancer"), [("molora_copy", "dwa_copy"), ("dense_molora", "inverse")])
+def test_mtft_train_trains_with_the_new_methods(scratch, tmp_path, adapter, balancer):
     out = tmp_path / "run"
-    args = ["balancer=dwa_copy", "adapter=molora_copy", "trainer.max_steps=3", "balancer.window=2"]
+    args = [f"balancer={balancer}", f"adapter={adapter}", "trainer.max_steps=3"]
     proc = run(scratch, "-m", "mtft.cli.train", *args, f"trainer.output_dir={out}", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     config = (out / "config.yaml").read_text()
-    assert "name: molora_copy" in config and "name: dwa_copy" in config
-    assert (out / "checkpoint-3" / "adapter" / "mtft_adapter.json").read_text().count('"molora_copy"') == 1
+    assert f"name: {adapter}" in config and f"name: {balancer}" in config
+    assert (out / "checkpoint-3" / "adapter" / "mtft_adapter.json").read_text().count(f'"{adapter}"') == 1
 
 
 def test_the_matrices_collect_and_pass_both_copies(scratch):
-    proc = run(scratch, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "molora_copy or dwa_copy", *MATRICES,
-               timeout=900)  # fmt: skip
+    selected = " or ".join(NEW_METHODS)
+    proc = run(scratch, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", selected, *MATRICES, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:]
     passed = int(re.search(r"(\d+) passed", proc.stdout).group(1))
     collected = run(scratch, "-m", "pytest", "-q", "--collect-only", "-p", "no:cacheprovider", *MATRICES, timeout=300)
     ids = [line for line in collected.stdout.splitlines() if "::" in line]
-    assert passed == sum("molora_copy" in i or "dwa_copy" in i for i in ids) > 0
-    for name in ("molora_copy", "dwa_copy"):
+    assert passed == sum(any(name in i for name in NEW_METHODS) for i in ids) > 0
+    for name in NEW_METHODS:
         assert any(name in i for i in ids), f"no matrix collected {name}"
