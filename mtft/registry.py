@@ -28,10 +28,11 @@ class Registry(Mapping[str, M]):
     def __init__(self, kind: str):
         self.kind = kind  # "adapter", "balancer": the config group, used in messages
         self._entries: dict[str, M] = {}
+        self.aliases: dict[str, str] = {}  # an old name -> the name it stands for: found, never iterated
 
     def register(self, name: str, method: M) -> M:
         """Add `method` under `name`; refuse a name already taken or a config whose default `name` differs."""
-        if name in self._entries:
+        if name in self._entries or name in self.aliases:
             raise ValueError(f"{self.kind} '{name}' is already registered ({self._entries[name].config.__name__})")
         config_name = method.config().name
         if config_name != name:
@@ -41,6 +42,15 @@ class Registry(Mapping[str, M]):
             )
         self._entries[name] = method
         return method
+
+    def alias(self, old: str, name: str) -> None:
+        """`old` finds entry `name` (a method renamed: configs and saved runs that hold the old name still load),
+        but is not iterated, so no matrix runs a method twice."""
+        if old in self._entries or old in self.aliases:
+            raise ValueError(f"{self.kind} '{old}' is already registered")
+        if name not in self._entries:
+            raise ValueError(f"{self.kind} alias '{old}' names '{name}', which is not registered")
+        self.aliases[old] = name
 
     def unregister(self, name: str) -> M:
         """Remove and return an entry (for run-time registrations that must not outlive their use)."""
@@ -56,7 +66,7 @@ class Registry(Mapping[str, M]):
             self.unregister(name)
 
     def __getitem__(self, name: str) -> M:
-        return self._entries[name]
+        return self._entries[self.aliases.get(name, name)]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)

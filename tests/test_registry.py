@@ -12,7 +12,7 @@ from mtft.adapters.moe import ExpertsRuntime, load_experts, save_experts
 from mtft.balancers import BALANCERS, BalancerMethod, build_balancer, register_balancer
 from mtft.balancers.base import Balancer, BalancerConfig
 from mtft.balancers.dwa import DWABalancer, DWAConfig
-from tests.helpers import adapter_names, balancer_names, short_run_overrides
+from tests.helpers import adapter_names, balancer_names, compose_config, short_run_overrides
 
 
 @dataclasses.dataclass
@@ -74,7 +74,7 @@ def test_methods_registered_at_run_time_join_the_matrices():
 
 def test_the_built_in_methods_are_classified_by_capability():
     """Pins the classifiers on known cases both ways, so neither can pass by collecting everything or nothing."""
-    assert "molora" in adapter_names("moe") and "lora" not in adapter_names("moe") and "none" in adapter_names()
+    assert "molora" in adapter_names("moe") and "lora" not in adapter_names("moe") and "full" in adapter_names()
     assert "coba" in balancer_names("adaptive") and "static" not in balancer_names("adaptive")
     assert "static" in balancer_names()
 
@@ -97,3 +97,13 @@ def test_a_config_named_otherwise_is_refused():
     with pytest.raises(ValueError, match=r"registered as 'molora2'.*MixtureCopyConfig is named 'molora_test'"):
         register_adapter("molora2", _mixture_copy())
     assert "fixed_other" not in BALANCERS and "molora2" not in ADAPTERS
+
+
+def test_an_alias_finds_its_method_but_is_not_iterated():
+    """`adapter=none`, full fine-tuning's old name: configs and saved runs that hold it still load."""
+    assert ADAPTERS["none"] is ADAPTERS["full"] and "none" in ADAPTERS and "none" not in list(ADAPTERS)
+    assert type(compose_config(["adapter=none"]).adapter) is ADAPTERS["full"].config
+    with pytest.raises(ValueError, match="'none' is already registered"):
+        ADAPTERS.alias("none", "lora")
+    with pytest.raises(ValueError, match="names 'nosuch', which is not registered"):
+        ADAPTERS.alias("old_name", "nosuch")

@@ -1,4 +1,5 @@
-"""`adapter=none`: full fine-tuning, every base parameter trains. Saved as a whole HF model (safetensors)."""
+"""`adapter=full` (also `adapter=none`, its old name): full fine-tuning, every base parameter trains. Saved as a
+whole HF model (safetensors)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,12 @@ from typing import ClassVar
 
 from torch import nn
 
-from mtft.adapters.base import AdapterConfig, AdapterMethod, register_adapter
+from mtft.adapters.base import ADAPTERS, AdapterConfig, AdapterMethod, register_adapter
 
 
 @dataclass
 class FullFinetuneConfig(AdapterConfig):
-    name: str = "none"
+    name: str = "full"
     can_merge: ClassVar[bool] = True  # nothing to fold: the model is already whole
     is_full_model: ClassVar[bool] = True
 
@@ -32,4 +33,5 @@ def load(model: nn.Module, directory: Path) -> nn.Module:
     return type(model).from_pretrained(directory, dtype=next(model.parameters()).dtype)
 
 
-register_adapter("none", AdapterMethod(FullFinetuneConfig, inject, save, load))
+register_adapter("full", AdapterMethod(FullFinetuneConfig, inject, save, load))
+ADAPTERS.alias("none", "full")  # its name until 2026-12: configs and saved runs that say `none` still load

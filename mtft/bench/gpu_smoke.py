@@ -25,12 +25,12 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import mtft
-from mtft.adapters import adapter_variants, baseline_adapter
+from mtft.adapters import ADAPTERS, adapter_variants, baseline_adapter
 
 QWEN_0_5B = dict(
     vocab_size=151936,
@@ -73,11 +73,11 @@ class Profile:
     warmup_steps: int
     lr: float
     # A full fine-tune moves every weight: a tenth of the adapters' lr, as is usual for full fine-tuning.
-    lr_by_run: dict[str, float] = field(default_factory=dict)
+    lr_full_model: float | None = None  # None: `lr`
 
 
-GPU = Profile(QWEN_0_5B, "bf16", 2048, 4, steps=30, warmup_steps=5, lr=1e-3, lr_by_run={"none": 1e-4})
-CPU_TINY = Profile(TINY, "fp32", 256, 4, steps=10, warmup_steps=2, lr=3e-3, lr_by_run={"none": 1e-3})
+GPU = Profile(QWEN_0_5B, "bf16", 2048, 4, steps=30, warmup_steps=5, lr=1e-3, lr_full_model=1e-4)
+CPU_TINY = Profile(TINY, "fp32", 256, 4, steps=10, warmup_steps=2, lr=3e-3, lr_full_model=1e-3)
 
 
 def build_model(model_dir: Path, shape: dict[str, Any]) -> None:
@@ -101,6 +101,11 @@ def build_model(model_dir: Path, shape: dict[str, Any]) -> None:
     tokenizer.save_pretrained(model_dir)
 
 
+def _lr(profile: Profile, run: str) -> float:
+    full_model = ADAPTERS[adapter_variants(runs=True)[run][0]].config.is_full_model
+    return profile.lr_full_model if full_model and profile.lr_full_model is not None else profile.lr
+
+
 def train_overrides(profile: Profile, name: str, model_dir: Path, output_dir: Path, steps: int) -> list[str]:
     """A constant lr after warm-up keeps `lr > 0` true at every later step of a healthy run (cosine ends at 0)."""
     return [
@@ -115,7 +120,7 @@ def train_overrides(profile: Profile, name: str, model_dir: Path, output_dir: Pa
         f"trainer.eval_steps={steps}",
         "trainer.logging_steps=1",
         "trainer.eval_generations=0",
-        f"trainer.lr={profile.lr_by_run.get(name, profile.lr)}",
+        f"trainer.lr={_lr(profile, name)}",
         f"trainer.warmup_steps={profile.warmup_steps}",
         "trainer.lr_scheduler=constant_with_warmup",
         "logger=none",

@@ -58,8 +58,8 @@ def register() -> None:
     store = ConfigStore.instance()
     store.store(name="train_schema", node=train_schema())
     for group, registry in PER_OPTION.items():
-        for name, method in registry.items():
-            store.store(group=f"schema/{group}", name=name, node=schema_of(method.config))
+        for name in [*registry, *registry.aliases]:  # an alias: the option under its old name too
+            store.store(group=f"schema/{group}", name=name, node=schema_of(registry[name].config))
             if not option_file(group, name).is_file():  # the option itself: its schema says it all
                 store.store(group=group, name=name, node={})
     if not OmegaConf.has_resolver("mtft_demo"):

@@ -3,7 +3,7 @@ fine-tune a model that has learnt something (letters, digits, the chat format, c
 simple arithmetic), as users fine-tune a pretrained model rather than a random one.
 
 None of the corpus's skills is one of the experiments' tasks (add, reverse, sort, sentiment; ascending,
-descending, backwards). The base is trained with mtft itself (`adapter=none`, full fine-tuning) and exported
+descending, backwards). The base is trained with mtft itself (`adapter=full`, full fine-tuning) and exported
 whole with `mtft-export merge=true`, so it loads like any Hugging Face checkpoint: `model.name_or_path=DIR`.
 
 The result is cached in OUT/<name> (default runs/base/tiny-128x2) and not committed: a second call only prints
@@ -81,7 +81,7 @@ def pretrain(out: Path) -> Path:
     corpus = work / "generic.jsonl"
     write_corpus(corpus)
     overrides = [
-        "adapter=none",
+        "adapter=full",
         f"data.tasks=[{{name: generic, path: '{corpus.resolve()}'}}]",
         *(f"model.tiny.{key}={value}" for key, value in ARCHITECTURE.items()),
         f"trainer.max_steps={STEPS}",

@@ -43,7 +43,8 @@ def reported(overrides: list[str], config_dir: str = str(CONFIG_DIR)) -> ConfigE
 
 def options(group: str) -> str:
     registered = {"adapter": ADAPTERS, "balancer": BALANCERS}.get(group, {})
-    return ", ".join(sorted({p.stem for p in (CONFIG_DIR / group).glob("*.yaml")} | set(registered)))
+    aliases = getattr(registered, "aliases", {})
+    return ", ".join(sorted({p.stem for p in (CONFIG_DIR / group).glob("*.yaml")} | set(registered) | set(aliases)))
 
 
 # ---- 1. an unknown group option -----------------------------------------------------------------------------------
