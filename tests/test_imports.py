@@ -171,9 +171,9 @@ def test_the_checker_sees_each_kind_of_violation(tmp_path, monkeypatch):
         "mtft/data/tokenize.py": "from mtft.models import ensure_chat_template\nfrom mtft.errors import check\n",
         "mtft/logging/__init__.py": "def f():\n    from mtft.report import plots\n",
         "mtft/report/__init__.py": "",
-        "mtft/report/plots.py": "from .. import errors\nfrom ..config import schema\n",
+        "mtft/report/plots.py": "from .. import errors\nfrom ..config import sections\n",
         "mtft/config/__init__.py": "",
-        "mtft/config/schema.py": "",
+        "mtft/config/sections.py": "",
         "mtft/eval/__init__.py": "import omegaconf\nfrom mtft import newunit\n",
         "mtft/newunit.py": "",
     }
@@ -187,7 +187,7 @@ def test_the_checker_sees_each_kind_of_violation(tmp_path, monkeypatch):
         "mtft/logging/__init__.py:2: `from mtft.report import plots`: logging (layer 6) imports report, "
         "which is in the same layer (layer 6)",
         "mtft/newunit.py: unit 'newunit' has no layer in LAYERS",
-        "mtft/report/plots.py:2: `from ..config import schema`: report (layer 6) imports config, "
+        "mtft/report/plots.py:2: `from ..config import sections`: report (layer 6) imports config, "
         "which is in a layer above (layer 4)",
     ]
     assert seen == {("mtft/models.py", "mtft.data.tokenize")}  # allowed, so not among the problems

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from mtft.adapters import ADAPTERS, baseline_adapter, compared_adapters, lora
 from mtft.bench.gpu_smoke import QWEN_0_5B, TINY
-from mtft.config.schema import DeepSpeedConfig, TrainerConfig
+from mtft.config.sections import DeepSpeedConfig, TrainerConfig
 from mtft.config.train import TrainConfig
 from mtft.data.batches import MixedBatches
 from mtft.data.collate import model_inputs

@@ -11,7 +11,7 @@ from mtft.adapters.lora import LoraConfig
 from mtft.balancers import BALANCERS, BalancerConfig
 from mtft.balancers.static import DataBalancedConfig
 from mtft.config.convert import from_dict
-from mtft.config.schema import DeepSpeedConfig, TrainerConfig
+from mtft.config.sections import DeepSpeedConfig, TrainerConfig
 from mtft.data.config import DataConfig
 from mtft.errors import ConfigError, check
 from mtft.logging.config import LoggerConfig

@@ -35,13 +35,16 @@ def first_turn(sample: Sample) -> tuple[list[int], list[int]] | None:
 
 @dataclass(frozen=True)
 class Decoding:
-    """How prompts are answered: `batch_size` at a time, up to `max_new_tokens` each, greedy or sampled."""
+    """How prompts are answered: `batch_size` at a time, up to `max_new_tokens` each, greedy or sampled; for
+    scored generations, the first `per_task` validation prompts of each task (None: all)."""
 
     max_new_tokens: int
     batch_size: int = 8
     do_sample: bool = False
     temperature: float = 1.0
     seed: int | None = None  # sampling reseeded per batch from (seed, task, batch): outputs independent of ranks
+    per_task: int | None = None
+    progress: bool = False  # a bar per task
 
 
 @dataclass(frozen=True)
@@ -59,12 +62,10 @@ def scored_generations(
     tokenizer: PreTrainedTokenizerBase,
     tasks: list[TaskData],
     specs: list,
-    per_task: int | None,
     decoding: Decoding,
     ranks: Ranks = Ranks(),
-    progress: bool = False,
 ) -> list[dict[str, Any]]:
-    """One row per validation sample with a prompt and an answer (the first `per_task` of each task, or all):
+    """One row per validation sample with a prompt and an answer (the first `decoding.per_task` of each task):
     task, prompt, reference, output, and the task's metrics (its spec's `metrics`, eval/metrics.py). Used by
     mtft-eval and, with a few samples per task, by training at each evaluation.
 
@@ -81,10 +82,10 @@ def scored_generations(
     rank, world_size = ranks.rank, ranks.world_size
     mine = []  # (task index, batch index, rows): this rank's batches
     for task_index, (task, spec) in enumerate(zip(tasks, specs, strict=True)):
-        turns = [(s, t) for s in task.val[:per_task] if (t := first_turn(s)) is not None]
+        turns = [(s, t) for s in task.val[: decoding.per_task] if (t := first_turn(s)) is not None]
         chunks = [turns[start : start + decoding.batch_size] for start in range(0, len(turns), decoding.batch_size)]
         rounds = range(rank, -(-len(chunks) // world_size) * world_size, world_size)
-        for index in tqdm(rounds, desc=task.name, leave=False) if progress else rounds:
+        for index in tqdm(rounds, desc=task.name, leave=False) if decoding.progress else rounds:
             if index >= len(chunks) and not ranks.synced:
                 break
             chunk = chunks[index] if index < len(chunks) else chunks[0][:1]

@@ -10,7 +10,7 @@ from pathlib import Path
 from transformers import PreTrainedTokenizerBase
 
 from mtft.adapters import AdapterConfig
-from mtft.config.schema import TrainerConfig
+from mtft.config.sections import TrainerConfig
 from mtft.data.config import DataConfig
 from mtft.distributed import same_on_all_ranks
 from mtft.errors import ConfigError

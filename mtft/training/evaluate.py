@@ -100,12 +100,16 @@ def evaluate(
     losses = validation_losses(engine, batches, names, runtime)
 
     decoding = Decoding(
-        settings.max_new_tokens, settings.batch_size, settings.do_sample, settings.temperature, settings.seed
+        settings.max_new_tokens,
+        settings.batch_size,
+        settings.do_sample,
+        settings.temperature,
+        settings.seed,
+        per_task=settings.max_samples,
+        progress=rank == 0,
     )
     ranks = Ranks(rank, world, synced=sharded and world > 1)
-    predictions = scored_generations(
-        model, tokenizer, tasks, cfg.data.tasks, settings.max_samples, decoding, ranks, progress=rank == 0
-    )
+    predictions = scored_generations(model, tokenizer, tasks, cfg.data.tasks, decoding, ranks)
     results = {}
     for task in tasks:
         results[task.name] = {

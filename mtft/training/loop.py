@@ -174,8 +174,8 @@ class TrainingRecipe:
         t, state, names = self.trainer, self.state, self.names
         # on the host, counted there: the step moves them
         micro_batches = steps.step_batches([self.data.batches.next() for _ in range(t.grad_accum_steps)], len(names))
-        weights_now = self.balancer.weights()
-        weights = torch.tensor([weights_now[n] for n in names], device=self.engine.device)
+        task_weights = self.balancer.weights()  # by task name; the step takes them as a tensor in task order
+        weights = torch.tensor([task_weights[n] for n in names], device=self.engine.device)
         result = steps.optimizer_step(
             self.engine, micro_batches, weights, len(names), self.adapter, self.balancer.reduction, self.token_losses
         )
@@ -188,7 +188,7 @@ class TrainingRecipe:
             state.window.add(result.sums, result.counts)
             self.progress.step(result.loss, train_losses)
         else:
-            self._step_skipped(result, micro_batches, weights, weights_now)
+            self._step_skipped(result, micro_batches, weights, task_weights)
 
         evaluate = self.evaluator.due(state.step)
         with self.throughput.paused():
@@ -199,14 +199,14 @@ class TrainingRecipe:
         if result.applied:  # a skipped step leaves the balancer as it was
             self._observe(train_losses, micro_batches)
         if state.step % t.logging_steps == 0 or evaluate:
-            self._log(weights_now, result.grad_norm)
+            self._log(task_weights, result.grad_norm)
 
     def _step_skipped(
         self,
         result: steps.StepResult,
         micro_batches: steps.StepBatches,
         weights: torch.Tensor,
-        weights_now: dict[str, float],
+        task_weights: dict[str, float],
     ) -> None:
         """Nothing was learnt from this step: it is counted and shown, and the run stops after too many in a row."""
         step, names = self.state.step, self.names
@@ -218,7 +218,7 @@ class TrainingRecipe:
             reduction = self.balancer.reduction
             cause = steps.first_nonfinite(self.engine, result, micro_batches, weights, names, self.adapter, reduction)
             self.state.val_losses = {}
-            self._log(weights_now, result.grad_norm)  # the skipped steps, in metrics.jsonl too
+            self._log(task_weights, result.grad_norm)  # the skipped steps, in metrics.jsonl too
             self._stop(self.guard.stop_message(step, cause, self.checkpointer.newest()))
 
     def _observe(self, train_losses: dict[str, float], micro_batches: steps.StepBatches) -> None:

@@ -51,7 +51,7 @@ class Resumable:
     """Every object whose state a resume restores. The engine (weights, optimizer, schedule) and the RNG are
     training/state.py's; the rest is here, so saving and loading it cannot drift apart."""
 
-    train: TrainState
+    state: TrainState
     guard: NumericalGuard
     balancer: Balancer
     batches: MixedBatches
@@ -60,7 +60,7 @@ class Resumable:
 
     def run_state(self) -> dict[str, Any]:
         return {
-            **self.train.state_dict(),
+            **self.state.state_dict(),
             "balancer": self.balancer.state_dict(),
             "guard": self.guard.state_dict(),
             "early_stopping": self.early_stopping.state_dict(),
@@ -74,10 +74,10 @@ class Resumable:
         """With the same data the run continues exactly. With other data (trainer.resume_allow_changes) the saved
         stream no longer exists: only the model's progress carries over (step, tokens, skipped-step counts), and the
         data stream, validation cycle, balancer and initial validation losses start afresh."""
-        self.train.load_state_dict(run_state)
+        self.state.load_state_dict(run_state)
         self.guard.load_state_dict(run_state["guard"])
         if not same_data:
-            self.train.initial_val_losses = {}  # measured again, on the new data
+            self.state.initial_val_losses = {}  # measured again, on the new data
             return
         if "early_stopping" in run_state:  # checkpoints from before early stopping have none: nothing was observed
             self.early_stopping.load_state_dict(run_state["early_stopping"])

@@ -73,10 +73,8 @@ class Evaluator:
         if not t.eval_generations:
             return {}
         ranks = Ranks(self.ranks.rank, self.ranks.world_size, generation_is_collective(self.engine))
-        decoding = Decoding(t.max_new_tokens, t.eval_batch_size)
-        rows = scored_generations(
-            self.engine.module, self.tokenizer, self.tasks, self.specs, t.eval_generations, decoding, ranks
-        )
+        decoding = Decoding(t.max_new_tokens, t.eval_batch_size, per_task=t.eval_generations)
+        rows = scored_generations(self.engine.module, self.tokenizer, self.tasks, self.specs, decoding, ranks)
         table = [[row[column] for column in GENERATION_COLUMNS] for row in rows]
         logger.table("generations", GENERATION_COLUMNS, table, step, save=True)
         return {name: metric_means(rows, name) for name in self.names}

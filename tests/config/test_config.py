@@ -9,7 +9,7 @@ import pytest
 from mtft.adapters.lora import LoraConfig
 from mtft.balancers.static import StaticConfig
 from mtft.cli.train import CONFIG_DIR
-from mtft.config.schema import TrainerConfig
+from mtft.config.sections import TrainerConfig
 from mtft.config.train import build_train_config
 from mtft.data.config import DataConfig
 from mtft.errors import ConfigError

@@ -18,8 +18,8 @@ from mtft.balancers import BALANCERS
 from mtft.balancers.coba import CoBaConfig
 from mtft.cli.train import CONFIG_DIR
 from mtft.config.hydra import register, to_train_config
-from mtft.config.schema import TrainerConfig
 from mtft.config.schemas import schema_of
+from mtft.config.sections import TrainerConfig
 from mtft.config.train import TrainConfig
 from mtft.data.config import TaskSpec
 from mtft.models import TinyModelConfig

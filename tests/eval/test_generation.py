@@ -26,7 +26,7 @@ def test_greedy_generations_are_deterministic_and_bounded():
     specs = [TaskSpec(name="add", path="add.jsonl", metrics=["exact_match", "chrf"])]
 
     def generate():
-        return scored_generations(model, tokenizer, tasks, specs, 2, Decoding(max_new_tokens=5, batch_size=4))
+        return scored_generations(model, tokenizer, tasks, specs, Decoding(max_new_tokens=5, batch_size=4, per_task=2))
 
     rows = generate()
     assert len(rows) == 1 and [rows[0][k] for k in ("task", "prompt", "reference")] == ["add", "12+3=", "15"]
@@ -52,11 +52,11 @@ def test_each_rank_generates_its_own_batches_and_together_the_one_rank_rows():
 
         def generate(rank: int = 0, world_size: int = 1, sample: bool = do_sample):
             decoding = Decoding(max_new_tokens=6, batch_size=2, do_sample=sample, seed=3)
-            return scored_generations(model, tokenizer, tasks, specs, None, decoding, Ranks(rank, world_size))
+            return scored_generations(model, tokenizer, tasks, specs, decoding, Ranks(rank, world_size))
 
         one_rank, (first, second) = generate(), [generate(rank, 2) for rank in (0, 1)]
         assert [row["prompt"] for row in first] == prompts[:2] + prompts[4:]
         assert [row["prompt"] for row in second] == prompts[2:4]
         assert first[:2] + second + first[2:] == one_rank
     reseeded = Decoding(max_new_tokens=6, batch_size=2, do_sample=True, seed=4)
-    assert one_rank != scored_generations(model, tokenizer, tasks, specs, None, reseeded)  # it samples
+    assert one_rank != scored_generations(model, tokenizer, tasks, specs, reseeded)  # it samples

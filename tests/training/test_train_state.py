@@ -36,7 +36,7 @@ def _resumable() -> Resumable:
 
 
 def _run_a_while(r: Resumable) -> None:
-    r.train.step, r.train.tokens, r.train.initial_val_losses = 5, 120, {"add": 2.0, "sort": 3.0}
+    r.state.step, r.state.tokens, r.state.initial_val_losses = 5, 120, {"add": 2.0, "sort": 3.0}
     for step, losses in enumerate([{"add": 2.0, "sort": 3.0}, {"add": 1.0, "sort": 3.0}], start=1):
         r.balancer.observe(step, losses, None)
     r.batches.next()
@@ -62,7 +62,7 @@ def test_loading_with_the_same_data_continues_exactly():
     _run_a_while(saved)
     resumed = _resumable()
     resumed.load(saved.run_state(), saved.rank_state(), same_data=True)
-    assert resumed.train == saved.train
+    assert resumed.state == saved.state
     assert resumed.guard.state_dict() == saved.guard.state_dict()
     assert resumed.early_stopping == saved.early_stopping and saved.early_stopping.best_step == 4
     assert resumed.balancer.weights() == saved.balancer.weights()
@@ -76,9 +76,9 @@ def test_loading_with_other_data_keeps_the_progress_and_restarts_the_stream():
     _run_a_while(saved)
     resumed, fresh = _resumable(), _resumable()
     resumed.load(saved.run_state(), saved.rank_state(), same_data=False)
-    assert (resumed.train.step, resumed.train.tokens) == (5, 120)
+    assert (resumed.state.step, resumed.state.tokens) == (5, 120)
     assert resumed.guard.state_dict() == saved.guard.state_dict()
-    assert resumed.train.initial_val_losses == {}  # measured again, on the new data
+    assert resumed.state.initial_val_losses == {}  # measured again, on the new data
     assert resumed.balancer.weights() == {"add": 1.0, "sort": 1.0}
     assert resumed.val_cycle.cursor == 0
     assert resumed.batches.next()["input_ids"].equal(fresh.batches.next()["input_ids"])
