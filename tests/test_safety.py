@@ -186,12 +186,15 @@ def test_target_in_a_task_spec_is_an_unknown_key(monkeypatch):
 def test_nothing_is_built_from_a_config_path():
     """Objects come from mtft's registries (explicit dicts), never from a dotted path in a config."""
     locators = {"instantiate", "get_class", "get_method", "get_object", "locate", "_locate", "import_module"}
+    # registry.import_methods imports the modules that pkgutil finds in a method package's own folder, by the
+    # package's own name: never a name that a config holds
+    allowed = {PACKAGE / "registry.py": {"import_module"}}
     for file in PACKAGE.rglob("*.py"):
         tree = ast.parse(file.read_text())
         names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
         names |= {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
         names |= {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
-        assert not names & locators, (file, names & locators)
+        assert not (names & locators) - allowed.get(file, set()), (file, names & locators)
         assert "_target_" not in file.read_text(), file
     shipped = sorted(CONFIGS.rglob("*.yaml"))
     assert len(shipped) > 20, CONFIGS  # the packaged tree itself, not an empty glob of a moved directory

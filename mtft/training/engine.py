@@ -55,6 +55,16 @@ def init_distributed() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+_TORCH_LINEAR = torch.nn.functional.linear  # torch's own, before DeepSpeed can replace it
+
+
+def release_torch() -> None:
+    """Undo what DeepSpeed leaves patched in torch once a ZeRO-3 model has been built: its memory-efficient
+    `torch.nn.functional.linear` wrapper stays installed for the rest of the process. A run's cleanup puts torch's
+    back, so whatever the process runs next (another run, an evaluation, a profile) computes with torch's own."""
+    torch.nn.functional.linear = _TORCH_LINEAR
+
+
 def _deepspeed():
     """DeepSpeed, imported so that its communication backend skips the shared-memory op on a CPU.
 

@@ -33,7 +33,7 @@ from mtft.training import step as steps
 from mtft.training.checkpointer import Checkpointer
 from mtft.training.components import data_streams, load_model_and_tasks
 from mtft.training.early_stopping import EarlyStopping
-from mtft.training.engine import build_engine, init_distributed, resolve_precision
+from mtft.training.engine import build_engine, init_distributed, release_torch, resolve_precision
 from mtft.training.losses import balanced_loss
 from mtft.training.preemption import Preemption
 from mtft.training.train_state import Resumable, TrainState
@@ -315,11 +315,12 @@ class TrainingRecipe:
     # ---- cleanup ----------------------------------------------------------------------------------------------
     def cleanup(self, succeeded: bool = True) -> None:
         """Close what setup opened, whatever ended the run: the bars, the preemption handlers (the ones before the
-        run come back), the logger's run (marked failed unless `succeeded`). Safe after a partial setup, and once
-        more after that."""
+        run come back), the logger's run (marked failed unless `succeeded`), and what DeepSpeed patched in torch.
+        Safe after a partial setup, and once more after that."""
         if self.progress is not None:
             self.progress.close()
         if self.preemption is not None:
             self.preemption.restore()
         if self.logger is not None:
             self.logger.finish(exit_code=0 if succeeded else 1)
+        release_torch()

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 CASES = {
     "hydra-group": (
         "adapter=nosuch",
-        "adapter: no option 'nosuch'; the options are lora, molora, mor1e, none, smora",
+        "adapter: no option 'nosuch'; the options are full, lora, molora, mor1e, none, smora",
     ),
     "hydra-key": ("trainer.lrr=1e-3", "trainer.lrr: unknown key; did you mean trainer.lr?"),
     "hydra-sweep": (

@@ -1,6 +1,7 @@
 """The recipe's lifecycle: building it does nothing; `cleanup` runs whatever ends the run. An exception injected
-mid-run leaves the offline W&B run finished (marked failed), the signal handlers as they were, and an output
-directory that holds the run-output contract up to the last checkpoint, from which the run resumes and finishes."""
+mid-run (under ZeRO-3, which patches torch) leaves the offline W&B run finished (marked failed), the signal
+handlers and torch as they were, and an output directory that holds the run-output contract up to the last
+checkpoint, from which the run resumes and finishes."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import signal
 from pathlib import Path
 
 import pytest
+import torch
 
 from mtft.training import step as steps
 from mtft.training.loop import TrainingRecipe, train
@@ -55,11 +57,13 @@ def test_an_exception_mid_run_is_cleaned_up(dist_group, small_tasks, tmp_path, m
 
     monkeypatch.setattr(steps, "optimizer_step", failing_at_step_3)
     before = {sig: signal.getsignal(sig) for sig in SIGNALS}
+    linear = torch.nn.functional.linear
     out = tmp_path / "run"
     with pytest.raises(Injected):
-        train(_config(out, small_tasks))
+        train(_config(out, small_tasks, "deepspeed=zero3"))
 
     assert {sig: signal.getsignal(sig) for sig in SIGNALS} == before  # the preemption handlers are gone
+    assert torch.nn.functional.linear is linear  # DeepSpeed's ZeRO-3 wrapper is not left in torch
     import wandb
 
     assert wandb.run is None  # finished, in this process
@@ -75,7 +79,7 @@ def test_an_exception_mid_run_is_cleaned_up(dist_group, small_tasks, tmp_path, m
     assert (out / "checkpoint-2" / COMPLETE_MARKER).is_file() and not (out / "summary.json").exists()
 
     monkeypatch.setattr(steps, "optimizer_step", original_step)
-    summary = train(_config(out, small_tasks, "trainer.resume=auto"))
+    summary = train(_config(out, small_tasks, "deepspeed=zero3", "trainer.resume=auto"))
     assert summary["steps"] == 4 and (out / "summary.json").is_file()
     assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
     assert {sig: signal.getsignal(sig) for sig in SIGNALS} == before
