@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch>=2.4,torch==2.13.0)
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast test-experiments lint format clean
+.PHONY: setup demo test test-slow test-fast test-experiments lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,14 +26,18 @@ demo: $(STAMP)
 	$(BIN)/mtft-report $(DEMO_DIR)
 
 test: $(STAMP)
-	$(BIN)/pytest -q -n auto --dist loadfile -m "not experiments"
+	$(BIN)/pytest -q -n auto --dist loadfile -m "not experiments and not slow"
+
+# the longest end-to-end tests (the GGUF model's round trip, every benchmark suite, a method added in a scratch clone)
+test-slow: $(STAMP)
+	$(BIN)/pytest -q -n auto --dist loadfile -m "slow and not experiments"
 
 # the experiment scripts end to end at --quick sizes (scripts/experiments/real.py: every variant on SmolLM2, 2 steps)
 test-experiments: $(STAMP)
 	$(BIN)/pytest -q -m experiments
 
 test-fast: $(STAMP)
-	$(BIN)/pytest -q -n auto --dist loadfile -m "not integration and not experiments"
+	$(BIN)/pytest -q -n auto --dist loadfile -m "not integration and not experiments and not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check mtft tests

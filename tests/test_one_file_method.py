@@ -17,7 +17,7 @@ import pytest
 
 from tests.helpers import LAUNCH_VARS
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 # every test file with a matrix collected from the registries (tests/helpers.py's adapter_names / balancer_names)

@@ -10,7 +10,7 @@ import torch
 
 from mtft.bench import all_suites
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_every_suite_runs_and_reports_its_ratios(tmp_path, capsys):

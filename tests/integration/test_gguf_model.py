@@ -18,7 +18,7 @@ import yaml
 
 from tests.helpers import run_cli
 
-pytestmark = [pytest.mark.integration, pytest.mark.real_model]
+pytestmark = [pytest.mark.integration, pytest.mark.real_model, pytest.mark.slow]
 
 STEPS, TOKENS = 6, 6
 WORDS = {  # English -> (French, Spanish)
