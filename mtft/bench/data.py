@@ -78,7 +78,7 @@ def training_throughput(data: DataConfig, micro_batch_size: int, steps: int) -> 
 
     def step(batch):  # every task weighs 1; the adapter (LoRA) has no runtime hooks
         return optimizer_step(
-            engine, step_batches([batch], len(tasks)), weights, len(tasks), AdapterRuntime(), lambda w, counts: w
+            engine, step_batches([batch], len(tasks)), weights, AdapterRuntime(), lambda w, counts: w
         )
 
     step(stream.next())  # warm-up

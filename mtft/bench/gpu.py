@@ -192,9 +192,7 @@ class Mtft:
         return step_batches(micro_batches, len(self.tasks))
 
     def train_on(self, batches: StepBatches) -> dict[str, torch.Tensor]:
-        result = optimizer_step(
-            self.engine, batches, self.weights, len(self.tasks), self.runtime, lambda w, c: w, self.token_losses
-        )
+        result = optimizer_step(self.engine, batches, self.weights, self.runtime, lambda w, c: w, self.token_losses)
         if not result.applied:
             raise RuntimeError("a benchmark step was skipped (non-finite loss or gradient)")
         return batches.micro_batches[0]

@@ -6,6 +6,7 @@ per task, not means of per-step means, so `LossWindow` keeps per-task loss sums 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -32,38 +33,43 @@ class LossWindow:
         self.counts.zero_()
 
 
-def metrics_record(
-    step: int,
-    loss: float,
-    lr: float,
-    task_names: list[str],
-    task_losses: dict[str, float],
-    weights: dict[str, float],
-    val_losses: dict[str, float],
-    throughput: dict[str, float],
-    grad_norm: float | None,
-    skipped_steps: int,
-    balancer: dict[str, Any],
-    adapter: dict[str, Any],
-    generation: dict[str, dict[str, float]] | None = None,
-) -> dict[str, Any]:
+@dataclass
+class StepNumbers:
+    """What one metrics.jsonl line says, before `metrics_record` names and orders its keys."""
+
+    step: int
+    loss: float
+    lr: float
+    task_losses: dict[str, float]  # over the window; a task with no tokens in it has none
+    weights: dict[str, float]  # every task's
+    val_losses: dict[str, float] = field(default_factory=dict)  # where this step validated
+    generation: dict[str, dict[str, float]] = field(default_factory=dict)  # per task, where this step generated
+    throughput: dict[str, float] = field(default_factory=dict)
+    grad_norm: float | None = None  # where the engine computed one
+    skipped_steps: int = 0
+    balancer: dict[str, Any] = field(default_factory=dict)  # its internals
+    adapter: dict[str, Any] = field(default_factory=dict)  # its metrics, already named (`router/...`)
+
+
+def metrics_record(task_names: list[str], numbers: StepNumbers) -> dict[str, Any]:
     """One metrics.jsonl line. Keys keep one order (readers diff records, and resumed runs are compared with
     unbroken ones): step, loss, lr; per task its training loss, weight and validation loss where there is one;
     then its generation metrics where this step generated (`task/<name>/<metric>`, e.g. exact_match);
     throughput; grad_norm where the engine computed one; skipped steps; the balancer's internals
     (`balancer/...`); the adapter's metrics (already named, e.g. `router/...`)."""
-    record: dict[str, Any] = {"step": step, "loss": loss, "lr": lr}
+    n = numbers
+    record: dict[str, Any] = {"step": n.step, "loss": n.loss, "lr": n.lr}
     for name in task_names:
-        if name in task_losses:
-            record[f"task/{name}/loss"] = task_losses[name]
-        record[f"task/{name}/weight"] = weights[name]
-        if name in val_losses:
-            record[f"task/{name}/val_loss"] = val_losses[name]
-        record.update({f"task/{name}/{metric}": value for metric, value in (generation or {}).get(name, {}).items()})
-    record.update(throughput)
-    if grad_norm is not None:
-        record["grad_norm"] = grad_norm
-    record["train/skipped_steps"] = skipped_steps
-    record.update({f"balancer/{key}": value for key, value in balancer.items()})
-    record.update(adapter)
+        if name in n.task_losses:
+            record[f"task/{name}/loss"] = n.task_losses[name]
+        record[f"task/{name}/weight"] = n.weights[name]
+        if name in n.val_losses:
+            record[f"task/{name}/val_loss"] = n.val_losses[name]
+        record.update({f"task/{name}/{metric}": value for metric, value in n.generation.get(name, {}).items()})
+    record.update(n.throughput)
+    if n.grad_norm is not None:
+        record["grad_norm"] = n.grad_norm
+    record["train/skipped_steps"] = n.skipped_steps
+    record.update({f"balancer/{key}": value for key, value in n.balancer.items()})
+    record.update(n.adapter)
     return record

@@ -15,6 +15,7 @@ from mtft.data.config import DataConfig
 from mtft.distributed import same_on_all_ranks
 from mtft.errors import ConfigError
 from mtft.training.state import (
+    CheckpointContents,
     complete_checkpoints,
     find_resume_checkpoint,
     input_changes,
@@ -75,8 +76,10 @@ class Checkpointer:
     ) -> None:
         """checkpoint-`step`, then the oldest beyond `trainer.save_total_limit` go; never the one resumed from nor
         the best (`best_step`, kept by `trainer.keep_best`)."""
-        run_state, rank_state = resumable.run_state(), resumable.rank_state()
-        save_checkpoint(engine, self.output_dir, step, run_state, rank_state, adapter, tokenizer, self.run_inputs)
+        contents = CheckpointContents(
+            resumable.run_state(), resumable.rank_state(), adapter, tokenizer, self.run_inputs
+        )
+        save_checkpoint(engine, self.output_dir, step, contents)
         best = self.output_dir / f"checkpoint-{best_step}" if best_step is not None else None
         prune_checkpoints(self.output_dir, self.trainer.save_total_limit, protect=[self.resume_from, best])
 

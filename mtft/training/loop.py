@@ -25,7 +25,7 @@ from mtft.balancers import build_balancer
 from mtft.config.train import TrainConfig
 from mtft.logging import build_run_logger
 from mtft.logging.progress import Progress, use_bars
-from mtft.logging.records import LossWindow, metrics_record, task_means
+from mtft.logging.records import LossWindow, StepNumbers, metrics_record, task_means
 from mtft.logging.secrets import redact
 from mtft.logging.throughput import ThroughputWindow, peak_flops
 from mtft.training import guard, summary
@@ -177,7 +177,7 @@ class TrainingRecipe:
         task_weights = self.balancer.weights()  # by task name; the step takes them as a tensor in task order
         weights = torch.tensor([task_weights[n] for n in names], device=self.engine.device)
         result = steps.optimizer_step(
-            self.engine, micro_batches, weights, len(names), self.adapter, self.balancer.reduction, self.token_losses
+            self.engine, micro_batches, weights, self.adapter, self.balancer.reduction, self.token_losses
         )
         state.step += 1
         state.tokens += result.tokens
@@ -188,7 +188,7 @@ class TrainingRecipe:
             state.window.add(result.sums, result.counts)
             self.progress.step(result.loss, train_losses)
         else:
-            self._step_skipped(result, micro_batches, weights, task_weights)
+            self._step_skipped(result, micro_batches, task_weights)
 
         evaluate = self.evaluator.due(state.step)
         with self.throughput.paused():
@@ -202,11 +202,7 @@ class TrainingRecipe:
             self._log(task_weights, result.grad_norm)
 
     def _step_skipped(
-        self,
-        result: steps.StepResult,
-        micro_batches: steps.StepBatches,
-        weights: torch.Tensor,
-        task_weights: dict[str, float],
+        self, result: steps.StepResult, micro_batches: steps.StepBatches, task_weights: dict[str, float]
     ) -> None:
         """Nothing was learnt from this step: it is counted and shown, and the run stops after too many in a row."""
         step, names = self.state.step, self.names
@@ -215,8 +211,7 @@ class TrainingRecipe:
         cause = guard.skip_cause(guard.nonfinite_losses(result.sums, names), result.grad_norm)
         self.progress.skipped(step, cause, in_batch, self.guard.in_a_row, self.guard.skipped)
         if stop:
-            reduction = self.balancer.reduction
-            cause = steps.first_nonfinite(self.engine, result, micro_batches, weights, names, self.adapter, reduction)
+            cause = steps.first_nonfinite(self.engine, result, micro_batches, names, self.adapter)
             self.state.val_losses = {}
             self._log(task_weights, result.grad_norm)  # the skipped steps, in metrics.jsonl too
             self._stop(self.guard.stop_message(step, cause, self.checkpointer.newest()))
@@ -235,21 +230,21 @@ class TrainingRecipe:
     def _log(self, weights: dict[str, float], grad_norm: float | None) -> None:
         """One metrics record over the window since the last, then a fresh window."""
         state, window = self.state, self.state.window
-        record = metrics_record(
+        numbers = StepNumbers(
             state.step,
             loss=self._window_loss(weights),
             lr=self.engine.lr(),
-            task_names=self.names,
             task_losses=task_means(self.names, window.sums, window.counts),
             weights=weights,
             val_losses=state.val_losses,
+            generation=state.generation_scores,
             throughput=self.throughput.fields(),
             grad_norm=grad_norm,
             skipped_steps=self.guard.skipped,
             balancer=self.balancer.metrics(),
             adapter=self.adapter.metrics(),
-            generation=state.generation_scores,
         )
+        record = metrics_record(self.names, numbers)
         state.generation_scores = {}
         self.logger.log(record)
         self.progress.logged(record)
@@ -277,17 +272,8 @@ class TrainingRecipe:
         self.progress.close()
         final_val = state.val_losses or self.evaluator.losses(self.progress)
         elapsed = time.perf_counter() - run_start
-        run_summary = summary.summary(
-            self.tasks,
-            state.step,
-            elapsed,
-            state.tokens,
-            state.initial_val_losses,
-            final_val,
-            self.balancer,
-            self.trainable,
-            self.guard.skipped,
-        )
+        totals = summary.RunTotals(state.step, elapsed, state.tokens, self.trainable, self.guard.skipped)
+        run_summary = summary.summary(self.tasks, totals, state.initial_val_losses, final_val, self.balancer)
         if t.early_stopping_patience or t.keep_best:
             run_summary["early_stopping"] = {
                 "metric": stop.metric,

@@ -19,6 +19,7 @@ import re
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,23 +63,25 @@ def prepare_output_dir(output_dir: Path) -> None:
         raise ConfigError("trainer.output_dir", f"cannot write to {output_dir}: {err}") from None
 
 
-def save_checkpoint(
-    engine,
-    output_dir: Path,
-    step: int,
-    mtft_state: dict[str, Any],
-    rank_state: dict[str, Any],
-    adapter_cfg: AdapterConfig,
-    tokenizer: PreTrainedTokenizerBase,
-    run_inputs: dict[str, Any],
-) -> Path:
+@dataclass
+class CheckpointContents:
+    """What a checkpoint holds beside the engine's own state (weights, optimizer, schedule)."""
+
+    run_state: dict[str, Any]  # equal on every rank: in the engine's client state, under "mtft"
+    rank_state: dict[str, Any]  # this rank's own, beside its RNG
+    adapter: AdapterConfig  # how to save the trained weights as safetensors
+    tokenizer: PreTrainedTokenizerBase  # saved beside them
+    run_inputs: dict[str, Any]  # the data config and seed the data stream follows
+
+
+def save_checkpoint(engine, output_dir: Path, step: int, contents: CheckpointContents) -> Path:
     """Collective: every rank must call it. The frozen base is not saved: the run's model config rebuilds it.
 
     A write that fails raises an error naming this checkpoint and the intact one before it. The failing rank
     raises at once; the launcher (torchrun, deepspeed) then stops the other ranks."""
     path = checkpoint_dir(output_dir, step)
     try:
-        _write_checkpoint(engine, path, step, mtft_state, rank_state, adapter_cfg, tokenizer, run_inputs)
+        _write_checkpoint(engine, path, step, contents)
     except Exception as err:
         previous = complete_checkpoints(output_dir)
         kept = f"{previous[-1]} is intact" if previous else "there is no earlier complete checkpoint"
@@ -89,16 +92,16 @@ def save_checkpoint(
     return path
 
 
-def _write_checkpoint(engine, path, step, mtft_state, rank_state, adapter_cfg, tokenizer, run_inputs) -> None:
+def _write_checkpoint(engine, path: Path, step: int, contents: CheckpointContents) -> None:
     rank = dist.get_rank()
     if rank == 0 and path.exists():  # left by an interrupted save of this step, or a run resumed from earlier
         shutil.rmtree(path)
     dist.barrier()
-    engine.save_checkpoint(path.parent, path.name, {"mtft": mtft_state})
-    torch.save({"rng": _rng_state(), **rank_state}, path / f"rank_state_{rank}.pt")
-    _save_adapter(engine, adapter_cfg, tokenizer, path / ADAPTER_DIR)
+    engine.save_checkpoint(path.parent, path.name, {"mtft": contents.run_state})
+    torch.save({"rng": _rng_state(), **contents.rank_state}, path / f"rank_state_{rank}.pt")
+    _save_adapter(engine, contents.adapter, contents.tokenizer, path / ADAPTER_DIR)
     if rank == 0:
-        (path / RUN_INPUTS).write_text(json.dumps(run_inputs, indent=2))
+        (path / RUN_INPUTS).write_text(json.dumps(contents.run_inputs, indent=2))
     dist.barrier()
     if rank == 0:
         _write_marker(path, step)

@@ -78,6 +78,7 @@ class StepResult:
     attended: int  # Σ (position + 1) over those tokens: the causal attention work (logging/throughput.py)
     applied: bool  # False: the update was skipped (a non-finite loss or gradient)
     grad_norm: float | None  # before clipping, as the optimizer computed it (None where it computes none)
+    weights: list[float]  # the task weights the loss took, after the balancer's reduction
 
 
 def host_values(values: torch.Tensor) -> list[float]:
@@ -90,7 +91,6 @@ def optimizer_step(
     engine: Engine,
     batches: StepBatches,
     weights: torch.Tensor,
-    num_tasks: int,
     adapter: AdapterRuntime,
     reduction: Reduction,
     token_losses: TokenLosses = full_token_losses,
@@ -101,7 +101,7 @@ def optimizer_step(
     A step whose loss or gradient is not finite is skipped on the device (training/guard.py, training/optimizer.py);
     then the LR schedule, the routers' loads and balancing biases do not move either.
     """
-    device, world = engine.device, engine.world_size
+    device, world, num_tasks = engine.device, engine.world_size, batches.counts.numel()
     step_counts = all_reduce_sum(batches.counts.to(device)) if world > 1 else batches.counts.to(device)
     weights = reduction(weights, step_counts)
     coefficients = loss_coefficients(step_counts, weights)
@@ -126,7 +126,8 @@ def optimizer_step(
     adapter.after_step(applied)
     step_loss = balanced_value(values[:n], values[n : 2 * n], values[2 * n : 3 * n])
     grad_norm = norm if engine.reports_grad_norm else None
-    return StepResult(values[:n], values[n : 2 * n], step_loss, tokens, samples, attended, applied, grad_norm)
+    sums, counts, weights = values[:n], values[n : 2 * n], values[2 * n : 3 * n]
+    return StepResult(sums, counts, step_loss, tokens, samples, attended, applied, grad_norm, weights)
 
 
 def balanced_value(sums: list[float], counts: list[float], weights: list[float]) -> float:
@@ -163,13 +164,7 @@ def micro_batch_loss(
 
 
 def first_nonfinite(
-    engine: Engine,
-    result: StepResult,
-    micro_batches: StepBatches,
-    weights: torch.Tensor,
-    names: list[str],
-    adapter: AdapterRuntime,
-    reduction: Reduction,
+    engine: Engine, result: StepResult, micro_batches: StepBatches, names: list[str], adapter: AdapterRuntime
 ) -> str:
     """What made a skipped step non-finite, in words: a task's loss, or the first parameters whose gradient is
     not finite. Collective; recomputes the step's gradients once, only when the run is about to stop."""
@@ -180,7 +175,7 @@ def first_nonfinite(
     if is_sharded(engine):
         return f"{norm}; parameter names are not available under ZeRO-3 (deepspeed=zero2 shows them)"
     counts = torch.tensor(result.counts, device=engine.device)
-    coefficients = loss_coefficients(counts, reduction(weights, counts))
+    coefficients = loss_coefficients(counts, torch.tensor(result.weights, device=engine.device))
     bad: list[str] = []
     for batch in micro_batches.micro_batches:
         batch = on_device(batch, engine.device)

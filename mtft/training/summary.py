@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -53,24 +54,30 @@ def print_data_report(report: dict[str, Any]) -> None:
         )
 
 
+@dataclass
+class RunTotals:
+    steps: int
+    wall_seconds: float
+    tokens: int
+    trainable_parameters: int
+    skipped_steps: int = 0  # steps whose update the numerical guard skipped (training/guard.py)
+
+
 def summary(
     tasks: list[TaskData],
-    steps: int,
-    wall_seconds: float,
-    tokens: int,
+    totals: RunTotals,
     initial_val: dict[str, float],
     final_val: dict[str, float],
     balancer: Balancer,
-    trainable_parameters: int,
-    skipped_steps: int = 0,
 ) -> dict[str, Any]:
+    """summary.json: the run's totals, and per task its samples, validation losses and final weight."""
     weights = balancer.weights()
     return {
-        "steps": steps,
-        "skipped_steps": skipped_steps,  # steps whose update the numerical guard skipped (training/guard.py)
-        "trainable_parameters": trainable_parameters,
-        "wall_seconds": round(wall_seconds, 3),
-        "tokens": tokens,
+        "steps": totals.steps,
+        "skipped_steps": totals.skipped_steps,
+        "trainable_parameters": totals.trainable_parameters,
+        "wall_seconds": round(totals.wall_seconds, 3),
+        "tokens": totals.tokens,
         "tasks": {
             task.name: {
                 "train_samples": task.report["train_samples"],

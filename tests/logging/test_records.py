@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from mtft.logging.records import LossWindow, metrics_record, task_means
+from mtft.logging.records import LossWindow, StepNumbers, metrics_record, task_means
 
 NAMES = ["add", "sort", "sentiment"]
 
@@ -27,11 +27,10 @@ def test_the_window_sums_tokens_over_its_steps_and_clears():
 
 
 def test_the_record_holds_each_key_once_in_the_contract_order():
-    record = metrics_record(
+    numbers = StepNumbers(
         7,
         loss=1.25,
         lr=1e-4,
-        task_names=NAMES,
         task_losses={"add": 1.5, "sentiment": 0.5},  # sort had no tokens in the window
         weights={"add": 1.2, "sort": 0.3, "sentiment": 1.5},
         val_losses={"sort": 2.5},
@@ -41,6 +40,7 @@ def test_the_record_holds_each_key_once_in_the_contract_order():
         balancer={"df": 0.1},
         adapter={"router/entropy": 0.9},
     )
+    record = metrics_record(NAMES, numbers)
     assert list(record.items()) == [
         ("step", 7),
         ("loss", 1.25),
@@ -60,7 +60,5 @@ def test_the_record_holds_each_key_once_in_the_contract_order():
 
 
 def test_a_record_without_a_gradient_norm_has_no_grad_norm_key():
-    record = metrics_record(
-        1, math.nan, 0.0, ["add"], {}, {"add": 1.0}, {}, {}, grad_norm=None, skipped_steps=1, balancer={}, adapter={}
-    )
+    record = metrics_record(["add"], StepNumbers(1, math.nan, 0.0, {}, {"add": 1.0}, skipped_steps=1))
     assert "grad_norm" not in record and math.isnan(record["loss"]) and record["train/skipped_steps"] == 1

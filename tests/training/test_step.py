@@ -33,7 +33,7 @@ def _step_with_grads(engine, micro_batches, weights, num_tasks):
         p.register_post_accumulate_grad_hook(lambda p, n=n: captured.update({n: p.grad.clone()})) for n, p in params
     ]
     batches = step_batches(micro_batches, num_tasks)
-    result = optimizer_step(engine, batches, weights, num_tasks, AdapterRuntime(), lambda w, counts: w)
+    result = optimizer_step(engine, batches, weights, AdapterRuntime(), lambda w, counts: w)
     for hook in hooks:
         hook.remove()
     return result, captured
