@@ -25,7 +25,6 @@ import argparse
 import json
 import random
 import shlex
-import statistics
 import string
 import sys
 import tempfile
@@ -38,7 +37,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mtft.adapters import ADAPTERS, baseline_adapter, compared_adapters, lora
+from mtft.adapters import ADAPTERS, compared_adapters, lora
+from mtft.bench import gpu_report
 from mtft.bench.gpu_smoke import QWEN_0_5B, TINY
 from mtft.config.sections import DeepSpeedConfig, TrainerConfig
 from mtft.config.train import TrainConfig
@@ -48,7 +48,7 @@ from mtft.data.config import DataConfig, TaskSpec
 from mtft.data.sampler import mixing_probabilities
 from mtft.data.tasks import load_tasks
 from mtft.data.tokenize import IGNORE
-from mtft.logging.throughput import attended_positions, matmul_parameters, peak_flops, step_flops
+from mtft.logging.throughput import attended_positions
 from mtft.models import build_byte_tokenizer, compile_blocks, enable_gradient_checkpointing, resolve_attention
 from mtft.training.cross_entropy import CROSS_ENTROPY
 from mtft.training.engine import build_engine, init_distributed
@@ -253,7 +253,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if cuda:
                     torch.cuda.empty_cache()
         print(f"round {round_ + 1}/{args.rounds} done", flush=True)
-        report = _report(args, setup, runners, measured, failures)
+        report = gpu_report.report(args, setup, runners, measured, failures)
         if args.out:  # after every round: a run cut short still leaves what it measured
             args.out.write_text(json.dumps(report, indent=2))
     if args.profile:
@@ -294,58 +294,6 @@ def measure(runner: Any, into: Measured, device: torch.device, steps: int, warmu
         into.transient = max(into.transient, torch.cuda.max_memory_allocated() - base_memory)
 
 
-def _report(
-    args: argparse.Namespace, setup: Setup, runners: dict[str, Any], measured: dict[str, Measured], failures
-) -> dict[str, Any]:
-    cuda = setup.device.type == "cuda"
-    peak = peak_flops(None, setup.precision)
-    results: dict[str, dict[str, Any]] = {}
-    for name, runner in runners.items():
-        m = measured[name]
-        model = runner.model if name == "plain" else runner.engine.module
-        params, trainable = matmul_parameters(model)
-        step_seconds = statistics.median(m.times)
-        tokens_per_step = statistics.fmean(m.tokens)
-        layers, hidden = setup.shape["num_hidden_layers"], setup.shape["hidden_size"]
-        flops = step_flops(tokens_per_step, statistics.fmean(m.attended), params, trainable, layers, hidden)
-        results[name] = {
-            "step_seconds": step_seconds,
-            "tokens_per_second": tokens_per_step / step_seconds,
-            "mfu": flops / step_seconds / peak if peak else None,
-            "peak_gb": (m.resident + m.transient) / 1e9 if cuda else None,
-            "trainable_parameters": trainable,
-            "warmup_seconds": m.warmup_seconds,
-        }
-    ratios = {}
-    if "plain" in results:
-        for name, r in results.items():
-            if name != "plain":
-                ratios[f"{name}_throughput_over_plain"] = (
-                    r["tokens_per_second"] / results["plain"]["tokens_per_second"]
-                )
-    for name, r in results.items():
-        adapter, *flags = name.split("+")
-        twin = "+".join([baseline_adapter(), *flags])
-        if name != twin and adapter != "plain" and twin in results:
-            ratios[f"{name}_step_over_{twin}"] = r["step_seconds"] / results[twin]["step_seconds"]
-    return {
-        "suite": "gpu",
-        "command": args.command,
-        "date": time.strftime("%Y-%m-%d"),
-        "device": torch.cuda.get_device_name() if cuda else "cpu (dry run)",
-        "versions": _versions(),
-        "shape": "tiny" if args.dry_run else args.shape,
-        "precision": setup.precision,
-        "attention": setup.attention,
-        "tokens_slots_per_step": args.batch * args.seq,
-        "rounds": args.rounds,
-        "steps_per_round": args.steps,
-        "results": results,
-        "ratios": ratios,
-        "failures": failures,
-    }
-
-
 def _failed(name: str, stage: str, err: Exception) -> str:
     traceback.print_exc()
     message = f"{stage}: {type(err).__name__}: {err}".splitlines()[0][:500]
@@ -367,29 +315,6 @@ def _profile(name: str, runner: Any, device: torch.device) -> str:
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     table = prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=70)
     return f"== {name}: {kernels} kernels, {syncs} synchronising calls or copies in one step ==\n{table}\n"
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    return {"torch": torch.__version__, "cuda": str(torch.version.cuda)} | {
-        name: version(name) for name in ("transformers", "peft", "deepspeed")
-    }
-
-
-def print_table(report: dict[str, Any]) -> None:
-    print(f"\n{report['device']}, {report['shape']}, {report['precision']}, {report['attention']}, ", end="")
-    print(f"{report['tokens_slots_per_step']} token slots per step, packed")
-    print(f"{'config':<28}{'step ms':>9}{'tokens/s':>11}{'MFU':>7}{'peak GB':>9}{'warm-up s':>11}")
-    for name, r in report["results"].items():
-        mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
-        peak = f"{r['peak_gb']:.1f}" if r["peak_gb"] is not None else "-"
-        print(f"{name:<28}{r['step_seconds'] * 1e3:>9.1f}{r['tokens_per_second']:>11,.0f}{mfu:>7}{peak:>9}", end="")
-        print(f"{r['warmup_seconds']:>11.1f}")
-    for name, value in report["ratios"].items():
-        print(f"{name:<60}{value:>8.3f}")
-    for name, message in report["failures"].items():
-        print(f"{name}: FAILED {message}")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -426,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.command = shlex.join(["mtft-bench", "gpu", *argv])
     report = run(args)
-    print_table(report)
+    gpu_report.print_table(report)
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))
         print(f"written to {args.out}")

@@ -54,6 +54,17 @@ class EvalSettings:
     harness_limit: int | None = None  # documents per lm-eval task; None: all
     harness_fewshot: int | None = None
 
+    def decoding(self, progress: bool) -> Decoding:
+        return Decoding(
+            self.max_new_tokens,
+            self.batch_size,
+            self.do_sample,
+            self.temperature,
+            self.seed,
+            per_task=self.max_samples,
+            progress=progress,
+        )
+
 
 def evaluate(
     checkpoint: Path | None,
@@ -93,37 +104,11 @@ def evaluate(
     tasks = [TaskData(t.name, [], t.val[: settings.max_samples or None], t.report) for t in tasks]
     runtime.prepare_inference(model, tasks, tokenizer.pad_token_id)
 
-    names = [task.name for task in tasks]
-    batches = validation_batches(tasks, settings.batch_size, tokenizer.pad_token_id, rank, world)
-    count = sum(validation_rounds(task, settings.batch_size, world) for task in tasks)
-    batches = tqdm(batches, total=count, desc="loss", leave=False, disable=rank != 0)
-    losses = validation_losses(engine, batches, names, runtime)
-
-    decoding = Decoding(
-        settings.max_new_tokens,
-        settings.batch_size,
-        settings.do_sample,
-        settings.temperature,
-        settings.seed,
-        per_task=settings.max_samples,
-        progress=rank == 0,
-    )
+    losses = _losses(engine, runtime, tokenizer, tasks, settings, (rank, world))
     ranks = Ranks(rank, world, synced=sharded and world > 1)
-    predictions = scored_generations(model, tokenizer, tasks, cfg.data.tasks, decoding, ranks)
-    results = {}
-    for task in tasks:
-        results[task.name] = {
-            "val_loss": losses.get(task.name, math.nan),
-            "perplexity": math.exp(losses[task.name]) if task.name in losses else math.nan,
-            "val_samples": len(task.val),
-            "generated": sum(r["task"] == task.name for r in predictions),
-            **metric_means(predictions, task.name),
-        }
-    if settings.harness_tasks:
-        include = Path(settings.harness_include) if settings.harness_include else None
-        names = [name.strip() for name in settings.harness_tasks.split(",") if name.strip()]
-        request = Harness(names, include, settings.harness_limit, settings.harness_fewshot, settings.batch_size)
-        harness = harness_results(model, tokenizer, request)
+    predictions = scored_generations(model, tokenizer, tasks, cfg.data.tasks, settings.decoding(rank == 0), ranks)
+    results = {task.name: _task_result(task, losses, predictions) for task in tasks}
+    harness = _harness(model, tokenizer, settings) if settings.harness_tasks else None
     report = {
         "checkpoint": str(checkpoint) if checkpoint is not None else None,
         "model": cfg.model.name_or_path,
@@ -134,14 +119,39 @@ def evaluate(
         "zero3": sharded,
         "settings": vars(settings),
         "tasks": results,
-        **({"harness": harness} if settings.harness_tasks else {}),
+        **({"harness": harness} if harness is not None else {}),
     }
     if rank == 0:
-        with (out / "predictions.jsonl").open("w") as f:
-            for row in predictions:
-                f.write(json.dumps(row) + "\n")
+        (out / "predictions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in predictions))
         (out / "eval.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def _losses(engine, runtime, tokenizer, tasks: list[TaskData], settings: EvalSettings, ranks: tuple[int, int]):
+    """Each task's validation loss over its samples, this rank's share of the batches (a bar on rank 0)."""
+    rank, world = ranks
+    names = [task.name for task in tasks]
+    batches = validation_batches(tasks, settings.batch_size, tokenizer.pad_token_id, rank, world)
+    count = sum(validation_rounds(task, settings.batch_size, world) for task in tasks)
+    batches = tqdm(batches, total=count, desc="loss", leave=False, disable=rank != 0)
+    return validation_losses(engine, batches, names, runtime)
+
+
+def _task_result(task: TaskData, losses: dict[str, float], predictions: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "val_loss": losses.get(task.name, math.nan),
+        "perplexity": math.exp(losses[task.name]) if task.name in losses else math.nan,
+        "val_samples": len(task.val),
+        "generated": sum(r["task"] == task.name for r in predictions),
+        **metric_means(predictions, task.name),
+    }
+
+
+def _harness(model, tokenizer, settings: EvalSettings) -> dict[str, dict]:
+    include = Path(settings.harness_include) if settings.harness_include else None
+    names = [name.strip() for name in settings.harness_tasks.split(",") if name.strip()]
+    request = Harness(names, include, settings.harness_limit, settings.harness_fewshot, settings.batch_size)
+    return harness_results(model, tokenizer, request)
 
 
 def print_table(report: dict[str, Any]) -> None:
