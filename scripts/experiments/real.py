@@ -78,6 +78,21 @@ ADAPTERS = {
     ],
 }
 BALANCERS = ["uniform", "coba", "famo", "data_balanced"]
+
+
+def balancer_overrides(balancer: str, steps: int, warmup: int) -> list[str]:
+    """CoBa's defaults are the paper's, for runs of thousands of steps: a 100-step warm-up and slopes over 200
+    rounds. In a run of `steps` they would never leave the warm-up (CoBa then weighs as data_balanced does), so
+    they are scaled to it: CoBa's warm-up is the learning rate's, it validates every 2% of the run (8 mixed
+    samples, its default), and its slopes span a fifth of the run."""
+    if balancer != "coba":
+        return [f"balancer={balancer}"]
+    interval = max(1, steps // 50)
+    history = max(2, steps // 5 // interval)
+    extra = [f"balancer.warmup_steps={warmup}", f"balancer.update_interval={interval}", f"balancer.history={history}"]
+    return [f"balancer={balancer}", *extra]
+
+
 REFERENCE = ("lora", "uniform")
 PEER = ("TRL SFTTrainer + PEFT LoRA", "token mean")
 # Each task's headline metric: exact match for one-word answers, ROUGE-L for glosses; the other metric is reported too.
@@ -208,7 +223,7 @@ class Runner:
             f"model.gguf_file={GGUF}",
             "data=real",
             *ADAPTERS[adapter],
-            f"balancer={balancer}",
+            *balancer_overrides(balancer, s.steps, s.warmup),
             "deepspeed.precision=bf16",
             f"trainer.max_steps={s.steps}",
             f"trainer.micro_batch_size={s.batch}",
