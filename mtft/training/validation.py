@@ -16,6 +16,7 @@ from mtft.eval.generation import COLUMNS as GENERATION_COLUMNS
 from mtft.eval.generation import Decoding, Ranks, metric_means, scored_generations
 from mtft.logging.progress import Progress
 from mtft.logging.run_logger import RunLogger
+from mtft.training.components import ModelAndTasks
 from mtft.training.engine import generation_is_collective
 from mtft.training.losses import per_task_sums, token_losses
 
@@ -46,8 +47,8 @@ class Evaluator:
     """The run's evaluations: when one is due, every task's validation loss, and sample generations on the first
     `trainer.eval_generations` validation prompts of each task, made and scored as mtft-eval makes them."""
 
-    def __init__(self, engine, built, cfg: TrainConfig, rank: int, world_size: int):
-        """`built`: the run's ModelAndTasks (training/components.py): its tokenizer, tasks and adapter runtime."""
+    def __init__(self, engine, built: ModelAndTasks, cfg: TrainConfig, rank: int, world_size: int):
+        """`built`: the run's tokenizer, tasks and adapter runtime."""
         self.engine, self.adapter, self.tokenizer, self.tasks = engine, built.adapter, built.tokenizer, built.tasks
         self.trainer, self.specs, self.ranks = cfg.trainer, cfg.data.tasks, Ranks(rank, world_size)
         self.names = [task.name for task in self.tasks]
