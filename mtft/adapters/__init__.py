@@ -19,6 +19,7 @@ from mtft.adapters.base import (
     attach_runtime,
     register_adapter,
     runtime_of,
+    target_linears,
     write_adapter_config,
 )
 from mtft.registry import import_methods
@@ -37,9 +38,8 @@ def baseline_adapter() -> str:
 def compared_adapters(rank: int, alpha: float, model: nn.Module | None = None) -> dict[str, AdapterConfig]:
     """Every registered method the benchmarks compare, at LoRA `rank`'s budget on `model`'s Linears (all but the
     output head, as `all-linear` wraps them), the baseline first. Without a model: which methods, in that order."""
-    head = model.get_output_embeddings() if model is not None else None
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear) and m is not head] if model is not None else []
-    shapes = [(m.in_features, m.out_features) for m in linears]
+    linears = target_linears(model) if model is not None else []
+    shapes = [(m.in_features, m.out_features) for _, m in linears]
     configs = {name: method.config.at_lora_budget(rank, alpha, shapes) for name, method in ADAPTERS.items()}
     baseline = baseline_adapter()
     names = [baseline, *sorted(name for name in configs if name != baseline)]

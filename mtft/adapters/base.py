@@ -122,6 +122,19 @@ ADAPTERS: Registry[AdapterMethod] = Registry("adapter")
 register_adapter = ADAPTERS.register
 
 
+def target_linears(model: nn.Module, target_modules: str | list[str] = "all-linear") -> list[tuple[str, nn.Linear]]:
+    """(name, layer) of every Linear an adapter wraps: those named in `target_modules`, or all of them for
+    "all-linear"; never the output head."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear)
+        and module is not head
+        and (target_modules == "all-linear" or name.rsplit(".", 1)[-1] in target_modules)
+    ]
+
+
 def write_adapter_config(cfg: AdapterConfig, directory: Path) -> None:
     """Record which method made `directory`, so `load_adapter` needs nothing else."""
     (directory / ADAPTER_CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(cfg), indent=2))

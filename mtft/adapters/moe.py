@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtft.adapters.base import ADAPTER_CONFIG_FILE, AdapterMethod, AdapterRuntime, LowRankConfig
+from mtft.adapters.base import ADAPTER_CONFIG_FILE, AdapterMethod, AdapterRuntime, LowRankConfig, target_linears
 from mtft.distributed import all_reduce_sum
 from mtft.errors import ConfigError
 
@@ -225,14 +225,7 @@ def softmax_backward(grad: torch.Tensor, probs: torch.Tensor, dtype: torch.dtype
 def inject_experts(model: nn.Module, cfg: LowRankConfig, make: Callable[[nn.Linear], ExpertLinear]) -> nn.Module:
     """Freeze the base and wrap every targeted Linear (never the output head)."""
     model.requires_grad_(False)
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    targets = [
-        name
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear)
-        and module is not head
-        and (cfg.target_modules == "all-linear" or name.rsplit(".", 1)[-1] in cfg.target_modules)
-    ]
+    targets = [name for name, _ in target_linears(model, cfg.target_modules)]
     if not targets:
         raise ConfigError("adapter.target_modules", f"{cfg.target_modules!r} matches no Linear layer of the model")
     for name in targets:

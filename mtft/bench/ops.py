@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from mtft.adapters import baseline_adapter
+from mtft.adapters import baseline_adapter, compared_adapters
 from mtft.bench import gpu
 from mtft.data.config import DataConfig
 from mtft.models import build_byte_tokenizer
@@ -195,7 +195,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--configs",
         default="plain,lora,smora,molora,mor1e",
-        help="comma-separated: plain, or lora|smora|molora|mor1e [+compile +chunked +ckpt +zero1|2 +accum2]",
+        help=f"comma-separated: plain, or {'|'.join(compared_adapters(gpu.LORA_RANK, gpu.ALPHA))} "
+        "[+compile +chunked +ckpt +zero1|2 +accum2]",
     )
     parser.add_argument("--precisions", default="bf16,fp32", help="comma-separated: bf16, fp32")
     parser.add_argument("--batch", type=int, default=1, help="packed rows per micro-batch")
