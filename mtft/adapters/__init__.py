@@ -37,7 +37,8 @@ def baseline_adapter() -> str:
 
 def compared_adapters(rank: int, alpha: float, model: nn.Module | None = None) -> dict[str, AdapterConfig]:
     """Every registered method the benchmarks compare, at LoRA `rank`'s budget on `model`'s Linears (all but the
-    output head, as `all-linear` wraps them), the baseline first. Without a model: which methods, in that order."""
+    output head, as `all-linear` wraps them): within 5% of LoRA's trainable parameters, the baseline first. A method
+    with no configuration that close is left out, with a warning. Without a model: which methods, in that order."""
     linears = target_linears(model) if model is not None else []
     shapes = [(m.in_features, m.out_features) for _, m in linears]
     configs = {name: method.config.at_lora_budget(rank, alpha, shapes) for name, method in ADAPTERS.items()}

@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-from collections.abc import Callable
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import torch
 from torch import nn
@@ -18,6 +20,7 @@ from mtft.errors import check
 from mtft.registry import Registry
 
 ADAPTER_CONFIG_FILE = "mtft_adapter.json"
+BUDGET_TOLERANCE = 0.05  # `at_lora_budget`: within 5% of LoRA's trainable parameters, or no configuration
 
 
 @dataclass
@@ -35,7 +38,8 @@ class AdapterConfig:
     @classmethod
     def at_lora_budget(cls, rank: int, alpha: float, shapes: list[tuple[int, int]]) -> AdapterConfig | None:
         """This method as the benchmarks set it beside LoRA of `rank` and `alpha` on Linears of these (in, out)
-        shapes (about LoRA's trainable parameters); None: the benchmarks do not compare it (full fine-tuning)."""
+        shapes: its trainable parameters within BUDGET_TOLERANCE of LoRA's (`nearest_to_lora`). None: the
+        benchmarks do not compare it there (full fine-tuning; a budget too tight for the method's steps)."""
         return None
 
 
@@ -51,6 +55,45 @@ class LowRankConfig(AdapterConfig):
         check(self.alpha > 0, "alpha", f"must be > 0, got {self.alpha}")
         check(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
         check(len(self.target_modules) > 0, "target_modules", "name at least one module, or 'all-linear'")
+
+    def layer_parameters(self, in_features: int, out_features: int) -> int:
+        """What wrapping one Linear of these sizes trains: every parameter the layer adds (experts, routers,
+        gates), none of the frozen base's."""
+        raise NotImplementedError(f"{type(self).__name__} does not count its parameters")
+
+    def trainable_parameters(self, shapes: Iterable[tuple[int, int]]) -> int:
+        """What injecting this config into Linears of these (in, out) shapes trains."""
+        return sum(count * self.layer_parameters(*shape) for shape, count in Counter(shapes).items())
+
+
+def lora_parameters(rank: int, shapes: Iterable[tuple[int, int]]) -> int:
+    """PEFT LoRA's trainable parameters at `rank`: A (rank × in) and B (out × rank) per Linear."""
+    return rank * sum(i + o for i, o in shapes)
+
+
+Candidate = TypeVar("Candidate", bound=LowRankConfig)
+
+
+def nearest_to_lora(candidates: Iterable[Candidate], rank: int, shapes: list[tuple[int, int]]) -> Candidate | None:
+    """The candidate whose trainable parameters on Linears of `shapes` are nearest LoRA's at `rank` (the first of
+    equals), if within BUDGET_TOLERANCE of them. Else None, with a warning that says by how much the nearest
+    misses: at a tight budget one rank or expert more is a step of 10% or more of LoRA's parameters."""
+    distinct = Counter(shapes)  # a model repeats a few shapes: count each once
+
+    def count(cfg: LowRankConfig) -> int:
+        return sum(n * cfg.layer_parameters(*shape) for shape, n in distinct.items())
+
+    budget = lora_parameters(rank, shapes)
+    nearest = min(candidates, key=lambda cfg: abs(count(cfg) - budget))
+    miss = count(nearest) - budget
+    if abs(miss) <= BUDGET_TOLERANCE * budget:
+        return nearest
+    warnings.warn(
+        f"{nearest.name}: no configuration has LoRA r{rank}'s {budget:,} trainable parameters within "
+        f"{BUDGET_TOLERANCE:.0%}; the nearest, {nearest}, has {miss / budget:+.1%}. Left out at this budget.",
+        stacklevel=3,
+    )
+    return None
 
 
 class AdapterRuntime:

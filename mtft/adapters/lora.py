@@ -9,7 +9,7 @@ from typing import ClassVar
 import peft
 from torch import nn
 
-from mtft.adapters.base import AdapterMethod, LowRankConfig, register_adapter
+from mtft.adapters.base import AdapterMethod, LowRankConfig, lora_parameters, register_adapter
 from mtft.errors import check
 
 
@@ -23,6 +23,9 @@ class LoraConfig(LowRankConfig):
     @classmethod
     def at_lora_budget(cls, rank: int, alpha: float, shapes: list[tuple[int, int]]) -> LoraConfig:
         return cls(rank=rank, alpha=alpha)
+
+    def layer_parameters(self, in_features: int, out_features: int) -> int:
+        return lora_parameters(self.rank, [(in_features, out_features)])
 
     def __post_init__(self) -> None:
         super().__post_init__()

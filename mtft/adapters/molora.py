@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtft.adapters.base import LowRankConfig, register_adapter
+from mtft.adapters.base import LowRankConfig, nearest_to_lora, register_adapter
 from mtft.adapters.moe import (
     ExpertLinear,
     LowRankIn,
@@ -46,9 +46,20 @@ class MoLoRAConfig(LowRankConfig):
     aux_loss_coef: float = 0.01  # 0 turns the balancing loss off
 
     @classmethod
-    def at_lora_budget(cls, rank: int, alpha: float, shapes: list[tuple[int, int]]) -> MoLoRAConfig:
-        """8 experts of rank/8 (LoRA's parameters, plus an 8-wide router), top-2."""
-        return cls(num_experts=8, expert_rank=max(1, rank // 8), top_k=2, alpha=alpha)
+    def at_lora_budget(cls, rank: int, alpha: float, shapes: list[tuple[int, int]]) -> MoLoRAConfig | None:
+        """Top-2 of 4 to 16 experts (Mixtral's 8 within a factor of two), the count and expert rank whose
+        parameters (experts and router) are nearest LoRA's. A small budget has no such mixture: on SmolLM2-135M's
+        shapes at LoRA r4, 4 rank-1 experts are +49% (3 would be +12%)."""
+        candidates = (
+            cls(num_experts=experts, expert_rank=expert_rank, top_k=2, alpha=alpha)
+            for experts in range(4, 17)
+            for expert_rank in range(1, rank + 1)
+        )
+        return nearest_to_lora(candidates, rank, shapes)
+
+    def layer_parameters(self, in_features: int, out_features: int) -> int:
+        width = self.num_experts * self.expert_rank
+        return width * (in_features + out_features) + self.num_experts * in_features  # the experts; the router
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from mtft.adapters import intuition
-from mtft.adapters.base import LowRankConfig, register_adapter
+from mtft.adapters.base import LowRankConfig, nearest_to_lora, register_adapter
 from mtft.adapters.intuition import MODULE_NAME, IntuitionPrior
 from mtft.adapters.moe import (
     ExpertLinear,
@@ -52,11 +52,20 @@ class MoR1EConfig(LowRankConfig):
     run_variants: ClassVar[tuple[dict, ...]] = ({"intuition_clusters": 4},)  # the prior, fitted on the tasks
 
     @classmethod
-    def at_lora_budget(cls, rank: int, alpha: float, shapes: list[tuple[int, int]]) -> MoR1EConfig:
-        """r1 = r2 = r whose trainable parameters (A, B and the r·r-wide router) are closest to LoRA's; top-8."""
-        lora = sum(rank * (i + o) for i, o in shapes)
-        r = min(range(1, 4 * rank), key=lambda r: abs(sum(r * (i + o) + i * r * r for i, o in shapes) - lora))
-        return cls(num_down=r, num_up=r, top_k=min(8, r * r), alpha=alpha)
+    def at_lora_budget(cls, rank: int, alpha: float, shapes: list[tuple[int, int]]) -> MoR1EConfig | None:
+        """r1 and r2 within a factor of two of each other (the update's rank is at most min(r1, r2): a lopsided
+        pair buys experts, not rank) whose parameters (A, B and the r1·r2-wide router) are nearest LoRA's; top-8."""
+        candidates = (
+            cls(num_down=down, num_up=up, top_k=min(8, down * up), alpha=alpha)
+            for down in range(1, 2 * rank + 1)
+            for up in range(-(-down // 2), min(2 * down, 2 * rank) + 1)
+        )
+        return nearest_to_lora(candidates, rank, shapes)
+
+    def layer_parameters(self, in_features: int, out_features: int) -> int:
+        pairs = self.num_down * self.num_up
+        experts = self.num_down * in_features + out_features * self.num_up + pairs * in_features  # A, B; router
+        return experts + (pairs * self.intuition_clusters + 1 if self.intuition_clusters else 0)  # prior; its λ
 
     def __post_init__(self) -> None:
         super().__post_init__()
