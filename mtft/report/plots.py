@@ -46,15 +46,21 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plot_losses(records: Records, path: Path) -> Path:
-    """Training loss (per logging window) and validation loss, one colour per task, side by side."""
+def plot_losses(records: Records, path: Path, best: dict[str, tuple[int, float]] | None = None) -> Path:
+    """Training loss (per logging window) and validation loss, one colour per task, side by side. `best`: each
+    task's best evaluation, (step, loss), marked with a star, so a curve that rose after it shows overfitting."""
     names = task_names(records)
     colors = _colors(names)
+    best = best or {}
     fig, (train_ax, val_ax) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for name in names:
         train_ax.plot(*series(records, f"task/{name}/loss"), color=colors[name], label=name, linewidth=1.2)
         val_ax.plot(*series(records, f"task/{name}/val_loss"), "o-", color=colors[name], label=name, markersize=3)
-    for ax, title in ((train_ax, "training loss"), (val_ax, "validation loss")):
+        if name in best:
+            step, loss = best[name]
+            val_ax.plot([step], [loss], "*", color=colors[name], markersize=13, markeredgecolor="black", zorder=3)
+    val_title = "validation loss (star: each task's best)" if best else "validation loss"
+    for ax, title in ((train_ax, "training loss"), (val_ax, val_title)):
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -63,17 +69,28 @@ def plot_losses(records: Records, path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_weights(records: Records, path: Path) -> Path:
-    """The balancer's task weights over time."""
+def weight_panels(records: Records) -> dict[str, str]:
+    """What weights.png shows, key suffix -> title: the weights the loss took, and the sampling probabilities when
+    they moved during the run (balancer.apply_to=sampling|both) or were never logged (runs before `mix`)."""
+    panels = {"weight": "task weights (the loss)"}
     names = task_names(records)
+    if any(len(set(series(records, f"task/{name}/mix")[1])) > 1 for name in names):
+        panels["mix"] = "sampling probabilities (the mix)"
+    return panels
+
+
+def plot_weights(records: Records, path: Path) -> Path:
+    """The balancer's task weights over time, and the mix they drove beside them where it moved."""
+    names, panels = task_names(records), weight_panels(records)
     colors = _colors(names)
-    fig, ax = plt.subplots(figsize=(8, 3.6))
-    for name in names:
-        ax.step(*series(records, f"task/{name}/weight"), where="post", color=colors[name], label=name)
-    ax.set_title("task weights")
-    ax.set_xlabel("step")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, len(panels), figsize=(8 * len(panels), 3.6), squeeze=False)
+    for ax, (key, title) in zip(axes[0], panels.items(), strict=True):
+        for name in names:
+            ax.step(*series(records, f"task/{name}/{key}"), where="post", color=colors[name], label=name)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     return _save(fig, path)
 
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from mtft.balancers import Balancer
 from mtft.data.tasks import TaskData
+from mtft.training.best_val import BestValLosses
 
 
 def data_report(tasks: list[TaskData], probabilities: np.ndarray) -> dict[str, Any]:
@@ -69,8 +70,11 @@ def summary(
     initial_val: dict[str, float],
     final_val: dict[str, float],
     balancer: Balancer,
+    best_val: BestValLosses | None = None,
 ) -> dict[str, Any]:
-    """summary.json: the run's totals, and per task its samples, validation losses and final weight."""
+    """summary.json: the run's totals, and per task its samples, validation losses (the first, the last and the
+    best, with how far the last is above the best) and final weight."""
+    best_val = best_val or BestValLosses()
     weights = balancer.weights()
     return {
         "steps": totals.steps,
@@ -86,6 +90,7 @@ def summary(
                 "truncated": task.report["truncated"],
                 "initial_val_loss": initial_val.get(task.name),
                 "final_val_loss": final_val.get(task.name),
+                **best_val.fields(task.name, final_val.get(task.name)),
                 "final_weight": weights[task.name],
             }
             for task in tasks
@@ -97,18 +102,26 @@ def print_summary(result: dict[str, Any]) -> None:
     skipped = result.get("skipped_steps", 0)
     note = f" ({skipped} skipped: non-finite)" if skipped else ""
     print(f"\n{result['steps']} steps{note} in {result['wall_seconds']:.1f}s, {result['tokens']:,} tokens")
-    print(f"{'task':<16}{'train':>7}{'val':>6}{'val loss start':>16}{'end':>8}{'weight':>8}")
+    columns = f"{'task':<16}{'train':>7}{'val':>6}{'val loss start':>16}{'end':>8}{'best':>8}{'at step':>9}"
+    print(columns + f"{'rise':>8}{'weight':>8}")
     for name, t in result["tasks"].items():
         start, end = t["initial_val_loss"], t["final_val_loss"]
         trend = _trend(start, end, learnt=result["steps"] > skipped)
-        print(
-            f"{name:<16}{t['train_samples']:>7}{t['val_samples']:>6}{start:>16.4f}{end:>8.4f}"
-            f"{t['final_weight']:>8.2f}  {trend}"
-        )
+        losses = f"{_cell(start, '.4f', 16)}{_cell(end, '.4f', 8)}{_cell(t.get('best_val_loss'), '.4f', 8)}"
+        best = f"{_cell(t.get('best_step'), 'd', 9)}{_cell(t.get('rise'), '+.1%', 8)}"
+        samples = f"{name:<16}{t['train_samples']:>7}{t['val_samples']:>6}"
+        print(f"{samples}{losses}{best}{t['final_weight']:>8.2f}  {trend}")
+
+
+def _cell(value: float | None, spec: str, width: int) -> str:
+    """A right-aligned number, or "-" where there is none (a task without validation samples)."""
+    return f"{'-' if value is None else format(value, spec):>{width}}"
 
 
 def _trend(start: float | None, end: float | None, learnt: bool) -> str:
     """Only a run that applied at least one update, with finite losses, can call a task's loss lower."""
+    if start is None and end is None:
+        return "no validation samples"
     if not learnt:
         return "unchanged (no update applied)"
     if start is None or end is None or not math.isfinite(start) or not math.isfinite(end):

@@ -53,6 +53,9 @@ def test_thirty_steps_write_the_run_contract(tmp_path):
             "dropped",
             "truncated",
             "final_val_loss",
+            "best_step",
+            "best_val_loss",
+            "rise",
             "final_weight",
         } <= entry.keys()
         assert entry["final_val_loss"] < entry["initial_val_loss"]

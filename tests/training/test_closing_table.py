@@ -28,3 +28,22 @@ def test_a_run_that_learnt_reports_its_trend(capsys):
     print_summary(_summary(steps=3, skipped=0, end=4.0))
     out = capsys.readouterr().out
     assert out.rstrip().endswith("lower") and "skipped" not in out
+
+
+def test_the_table_shows_each_tasks_best_step_and_rise(capsys):
+    result = _summary(steps=30, skipped=0, end=4.4)
+    result["tasks"]["add"].update(best_step=20, best_val_loss=4.0, rise=0.1)
+    print_summary(result)
+    header, row = capsys.readouterr().out.splitlines()[-2:]
+    assert "best  at step    rise" in header
+    assert "4.4000  4.0000       20  +10.0%    1.00  lower" in row
+
+
+def test_a_task_without_validation_samples_gets_dashes(capsys):
+    result = _summary(steps=3, skipped=0, end=4.0)
+    result["tasks"]["add"].update(
+        val_samples=0, initial_val_loss=None, final_val_loss=None, best_step=None, best_val_loss=None, rise=None
+    )
+    print_summary(result)
+    row = capsys.readouterr().out.splitlines()[-1]
+    assert row.split() == ["add", "8", "0", "-", "-", "-", "-", "-", "1.00", "no", "validation", "samples"]
