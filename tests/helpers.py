@@ -150,6 +150,12 @@ def short_run_overrides(name: str) -> list[str]:
     return [f"balancer.{key}={value}" for key, value in SHORT_RUN.items() if key in fields]
 
 
+def moved_key(name: str) -> str:
+    """The metrics.jsonl key suffix that balancer `name`'s weights move at its defaults: `weight`, the loss's, or
+    `mix`, the sampler's (`apply_to=sampling`, ODM's default)."""
+    return "weight" if BALANCERS[name].config().to_loss else "mix"
+
+
 def handle_attributes(source: str, handle: str) -> set[str]:
     """The attributes that the code in `source` reads of `handle` (e.g. "balancer"), whether a function holds it
     as a local (`balancer.observe`) or the recipe as its own attribute (`self.balancer.observe`)."""

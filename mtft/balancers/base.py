@@ -8,7 +8,12 @@ balancer it runs):
 - `observe(step, train_losses, val_losses)` after every applied step;
 - `after_step(measure)` after that: `measure()` re-evaluates the step's own batches after the update, one more
   forward, run only if the balancer calls it (FAMO does);
-- `weights()`, and `reduction(weights, counts)`: the w_t that enter the loss's reduction (training/losses.py).
+- `weights()`, and `reduction(weights, counts)`: the w_t that enter the loss's reduction (training/losses.py);
+- `sampled(mix, draws)` before `observe`: the task probabilities the step's samples were drawn with, and how many
+  were drawn (all ranks), for a balancer that must correct for what it was shown (ODM's importance weights).
+
+Where the weights go, the loss, the sampler or both (`apply_to`), is the loop's wiring (training/weight_routes.py),
+never the balancer's business: every balancer can drive the sampler, with no code of its own for it.
 """
 
 from __future__ import annotations
@@ -19,16 +24,40 @@ from typing import Any, NamedTuple
 
 import torch
 
-from mtft.errors import ConfigError
+from mtft.errors import ConfigError, check, check_choice
 from mtft.registry import Registry
+
+APPLY_TO = ("loss", "sampling", "both")
 
 
 @dataclass
 class BalancerConfig:
     name: str = ""
+    # where the weights go: loss (the loss's reduction), sampling (the task probabilities, p ∝ p_mix·w, with the
+    # plain token-mean loss), or both
+    apply_to: str = "loss"
+    # with sampling: every task keeps at least this fraction of its static share (data.mixing) of the samples
+    mix_floor: float = 0.1
+    # with sampling: p ← β·p + (1 − β)·target after each step, β = mix_smoothing (0: follow the weights at once)
+    mix_smoothing: float = 0.9
 
     def check_tasks(self, task_names: list[str]) -> None:
         """Cross-check against the data config; raise ConfigError naming the key."""
+
+    def check_routing(self) -> None:
+        """apply_to and the mix's settings (every balancer has them; checked once, by TrainConfig)."""
+        check_choice(self.apply_to, "balancer.apply_to", APPLY_TO)
+        check(0.0 <= self.mix_floor < 1.0, "balancer.mix_floor", f"must be in [0, 1), got {self.mix_floor}")
+        smoothing = self.mix_smoothing
+        check(0.0 <= smoothing < 1.0, "balancer.mix_smoothing", f"must be in [0, 1), got {smoothing}")
+
+    @property
+    def to_loss(self) -> bool:
+        return self.apply_to in ("loss", "both")
+
+    @property
+    def to_sampling(self) -> bool:
+        return self.apply_to in ("sampling", "both")
 
 
 class Balancer:
@@ -57,6 +86,9 @@ class Balancer:
 
     def observe(self, step: int, train_losses: dict[str, float], val_losses: dict[str, float] | None) -> None:
         """Feed the losses of optimizer step `step`. Tasks absent from the step are absent from the dicts."""
+
+    def sampled(self, mix: dict[str, float], draws: int) -> None:
+        """Before `observe`: the step's samples were `draws` draws (all ranks) from the task probabilities `mix`."""
 
     def after_step(self, measure: Callable[[], dict[str, float]]) -> None:
         """The post-step hook; `measure()` gives the per-task losses of the step's own batches after its update."""

@@ -30,6 +30,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.balancer.check_tasks(self.data.task_names)
+        self.balancer.check_routing()
         metric = self.trainer.early_stopping_metric
         if metric != "val_loss":
             task = metric.split("/", 1)[0]

@@ -43,6 +43,15 @@ class MixedBatches:
         self.pack_to = pack_to
         self.pending: list[tuple[int, int]] = []  # (task, index) drawn but not yet placed
 
+    @property
+    def rounds(self) -> int:
+        """Rounds of shared draws this rank has used up (ranks differ once packing has run)."""
+        return self.sampler.rounds
+
+    def follow(self, probabilities: np.ndarray, from_round: int) -> None:
+        """Mix rounds `from_round` on by `probabilities` (TaskSampler.follow): every rank, the same call."""
+        self.sampler.follow(probabilities, from_round)
+
     def _take(self) -> tuple[int, int]:
         return self.sampler.draw(self.world_size)[self.rank]
 

@@ -59,7 +59,20 @@ def real_tokens(batch: dict[str, torch.Tensor]) -> int:
 
 def count_samples(batch: dict[str, torch.Tensor]) -> int:
     """Samples in a batch: each starts at position 0 when packed; one per row with any real token otherwise."""
+    return int(sample_starts(batch).sum())
+
+
+def task_samples(batch: dict[str, torch.Tensor], num_tasks: int) -> torch.Tensor:
+    """Samples in a batch per task (int64, task order)."""
+    starts = sample_starts(batch)
+    return torch.bincount(batch["task_ids"][starts], minlength=num_tasks)
+
+
+def sample_starts(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Where each sample begins (bool, the batch's shape): position 0 when packed, else each row's first token."""
     real = batch["task_ids"] != PAD_TASK
     if "position_ids" in batch:
-        return int(((batch["position_ids"] == 0) & real).sum())
-    return int(real.any(dim=1).sum())
+        return (batch["position_ids"] == 0) & real
+    first = torch.zeros_like(real)
+    first[:, 0] = real[:, 0]  # right-padded: a row's sample starts at its first column
+    return first

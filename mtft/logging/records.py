@@ -42,6 +42,8 @@ class StepNumbers:
     lr: float
     task_losses: dict[str, float]  # over the window; a task with no tokens in it has none
     weights: dict[str, float]  # every task's
+    mix: dict[str, float] = field(default_factory=dict)  # every task's sampling probability in effect
+    samples: dict[str, int] = field(default_factory=dict)  # every task's samples trained so far, all ranks
     val_losses: dict[str, float] = field(default_factory=dict)  # where this step validated
     generation: dict[str, dict[str, float]] = field(default_factory=dict)  # per task, where this step generated
     throughput: dict[str, float] = field(default_factory=dict)
@@ -53,16 +55,21 @@ class StepNumbers:
 
 def metrics_record(task_names: list[str], numbers: StepNumbers) -> dict[str, Any]:
     """One metrics.jsonl line. Keys keep one order (readers diff records, and resumed runs are compared with
-    unbroken ones): step, loss, lr; per task its training loss, weight and validation loss where there is one;
-    then its generation metrics where this step generated (`task/<name>/<metric>`, e.g. exact_match);
-    throughput; grad_norm where the engine computed one; skipped steps; the balancer's internals
-    (`balancer/...`); the adapter's metrics (already named, e.g. `router/...`)."""
+    unbroken ones): step, loss, lr; per task its training loss, weight, sampling probability in effect (`mix`),
+    samples trained so far (`samples`) and validation loss where there is one; then its generation metrics where
+    this step generated (`task/<name>/<metric>`, e.g. exact_match); throughput; grad_norm where the engine computed
+    one; skipped steps; the balancer's internals (`balancer/...`); the adapter's metrics (already named, e.g.
+    `router/...`)."""
     n = numbers
     record: dict[str, Any] = {"step": n.step, "loss": n.loss, "lr": n.lr}
     for name in task_names:
         if name in n.task_losses:
             record[f"task/{name}/loss"] = n.task_losses[name]
         record[f"task/{name}/weight"] = n.weights[name]
+        if name in n.mix:
+            record[f"task/{name}/mix"] = n.mix[name]
+        if name in n.samples:
+            record[f"task/{name}/samples"] = n.samples[name]
         if name in n.val_losses:
             record[f"task/{name}/val_loss"] = n.val_losses[name]
         record.update({f"task/{name}/{metric}": value for metric, value in n.generation.get(name, {}).items()})

@@ -155,6 +155,7 @@ class Engine:
     def __init__(self, ds, schedule, guard: GuardedAdamW | None):
         self.ds, self.schedule, self.guard = ds, schedule, guard
         self.module, self.device, self.world_size = ds.module, ds.device, ds.world_size
+        self.rank = ds.global_rank  # this process's place among the data-parallel ranks
         lean = isinstance(guard, MasterAdamW)
         if lean:
             ds.enable_backward_allreduce = False  # per bucket and per tensor; MasterAdamW sums one flat buffer

@@ -38,6 +38,7 @@ from mtft.training.losses import balanced_loss
 from mtft.training.preemption import Preemption
 from mtft.training.train_state import Resumable, TrainState
 from mtft.training.validation import Evaluator
+from mtft.training.weight_routes import WeightRoutes
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
@@ -92,6 +93,7 @@ class TrainingRecipe:
         self.preemption = Preemption()  # from here on a SIGTERM or SIGUSR1 ends the run after a step, saved
         if not self.state.initial_val_losses:
             self.state.initial_val_losses = self.evaluator.losses(self.progress)
+            self.state.best_val.observe(self.state.step, self.state.initial_val_losses)
             self.balancer.start(self.state.initial_val_losses)
 
     def _setup_components(self) -> None:
@@ -107,6 +109,7 @@ class TrainingRecipe:
         self.guard = guard.NumericalGuard(t.max_bad_steps)
         val_batch = self.balancer.val_batch_size(t.eval_batch_size)
         self.data = data_streams(self.tasks, cfg, self.tokenizer.pad_token_id, val_batch, self.rank, self.world_size)
+        self.routes = WeightRoutes(self.balancer, cfg.balancer, self.data.batches, self.data.probabilities, self.names)
         self.evaluator = Evaluator(self.engine, built, cfg, self.rank, self.world_size)
         self.run_config = redact(dataclasses.asdict(cfg))  # no API key or token from the environment in any record
         self.logger = build_run_logger(cfg.logger, self.output_dir, self.run_config, self.rank)
@@ -116,12 +119,18 @@ class TrainingRecipe:
     def _setup_state(self) -> None:
         """The run's state and every stateful component, restored from the checkpoint to resume from if any."""
         t = self.trainer
-        self.state = TrainState(window=LossWindow(len(self.names)))
+        self.state = TrainState(window=LossWindow(len(self.names)), task_samples=[0] * len(self.names))
         self.early_stopping = EarlyStopping(
             t.early_stopping_metric, t.early_stopping_patience, t.early_stopping_min_delta
         )
         self.resumable = Resumable(
-            self.state, self.guard, self.balancer, self.data.batches, self.data.val_cycle, self.early_stopping
+            self.state,
+            self.guard,
+            self.balancer,
+            self.data.batches,
+            self.data.val_cycle,
+            self.early_stopping,
+            self.routes,
         )
         if self.checkpointer.resume_from is not None:
             sizes = [len(task.train) for task in self.tasks]
@@ -172,15 +181,18 @@ class TrainingRecipe:
         """One optimizer step, then what follows it when due: validation and sample generations, the balancer's
         observation, a metrics record. The validation losses measured go to `state.val_losses` ({} if none)."""
         t, state, names = self.trainer, self.state, self.names
+        mix = self.routes.mix_in_effect()  # what this step's rounds are drawn with
         # on the host, counted there: the step moves them
-        micro_batches = steps.step_batches([self.data.batches.next() for _ in range(t.grad_accum_steps)], len(names))
-        task_weights = self.balancer.weights()  # by task name; the step takes them as a tensor in task order
+        drawn = [self.data.batches.next() for _ in range(t.grad_accum_steps)]
+        micro_batches = steps.step_batches(drawn, len(names), self.data.batches.rounds)
+        task_weights = self.routes.loss_weights()  # by task name; the step takes them as a tensor in task order
         weights = torch.tensor([task_weights[n] for n in names], device=self.engine.device)
         result = steps.optimizer_step(
-            self.engine, micro_batches, weights, self.adapter, self.balancer.reduction, self.token_losses
+            self.engine, micro_batches, weights, self.adapter, self.routes.reduction, self.token_losses
         )
         state.step += 1
         state.tokens += result.tokens
+        state.task_samples = [a + b for a, b in zip(state.task_samples, result.task_samples, strict=True)]
         self.throughput.add(result.tokens, result.samples, result.attended)
         if result.applied:
             self.guard.step_applied()
@@ -188,7 +200,7 @@ class TrainingRecipe:
             state.window.add(result.sums, result.counts)
             self.progress.step(result.loss, train_losses)
         else:
-            self._step_skipped(result, micro_batches, task_weights)
+            self._step_skipped(result, micro_batches, task_weights, mix)
 
         evaluate = self.evaluator.due(state.step)
         with self.throughput.paused():
@@ -196,13 +208,18 @@ class TrainingRecipe:
             if evaluate:
                 state.generation_scores = self.evaluator.generations(self.logger, state.step)
                 self.early_stopping.observe(state.step, state.val_losses, state.generation_scores)
-        if result.applied:  # a skipped step leaves the balancer as it was
-            self._observe(train_losses, micro_batches)
+                state.best_val.observe(state.step, state.val_losses)
+        if result.applied:  # a skipped step leaves the balancer, and the mix, as they were
+            self._observe(train_losses, micro_batches, mix, result)
         if state.step % t.logging_steps == 0 or evaluate:
-            self._log(task_weights, result.grad_norm)
+            self._log(task_weights, result.grad_norm, mix)
 
     def _step_skipped(
-        self, result: steps.StepResult, micro_batches: steps.StepBatches, task_weights: dict[str, float]
+        self,
+        result: steps.StepResult,
+        micro_batches: steps.StepBatches,
+        task_weights: dict[str, float],
+        mix: dict[str, float],
     ) -> None:
         """Nothing was learnt from this step: it is counted and shown, and the run stops after too many in a row."""
         step, names = self.state.step, self.names
@@ -213,12 +230,20 @@ class TrainingRecipe:
         if stop:
             cause = steps.first_nonfinite(self.engine, result, micro_batches, names, self.adapter)
             self.state.val_losses = {}
-            self._log(task_weights, result.grad_norm)  # the skipped steps, in metrics.jsonl too
+            self._log(task_weights, result.grad_norm, mix)  # the skipped steps, in metrics.jsonl too
             self._stop(self.guard.stop_message(step, cause, self.checkpointer.newest()))
 
-    def _observe(self, train_losses: dict[str, float], micro_batches: steps.StepBatches) -> None:
-        """Feed the balancer this step's losses, plus the validation losses it asks for when none were measured."""
+    def _observe(
+        self,
+        train_losses: dict[str, float],
+        micro_batches: steps.StepBatches,
+        mix: dict[str, float],
+        result: steps.StepResult,
+    ) -> None:
+        """Feed the balancer this step's mix and losses, plus the validation losses it asks for when none were
+        measured; then the mix follows its weights where `balancer.apply_to` says so."""
         step, balancer = self.state.step, self.balancer
+        balancer.sampled(mix, result.samples)
         with self.throughput.paused():
             balancer_val = self.state.val_losses
             if not balancer_val and (wanted := balancer.val_request(step)):
@@ -226,8 +251,9 @@ class TrainingRecipe:
                 balancer_val = self.evaluator.losses_of(cycle)
         balancer.observe(step, train_losses, balancer_val or None)
         balancer.after_step(partial(self.evaluator.losses_of, micro_batches.micro_batches))  # FAMO
+        self.routes.follow_weights(result.rounds)
 
-    def _log(self, weights: dict[str, float], grad_norm: float | None) -> None:
+    def _log(self, weights: dict[str, float], grad_norm: float | None, mix: dict[str, float]) -> None:
         """One metrics record over the window since the last, then a fresh window."""
         state, window = self.state, self.state.window
         numbers = StepNumbers(
@@ -236,6 +262,8 @@ class TrainingRecipe:
             lr=self.engine.lr(),
             task_losses=task_means(self.names, window.sums, window.counts),
             weights=weights,
+            mix=mix,
+            samples=dict(zip(self.names, state.task_samples, strict=True)),
             val_losses=state.val_losses,
             generation=state.generation_scores,
             throughput=self.throughput.fields(),
@@ -253,7 +281,7 @@ class TrainingRecipe:
     def _window_loss(self, weights: dict[str, float]) -> float:
         """The balanced loss of the window's tokens, as a step's is of its own: NaN if every step in it was skipped."""
         sums, counts = self.state.window.sums, self.state.window.counts
-        task_weights = self.balancer.reduction(torch.tensor([weights[n] for n in self.names]), counts)
+        task_weights = self.routes.reduction(torch.tensor([weights[n] for n in self.names]), counts)
         return float(balanced_loss(sums, counts, task_weights)) if counts.sum() > 0 else math.nan
 
     def _checkpoint(self) -> None:
@@ -271,9 +299,11 @@ class TrainingRecipe:
         state, t, stop = self.state, self.trainer, self.early_stopping
         self.progress.close()
         final_val = state.val_losses or self.evaluator.losses(self.progress)
+        state.best_val.observe(state.step, final_val)  # seen already if the loop measured it: no change then
         elapsed = time.perf_counter() - run_start
         totals = summary.RunTotals(state.step, elapsed, state.tokens, self.trainable, self.guard.skipped)
-        run_summary = summary.summary(self.tasks, totals, state.initial_val_losses, final_val, self.balancer)
+        initial_val, best_val = state.initial_val_losses, state.best_val
+        run_summary = summary.summary(self.tasks, totals, initial_val, final_val, self.balancer, best_val)
         if t.early_stopping_patience or t.keep_best:
             run_summary["early_stopping"] = {
                 "metric": stop.metric,

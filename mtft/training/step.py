@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 
 from mtft.adapters.base import AdapterRuntime
-from mtft.data.collate import count_samples, model_inputs, real_tokens
+from mtft.data.collate import model_inputs, real_tokens, task_samples
 from mtft.distributed import all_reduce_sum, gather_names
 from mtft.logging.throughput import attended_positions
 from mtft.models import attention_inputs, packed_sample_ids
@@ -45,15 +45,18 @@ class StepBatches:
     tokens: int  # non-padding tokens
     samples: int
     attended: int  # Σ (position + 1) over those tokens: the causal attention work (logging/throughput.py)
+    task_samples: list[int]  # per task, samples
+    rounds: int = 0  # rounds of shared draws this rank has used up (data/sampler.py), after drawing these
 
 
-def step_batches(micro_batches: list[dict[str, torch.Tensor]], num_tasks: int) -> StepBatches:
+def step_batches(micro_batches: list[dict[str, torch.Tensor]], num_tasks: int, rounds: int = 0) -> StepBatches:
     """Count on the host, where the batches are made, so the step itself never does; each micro-batch gains the
     index of its per-task loss sums (`loss_tasks`)."""
     counts = sum(label_counts(b["labels"], b["task_ids"], num_tasks) for b in micro_batches)
-    local = [sum(f(b) for b in micro_batches) for f in (real_tokens, count_samples, attended_positions)]
+    per_task = sum(task_samples(b, num_tasks) for b in micro_batches).tolist()
+    tokens, attended = (sum(f(b) for b in micro_batches) for f in (real_tokens, attended_positions))
     indexed = [{**b, **step_keys(b)} for b in micro_batches]
-    return StepBatches(indexed, counts, *local)
+    return StepBatches(indexed, counts, tokens, sum(per_task), attended, per_task, rounds)
 
 
 def step_keys(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -79,6 +82,8 @@ class StepResult:
     applied: bool  # False: the update was skipped (a non-finite loss or gradient)
     grad_norm: float | None  # before clipping, as the optimizer computed it (None where it computes none)
     weights: list[float]  # the task weights the loss took, after the balancer's reduction
+    task_samples: list[int]  # per task, samples trained, all ranks
+    rounds: int  # the most rounds of shared draws any rank has used up (where a new mix may start)
 
 
 def host_values(values: torch.Tensor) -> list[float]:
@@ -111,23 +116,28 @@ def optimizer_step(
         loss, sums = micro_batch_loss(engine, batch, coefficients, adapter, len(micro_batches), token_losses)
         engine.backward(loss)
         step_sums = sums.detach() if step_sums is None else step_sums + sums.detach()
-    local = [batches.tokens, batches.samples, batches.attended]
-    if world > 1:  # one all-reduce for the sums and the host's counts
-        local = torch.tensor(local, device=device, dtype=torch.float64)
+    local = [batches.tokens, batches.samples, batches.attended, *batches.task_samples]
+    if world > 1:  # one all-reduce for the sums and the host's counts; each rank's rounds in a slot of its own
+        rounds = [0] * world
+        rounds[engine.rank] = batches.rounds
+        local = torch.tensor(local + rounds, device=device, dtype=torch.float64)
         summed = all_reduce_sum(torch.cat([step_sums, local]))
         step_sums, local = summed[:num_tasks], summed[num_tasks:]
     numbers = [step_sums, step_counts, weights, engine.outcome(), *([local] if world > 1 else [])]
     values = host_values(torch.cat(numbers))
     n = num_tasks
     norm, skipped = values[3 * n : 3 * n + 2]
-    tokens, samples, attended = (int(v) for v in values[3 * n + 2 :]) if world > 1 else local
+    local = [int(v) for v in values[3 * n + 2 :]] if world > 1 else [*local, batches.rounds]
+    tokens, samples, attended = local[:3]
+    per_task, rounds = local[3 : 3 + n], max(local[3 + n :])
     applied = skipped == 0.0
     engine.finish_step(applied)
     adapter.after_step(applied)
     step_loss = balanced_value(values[:n], values[n : 2 * n], values[2 * n : 3 * n])
     grad_norm = norm if engine.reports_grad_norm else None
     sums, counts, weights = values[:n], values[n : 2 * n], values[2 * n : 3 * n]
-    return StepResult(sums, counts, step_loss, tokens, samples, attended, applied, grad_norm, weights)
+    counted = (tokens, samples, attended)
+    return StepResult(sums, counts, step_loss, *counted, applied, grad_norm, weights, per_task, rounds)
 
 
 def balanced_value(sums: list[float], counts: list[float], weights: list[float]) -> float:

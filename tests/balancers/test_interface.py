@@ -15,6 +15,7 @@ INTERFACE = {
     "val_batch_size",
     "observe",
     "after_step",
+    "sampled",
     "weights",
     "reduction",
     "metrics",
@@ -35,4 +36,4 @@ def test_the_trainer_reads_only_the_interface():
         for attr in handle_attributes(path.read_text(), "balancer")
     }
     assert {attr for _, attr in used} <= INTERFACE, sorted(used)
-    assert {"start", "val_request", "observe", "after_step", "reduction"} <= {attr for _, attr in used}
+    assert {"start", "val_request", "observe", "after_step", "sampled", "reduction"} <= {attr for _, attr in used}

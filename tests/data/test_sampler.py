@@ -203,7 +203,10 @@ def test_ranks_split_the_single_rank_stream():
         seen1 |= set(r1)
     assert len(seen0) == len(seen1) == 20
     assert not seen0 & seen1
-    assert rank0.state_dict() == rank1.state_dict() == single.state_dict()
+    assert rank0.state_dict() == rank1.state_dict()
+    # the single rank's position is the same draws, in rounds of one draw instead of two
+    assert rank0.sampler.rounds * 2 == single.sampler.rounds == 40
+    assert {**rank0.state_dict()["sampler"], "rounds": 0} == {**single.state_dict()["sampler"], "rounds": 0}
 
 
 def test_batch_contents_come_from_the_drawn_samples():

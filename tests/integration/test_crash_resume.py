@@ -1,6 +1,7 @@
 """A process killed (SIGKILL) in the middle of writing a checkpoint: resume=auto ignores the half-written one,
-takes the previous one, and finishes exactly as an unbroken run: the same losses, task weights, router loads and
-SMoRA balancing biases, and a bitwise-identical adapter."""
+takes the previous one, and finishes exactly as an unbroken run: the same losses, task weights (or, with
+balancer.apply_to=sampling, the same mixes and samples drawn), router loads and SMoRA balancing biases, and a
+bitwise-identical adapter."""
 
 from __future__ import annotations
 
@@ -26,7 +27,11 @@ def _records(out: Path) -> dict[int, dict]:
     return {r["step"]: r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
 
 
-def test_kill_during_save_then_resume_matches_the_unbroken_run(small_tasks, tmp_path):
+@pytest.mark.parametrize(
+    ("apply_to", "moving", "static"),
+    [("loss", "task/add/weight", 1.0), ("sampling", "task/add/mix", 0.5)],  # CoBa's weights drive the sampler too
+)
+def test_kill_during_save_then_resume_matches_the_unbroken_run(small_tasks, tmp_path, apply_to, moving, static):
     overrides = [
         *small_data_overrides(small_tasks),
         "adapter=smora",
@@ -34,6 +39,8 @@ def test_kill_during_save_then_resume_matches_the_unbroken_run(small_tasks, tmp_
         "balancer=coba",
         "balancer.warmup_steps=2",
         "balancer.update_interval=1",
+        f"balancer.apply_to={apply_to}",
+        "balancer.mix_smoothing=0.5",
         "trainer.max_steps=8",
         "trainer.save_steps=2",
         "trainer.logging_steps=1",
@@ -54,6 +61,6 @@ def test_kill_during_save_then_resume_matches_the_unbroken_run(small_tasks, tmp_
     assert sorted(got) == list(range(1, 9))  # the records the killed run wrote past step 4 were replaced
     for step in range(5, 9):
         assert computed(got[step]) == computed(expected[step]), step
-    assert expected[8]["task/add/weight"] != 1.0  # CoBa is really adapting
+    assert expected[8][moving] != static  # CoBa is really adapting (the loss's weights, or the mix)
     final = "checkpoint-8/adapter/adapter_model.safetensors"
     assert (crashed / final).read_bytes() == (straight / final).read_bytes()

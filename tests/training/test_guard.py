@@ -142,9 +142,10 @@ def test_skip_cause_names_the_task_or_the_norm():
 BAD_STEPS = {4, 5}
 
 
-def inject_nan_into_add(monkeypatch, bad_steps=BAD_STEPS) -> None:
-    """Task 'add' (index 0) gets a NaN loss, and NaN gradients, on the optimizer steps `bad_steps`. The step
-    number is the engine's own counter, which a resumed run restores, so the injection lands on the same steps."""
+def inject_nan_into_add(monkeypatch, bad_steps=BAD_STEPS, every_task: bool = False) -> None:
+    """Task 'add' (index 0), or `every_task`, gets a NaN loss, and NaN gradients, on the optimizer steps
+    `bad_steps`. The step number is the engine's own counter, which a resumed run restores, so the injection lands
+    on the same steps."""
     now = {"step": 0}
     original_step, original_sums = step_module.optimizer_step, step_module.task_loss_sums
 
@@ -155,7 +156,8 @@ def inject_nan_into_add(monkeypatch, bad_steps=BAD_STEPS) -> None:
     def poisoned_sums(losses, index, num_tasks):
         sums = original_sums(losses, index, num_tasks)
         if now["step"] in bad_steps:
-            sums = sums * torch.tensor([math.nan] + [1.0] * (num_tasks - 1), device=sums.device)
+            poisoned = [math.nan] + [math.nan if every_task else 1.0] * (num_tasks - 1)
+            sums = sums * torch.tensor(poisoned, device=sums.device)
         return sums
 
     monkeypatch.setattr(step_module, "optimizer_step", counting_step)
