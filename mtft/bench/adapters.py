@@ -6,7 +6,7 @@ slow spell of the machine falls on every adapter alike; the report gives each ad
 memory: each adapter trains a few steps in a fresh process of its own (bench/isolated.py), whose peak is its own.
 
 Compared: every registered adapter with a configuration at LoRA r=64's budget (`at_lora_budget` of its config:
-smora r=64 k=8; molora 8 experts x r8, top-2; mor1e with r1 = r2 whose trainable parameters are closest to LoRA's).
+the configuration whose trainable parameters, routers included, are nearest LoRA's and within ±5% of them).
 """
 
 from __future__ import annotations

@@ -161,3 +161,22 @@ def test_mtft_export_consolidates_the_zero3_shards(runs, tmp_path):
     assert consolidated.keys() == gathered.keys()
     for key, value in gathered.items():
         assert torch.equal(consolidated[key], value), key
+
+
+def test_two_packed_ranks_follow_one_moving_mix(small_tasks, tmp_path):
+    """CoBa's weights drive the sampler on two ranks that pack rows, so they use up rounds of shared draws at
+    different rates. Both end with the same mix for the rounds to come (it started at the round the step's
+    all-reduce named), and every sample either rank drew went through a step, counted once in
+    task/<name>/samples, or still waits in its packing queue."""
+    out = tmp_path / "packed"
+    balancer = ["balancer.apply_to=sampling", "balancer.mix_smoothing=0"]  # CoBa, as every run here
+    packing = ["data.packing=true", "data.max_seq_len=160", "trainer.save_steps=8"]
+    torchrun([*_overrides(small_tasks, out, 2, "deepspeed=zero2"), *balancer, *packing], 2, tmp_path)
+    states = [torch.load(out / "checkpoint-8" / f"rank_state_{r}.pt", weights_only=False)["batches"] for r in (0, 1)]
+    samplers = [state["sampler"] for state in states]
+    assert samplers[0]["rounds"] != samplers[1]["rounds"]  # packing: the ranks are at different rounds
+    assert samplers[0]["schedule"][-1] == samplers[1]["schedule"][-1]  # one mix from the same round on
+    last = _records(out)[STEPS]
+    trained = last["task/add/samples"] + last["task/sentiment/samples"]
+    assert trained + sum(len(s["pending"]) for s in states) == sum(s["rounds"] for s in samplers)
+    assert len({r["task/add/mix"] for r in _records(out).values()}) > 2  # the mix moved
