@@ -35,16 +35,27 @@ def baseline_adapter() -> str:
     return names[0]
 
 
-def compared_adapters(rank: int, alpha: float, model: nn.Module | None = None) -> dict[str, AdapterConfig]:
+def compared_adapters(
+    rank: int, alpha: float, model: nn.Module | None = None, runs: bool = False
+) -> dict[str, AdapterConfig]:
     """Every registered method the benchmarks compare, at LoRA `rank`'s budget on `model`'s Linears (all but the
     output head, as `all-linear` wraps them): within 5% of LoRA's trainable parameters, the baseline first. A method
-    with no configuration that close is left out, with a warning. Without a model: which methods, in that order."""
+    with no configuration that close is left out, with a warning. With `runs`, each method's `run_variants` are
+    fixed first and counted too (MoR1E's prior: a run on real data trains it). Without a model: which methods."""
     linears = target_linears(model) if model is not None else []
     shapes = [(m.in_features, m.out_features) for _, m in linears]
-    configs = {name: method.config.at_lora_budget(rank, alpha, shapes) for name, method in ADAPTERS.items()}
+    configs = {
+        name: method.config.at_lora_budget(rank, alpha, shapes, run_settings(method.config) if runs else None)
+        for name, method in ADAPTERS.items()
+    }
     baseline = baseline_adapter()
     names = [baseline, *sorted(name for name in configs if name != baseline)]
     return {name: configs[name] for name in names if configs[name] is not None}
+
+
+def run_settings(config: type[AdapterConfig]) -> dict[str, Any]:
+    """Every setting of a config's `run_variants`, merged: how a run on real data sets the method."""
+    return {key: value for variant in config.run_variants for key, value in variant.items()}
 
 
 def adapter_variants(runs: bool = False) -> dict[str, tuple[str, dict[str, Any]]]:
@@ -89,6 +100,7 @@ __all__ = [
     "compared_adapters",
     "load_adapter",
     "register_adapter",
+    "run_settings",
     "runtime_of",
     "save_adapter",
 ]

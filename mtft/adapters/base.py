@@ -36,10 +36,13 @@ class AdapterConfig:
     run_variants: ClassVar[tuple[dict[str, Any], ...]] = ()
 
     @classmethod
-    def at_lora_budget(cls, rank: int, alpha: float, shapes: list[tuple[int, int]]) -> AdapterConfig | None:
+    def at_lora_budget(
+        cls, rank: int, alpha: float, shapes: list[tuple[int, int]], settings: dict[str, Any] | None = None
+    ) -> AdapterConfig | None:
         """This method as the benchmarks set it beside LoRA of `rank` and `alpha` on Linears of these (in, out)
-        shapes: its trainable parameters within BUDGET_TOLERANCE of LoRA's (`nearest_to_lora`). None: the
-        benchmarks do not compare it there (full fine-tuning; a budget too tight for the method's steps)."""
+        shapes, with `settings` fixed (a run variant's: MoR1E's prior costs parameters too): its trainable
+        parameters within BUDGET_TOLERANCE of LoRA's (`nearest_to_lora`). None: the benchmarks do not compare it
+        there (full fine-tuning; a budget too tight for the method's steps)."""
         return None
 
 
@@ -74,11 +77,15 @@ def lora_parameters(rank: int, shapes: Iterable[tuple[int, int]]) -> int:
 Candidate = TypeVar("Candidate", bound=LowRankConfig)
 
 
-def nearest_to_lora(candidates: Iterable[Candidate], rank: int, shapes: list[tuple[int, int]]) -> Candidate | None:
-    """The candidate whose trainable parameters on Linears of `shapes` are nearest LoRA's at `rank` (the first of
-    equals), if within BUDGET_TOLERANCE of them. Else None, with a warning that says by how much the nearest
-    misses: at a tight budget one rank or expert more is a step of 10% or more of LoRA's parameters."""
+def nearest_to_lora(
+    candidates: Iterable[Candidate], rank: int, shapes: list[tuple[int, int]], settings: dict[str, Any] | None = None
+) -> Candidate | None:
+    """The candidate, with `settings` applied, whose trainable parameters on Linears of `shapes` are nearest LoRA's
+    at `rank` (the first of equals), if within BUDGET_TOLERANCE of them. Else None, with a warning that says by
+    how much the nearest misses: at a tight budget one rank or expert more is a step of 10% or more of LoRA's
+    parameters."""
     distinct = Counter(shapes)  # a model repeats a few shapes: count each once
+    candidates = [dataclasses.replace(cfg, **(settings or {})) for cfg in candidates]
 
     def count(cfg: LowRankConfig) -> int:
         return sum(n * cfg.layer_parameters(*shape) for shape, n in distinct.items())

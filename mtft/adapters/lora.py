@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import peft
 from torch import nn
@@ -21,8 +21,10 @@ class LoraConfig(LowRankConfig):
     rank: int = 16
 
     @classmethod
-    def at_lora_budget(cls, rank: int, alpha: float, shapes: list[tuple[int, int]]) -> LoraConfig:
-        return cls(rank=rank, alpha=alpha)
+    def at_lora_budget(
+        cls, rank: int, alpha: float, shapes: list[tuple[int, int]], settings: dict[str, Any] | None = None
+    ) -> LoraConfig:
+        return cls(rank=rank, alpha=alpha, **(settings or {}))
 
     def layer_parameters(self, in_features: int, out_features: int) -> int:
         return lora_parameters(self.rank, [(in_features, out_features)])

@@ -14,6 +14,7 @@ gradients were NaN with it and finite without it: issue 11.)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +47,9 @@ class MoLoRAConfig(LowRankConfig):
     aux_loss_coef: float = 0.01  # 0 turns the balancing loss off
 
     @classmethod
-    def at_lora_budget(cls, rank: int, alpha: float, shapes: list[tuple[int, int]]) -> MoLoRAConfig | None:
+    def at_lora_budget(
+        cls, rank: int, alpha: float, shapes: list[tuple[int, int]], settings: dict[str, Any] | None = None
+    ) -> MoLoRAConfig | None:
         """Top-2 of 4 to 16 experts (Mixtral's 8 within a factor of two), the count and expert rank whose
         parameters (experts and router) are nearest LoRA's. A small budget has no such mixture: on SmolLM2-135M's
         shapes at LoRA r4, 4 rank-1 experts are +49% (3 would be +12%)."""
@@ -55,7 +58,7 @@ class MoLoRAConfig(LowRankConfig):
             for experts in range(4, 17)
             for expert_rank in range(1, rank + 1)
         )
-        return nearest_to_lora(candidates, rank, shapes)
+        return nearest_to_lora(candidates, rank, shapes, settings)
 
     def layer_parameters(self, in_features: int, out_features: int) -> int:
         width = self.num_experts * self.expert_rank

@@ -15,7 +15,7 @@ logits = (1 − λ)·router(x) + λ·prior_router(affinity), with λ = sigmoid(l
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -52,15 +52,19 @@ class MoR1EConfig(LowRankConfig):
     run_variants: ClassVar[tuple[dict, ...]] = ({"intuition_clusters": 4},)  # the prior, fitted on the tasks
 
     @classmethod
-    def at_lora_budget(cls, rank: int, alpha: float, shapes: list[tuple[int, int]]) -> MoR1EConfig | None:
-        """r1 and r2 within a factor of two of each other (the update's rank is at most min(r1, r2): a lopsided
-        pair buys experts, not rank) whose parameters (A, B and the r1·r2-wide router) are nearest LoRA's; top-8."""
+    def at_lora_budget(
+        cls, rank: int, alpha: float, shapes: list[tuple[int, int]], settings: dict[str, Any] | None = None
+    ) -> MoR1EConfig | None:
+        """r1 and r2 within a factor of 2.5 of each other (the update's rank is at most min(r1, r2): a lopsided
+        pair buys experts, not rank; 2.5, not 2, so that the prior's parameters still leave one within the
+        tolerance at LoRA r16 on SmolLM2-135M: 3 × 7) whose parameters (A, B, the r1·r2-wide router and, with
+        `settings`, the prior) are nearest LoRA's; top-8."""
         candidates = (
             cls(num_down=down, num_up=up, top_k=min(8, down * up), alpha=alpha)
-            for down in range(1, 2 * rank + 1)
-            for up in range(-(-down // 2), min(2 * down, 2 * rank) + 1)
+            for down in range(1, 3 * rank + 1)
+            for up in range(-(-2 * down // 5), min(5 * down // 2, 3 * rank) + 1)
         )
-        return nearest_to_lora(candidates, rank, shapes)
+        return nearest_to_lora(candidates, rank, shapes, settings)
 
     def layer_parameters(self, in_features: int, out_features: int) -> int:
         pairs = self.num_down * self.num_up

@@ -15,6 +15,7 @@ the gate value, so balancing does not change what the selected ranks compute.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,14 +46,16 @@ class SMoRAConfig(LowRankConfig):
     bias_update_rate: float = 1e-3  # 0 turns balancing off
 
     @classmethod
-    def at_lora_budget(cls, rank: int, alpha: float, shapes: list[tuple[int, int]]) -> SMoRAConfig | None:
+    def at_lora_budget(
+        cls, rank: int, alpha: float, shapes: list[tuple[int, int]], settings: dict[str, Any] | None = None
+    ) -> SMoRAConfig | None:
         """The rank whose parameters (A, B and the rank-wide router) are nearest LoRA's, about an eighth of it
         active per token, and at least two (one active rank would make each token's update a single direction).
         Each rank costs 2·in + out per Linear, LoRA's in + out: at LoRA r4 the step is too coarse for some shapes
         (SmolLM2-135M's: r3 is +12%, r2 −25%)."""
         ranks = range(1, rank + 1)
         candidates = (cls(rank=r, top_k=min(r, max(2, (r + 4) // 8)), alpha=alpha) for r in ranks)
-        return nearest_to_lora(candidates, rank, shapes)
+        return nearest_to_lora(candidates, rank, shapes, settings)
 
     def layer_parameters(self, in_features: int, out_features: int) -> int:
         return self.rank * (in_features + out_features) + self.rank * in_features  # A, B; the router

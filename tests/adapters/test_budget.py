@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from mtft.adapters import ADAPTERS, adapter_variants, baseline_adapter, compared_adapters
+from mtft.adapters import ADAPTERS, adapter_variants, baseline_adapter, compared_adapters, run_settings
 from mtft.adapters.base import BUDGET_TOLERANCE, count_parameters, target_linears
 
 ALPHA = 32.0
@@ -108,3 +108,17 @@ def test_at_lora_budget_trains_loras_parameters(name, rank, architecture):
         pytest.skip(said[0])
     count = trained(architecture, configs[name])
     assert abs(count - lora) <= BUDGET_TOLERANCE * lora, (configs[name], count, lora, f"{count / lora - 1:+.1%}")
+
+
+@pytest.mark.parametrize("name", LOW_RANK)
+def test_with_run_variants_the_budget_counts_them_too(name):
+    """`compared_adapters(..., runs=True)`: each method as a run on real data sets it (MoR1E with its prior), still
+    within the tolerance of LoRA r16 on SmolLM2's shapes; injected, it trains what the search counted."""
+    model = base_model("smollm2-135m")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        configs = compared_adapters(16, ALPHA, model, runs=True)
+    cfg = configs[name]
+    assert all(getattr(cfg, key) == value for key, value in run_settings(type(cfg)).items())
+    lora = trained("smollm2-135m", configs[baseline_adapter()])
+    assert abs(trained("smollm2-135m", cfg) - lora) <= BUDGET_TOLERANCE * lora
