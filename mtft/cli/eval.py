@@ -7,7 +7,8 @@ axolotl). precision=auto|bf16|fp32 sets its dtype (auto: bf16 on a GPU that has 
 
 Keys: config=RUN/config.yaml (needed for an exported adapter; a checkpoint finds its run's), data=FILE.yaml (a
 data config; default: the run's), batch_size, max_new_tokens, max_samples (per task), do_sample, temperature,
-seed, zero3. Writes DIR/eval.json and DIR/predictions.jsonl and prints a table.
+seed, zero3. Writes DIR/eval.json, DIR/predictions.jsonl and DIR/sample_losses.jsonl (each validation sample's
+loss sum and tokens) and prints a table.
 
 Data-parallel under a launcher, with the one-rank numbers: `torchrun --nproc_per_node N -m mtft.cli.eval ...`
 splits each task's samples over the ranks; rank 0 gathers, writes and prints. zero3=true partitions the
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         report = evaluate(checkpoint, Path(args["out"]), settings, **optional, base=base_model(args))
         if is_rank_zero():
             print_table(report)
-            print(f"written to {args['out']}/eval.json and predictions.jsonl")
+            print(f"written to {args['out']}/eval.json, predictions.jsonl and sample_losses.jsonl")
     except UserError as err:
         print(f"mtft-eval: error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -1,6 +1,10 @@
 """Evaluating a trained checkpoint per task: validation loss and perplexity, and generation metrics on the
 validation prompts. `mtft-eval` (cli/eval.py) is the command line over `evaluate`.
 
+Each validation sample's loss is kept too (sample_losses.jsonl: its token-loss sum and token count), so a task's
+loss over any subset of its samples, such as a bootstrap's resample, is Σ loss_sum / Σ tokens; the task's
+val_loss is that over all of them.
+
 The data is the run's own (its config.yaml, the same seed, so the same validation split) unless another data
 config is given. Each task's validation samples are split into prompt and reference at the first answer (as
 the sample generations during training are); outputs are generated in batches, left-padded, greedy by default,
@@ -27,15 +31,19 @@ from tqdm import tqdm
 
 from mtft.config.convert import from_dict
 from mtft.data.batches import validation_batches, validation_rounds
+from mtft.data.collate import model_inputs
 from mtft.data.config import DataConfig
 from mtft.data.tasks import TaskData, load_tasks
-from mtft.distributed import rank_zero_first
+from mtft.data.tokenize import IGNORE
+from mtft.distributed import gather_lists, rank_zero_first
 from mtft.errors import check
 from mtft.eval.generation import Decoding, Ranks, metric_means, scored_generations
 from mtft.eval.harness import Harness, harness_results
 from mtft.training.engine import init_distributed, partitioned_for_inference
 from mtft.training.inference import BaseModel, load_base, load_trained, read_yaml
-from mtft.training.validation import validation_losses
+from mtft.training.losses import next_token_targets, token_losses
+
+SAMPLE_LOSSES = "sample_losses.jsonl"
 
 
 @dataclass
@@ -75,9 +83,10 @@ def evaluate(
     base: BaseModel | None = None,
 ) -> dict[str, Any]:
     """Evaluate `checkpoint` (RUN/checkpoint-N, or a directory `mtft-export` wrote together with `config`, the
-    run's config.yaml) on the run's data, or on `data` (a data config YAML); rank 0 writes eval.json and
-    predictions.jsonl to `out`. Returns eval.json's content (on every rank). `base` instead of a checkpoint: a
-    model that mtft did not train (training/inference.py `load_base`), scored on `data`.
+    run's config.yaml) on the run's data, or on `data` (a data config YAML); rank 0 writes eval.json,
+    predictions.jsonl and sample_losses.jsonl to `out`. Returns eval.json's content (on every rank). `base`
+    instead of a checkpoint: a model that mtft did not train (training/inference.py `load_base`), scored on
+    `data`.
 
     Launched with several ranks (WORLD_SIZE > 1), it joins the process group as training does; `settings.zero3`
     partitions the model over the ranks (see EvalSettings)."""
@@ -104,7 +113,8 @@ def evaluate(
     tasks = [TaskData(t.name, [], t.val[: settings.max_samples or None], t.report) for t in tasks]
     runtime.prepare_inference(model, tasks, tokenizer.pad_token_id)
 
-    losses = _losses(engine, runtime, tokenizer, tasks, settings, (rank, world))
+    sample_losses = _sample_losses(engine, runtime, tokenizer, tasks, settings, (rank, world))
+    losses = _task_losses(sample_losses)
     ranks = Ranks(rank, world, synced=sharded and world > 1)
     predictions = scored_generations(model, tokenizer, tasks, cfg.data.tasks, settings.decoding(rank == 0), ranks)
     results = {task.name: _task_result(task, losses, predictions) for task in tasks}
@@ -123,18 +133,58 @@ def evaluate(
     }
     if rank == 0:
         (out / "predictions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in predictions))
+        (out / SAMPLE_LOSSES).write_text("".join(json.dumps(row) + "\n" for row in sample_losses))
         (out / "eval.json").write_text(json.dumps(report, indent=2))
     return report
 
 
-def _losses(engine, runtime, tokenizer, tasks: list[TaskData], settings: EvalSettings, ranks: tuple[int, int]):
-    """Each task's validation loss over its samples, this rank's share of the batches (a bar on rank 0)."""
+@torch.no_grad()
+def _sample_losses(
+    engine, runtime, tokenizer, tasks: list[TaskData], settings: EvalSettings, ranks: tuple[int, int]
+) -> list[dict[str, Any]]:
+    """Each validation sample's loss: rows {task, index (in the task's validation split), loss_sum, tokens}, in the
+    one-rank order. Each rank computes its share of the batches (`validation_batches`, whose filler batches keep
+    a ZeRO-3 forward collective; a bar on rank 0) and every rank gets all the rows."""
     rank, world = ranks
-    names = [task.name for task in tasks]
+    device = engine.device if hasattr(engine, "device") else next(engine.parameters()).device
     batches = validation_batches(tasks, settings.batch_size, tokenizer.pad_token_id, rank, world)
     count = sum(validation_rounds(task, settings.batch_size, world) for task in tasks)
     batches = tqdm(batches, total=count, desc="loss", leave=False, disable=rank != 0)
-    return validation_losses(engine, batches, names, runtime)
+    was_training = getattr(engine, "module", engine).training
+    engine.eval()
+    rows = []
+    for (task, indices), batch in zip(_batch_indices(tasks, settings.batch_size, ranks), batches, strict=True):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        runtime.before_forward(batch)
+        labels_BT = batch["labels"]
+        losses_BT = token_losses(engine(**model_inputs(batch)).logits, labels_BT).view(labels_BT.shape)
+        tokens_BT = (next_token_targets(labels_BT) != IGNORE).view(labels_BT.shape)
+        sums, counts = losses_BT.sum(-1).tolist()[: len(indices)], tokens_BT.sum(-1).tolist()[: len(indices)]
+        for index, loss_sum, tokens in zip(indices, sums, counts, strict=True):  # a filler batch's one row: none
+            rows.append({"task": task, "index": index, "loss_sum": loss_sum, "tokens": tokens})
+    engine.train(was_training)
+    order = {task.name: position for position, task in enumerate(tasks)}
+    return sorted(gather_lists(rows), key=lambda row: (order[row["task"]], row["index"]))
+
+
+def _batch_indices(tasks: list[TaskData], batch_size: int, ranks: tuple[int, int]):
+    """(task, validation indices) of each batch that `validation_batches` yields on this rank, in its order; a
+    filler batch has none."""
+    rank, world = ranks
+    for task in tasks:
+        mine = list(range(rank, len(task.val), world))
+        for start in range(0, validation_rounds(task, batch_size, world) * batch_size, batch_size):
+            yield task.name, mine[start : start + batch_size]
+
+
+def _task_losses(sample_losses: list[dict[str, Any]]) -> dict[str, float]:
+    """Each task's validation loss, the mean token loss over all its samples; a task with no tokens is absent."""
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for row in sample_losses:
+        sums[row["task"]] = sums.get(row["task"], 0.0) + row["loss_sum"]
+        counts[row["task"]] = counts.get(row["task"], 0) + row["tokens"]
+    return {task: sums[task] / counts[task] for task in sums if counts[task] > 0}
 
 
 def _task_result(task: TaskData, losses: dict[str, float], predictions: list[dict[str, Any]]) -> dict[str, Any]:

@@ -208,7 +208,16 @@ class Runner:
         )
 
     def mtft(self, adapter: str, balancer: str, seed: int) -> dict:
-        run_dir, s = self.run_dir(adapter, balancer, seed), self.settings
+        s = self.settings
+        overrides = [*ADAPTERS[adapter], *balancer_overrides(balancer, s.steps, s.warmup)]
+        overrides += [f"trainer.eval_steps={max(1, s.steps // 5)}", f"trainer.logging_steps={max(1, s.steps // 15)}"]
+        return self.trained(self.run_dir(adapter, balancer, seed), overrides, seed)
+
+    def trained(self, run_dir: Path, overrides: list[str], seed: int) -> dict:
+        """`mtft-train` on the suite and the model, with the settings' schedule and `overrides` (adapter, balancer,
+        evaluation and logging steps, ...), then `mtft-eval` on its last checkpoint, unless an earlier call did
+        both; a run an earlier call left unfinished starts again from nothing."""
+        s = self.settings
         if (run_dir / "eval" / "eval.json").is_file():
             return self.report(run_dir)
         self._fresh(run_dir)
@@ -222,16 +231,13 @@ class Runner:
             f"model.name_or_path={self.model}",
             f"model.gguf_file={GGUF}",
             "data=real",
-            *ADAPTERS[adapter],
-            *balancer_overrides(balancer, s.steps, s.warmup),
+            *overrides,
             "deepspeed.precision=bf16",
             f"trainer.max_steps={s.steps}",
             f"trainer.micro_batch_size={s.batch}",
             f"trainer.lr={s.lr}",
             f"trainer.warmup_steps={s.warmup}",
-            f"trainer.eval_steps={max(1, s.steps // 5)}",
             "trainer.eval_generations=0",
-            f"trainer.logging_steps={max(1, s.steps // 15)}",
             f"trainer.seed={seed}",
             "logger=none",
             f"trainer.output_dir={run_dir}",

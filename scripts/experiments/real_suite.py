@@ -19,7 +19,12 @@ dictionary has its own faults, handled in `translate` and `entry_rank`; every wo
 in DIR/report.json. The validation words and their synonyms are held out of every task's training file, so no
 task gives another's validation answers away.
 
+Unequal tasks (`--task-train-words define=400,hypernym=50`): a task listed there trains on the first N words of
+the shared training pool (--train-words words, in the split's seeded order), so its words are a reproducible random
+subset of the pool, and a smaller task's words are a subset of every larger one's; the held-out words are the same.
+
 Usage: python scripts/experiments/real_suite.py --out DIR [--train-words 400] [--val-words 50] [--seed 0]
+    [--task-train-words TASK=N,...]
 Writes DIR/<task>/{train,val}.jsonl, DIR/data/real.yaml and DIR/report.json; then
 `mtft-train --config-dir DIR data=real ...` or `mtft-eval ... data=DIR/data/real.yaml out=...`.
 """
@@ -345,12 +350,18 @@ def split_words(senses: dict[str, str], train_words: int, val_words: int, seed: 
     return train[:train_words], val
 
 
-def write_suite(out: Path, answers: dict[str, dict[str, str]], train: list[str], val: list[str]) -> Path:
-    """Write DIR/<task>/{train,val}.jsonl and the data config DIR/data/real.yaml (a `--config-dir` group)."""
+def task_train_words(pool: list[str], sizes: dict[str, int]) -> dict[str, list[str]]:
+    """Each task's training words: the first `sizes[task]` of the pool (in the split's seeded order), or all of it."""
+    return {task: pool[: sizes.get(task, len(pool))] for task in TASK_METRICS}
+
+
+def write_suite(out: Path, answers: dict[str, dict[str, str]], train: dict[str, list[str]], val: list[str]) -> Path:
+    """Write DIR/<task>/{train,val}.jsonl (`train`: each task's training words) and the data config
+    DIR/data/real.yaml (a `--config-dir` group)."""
     tasks = []
     for task, metrics in TASK_METRICS.items():
         (out / task).mkdir(parents=True, exist_ok=True)
-        for split, words in (("train", train), ("val", val)):
+        for split, words in (("train", train[task]), ("val", val)):
             records = [{"prompt": prompts(w)[task], "response": answers[w][task]} for w in words]
             lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
             (out / task / f"{split}.jsonl").write_text(lines, encoding="utf-8")
@@ -368,9 +379,14 @@ def write_suite(out: Path, answers: dict[str, dict[str, str]], train: list[str],
 def build(args: argparse.Namespace) -> dict:
     answers, senses, report = collect(Path(args.dictd_dir), Path(args.wordnet_dir))
     train, val = split_words(senses, args.train_words, args.val_words, args.seed)
+    too_many = {task: n for task, n in args.task_train_words.items() if n > len(train)}
+    if too_many:
+        raise SystemExit(f"real_suite: --task-train-words {too_many} exceed the training pool's {len(train)} words")
+    per_task = task_train_words(train, args.task_train_words)
     out = Path(args.out).resolve()
-    config = write_suite(out, answers, train, val)
+    config = write_suite(out, answers, per_task, val)
     report.update(seed=args.seed, train_words=len(train), val_words=len(val), data_config=str(config))
+    report["task_train_words"] = {task: len(words) for task, words in per_task.items()}
     (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return report
 
@@ -384,14 +400,35 @@ def print_summary(report: dict) -> None:
     for task, reasons in report["skipped"].items():
         print(f"  {task:<13} skipped " + (", ".join(f"{r}={n}" for r, n in reasons.items()) or "none"))
     print(f"clean in every task: {report['clean_in_every_task']} words")
-    print(f"every task: {report['train_words']} train + {report['val_words']} val words (seed {report['seed']})")
+    print(f"training pool: {report['train_words']} words, held out: {report['val_words']} (seed {report['seed']})")
+    print("training words per task: " + ", ".join(f"{t} {n}" for t, n in report["task_train_words"].items()))
     print(f"data config: {report['data_config']}")
+
+
+def task_sizes(text: str) -> dict[str, int]:
+    """`define=400,hypernym=50` as {task: words}; a task name that is not the suite's, or N < 1, is an error."""
+    sizes = {}
+    for item in filter(None, text.split(",")):
+        task, _, number = item.partition("=")
+        if task not in TASK_METRICS or not number.isdigit() or int(number) < 1:
+            raise argparse.ArgumentTypeError(f"{item!r}: expected TASK=N, N >= 1, TASK one of {list(TASK_METRICS)}")
+        sizes[task] = int(number)
+    return sizes
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--train-words", type=int, default=400, help="English words per task's training file")
+    parser.add_argument(
+        "--train-words", type=int, default=400, help="the training pool: every task's words, unless --task-train-words"
+    )
+    parser.add_argument(
+        "--task-train-words",
+        type=task_sizes,
+        default={},
+        metavar="TASK=N,...",
+        help="a task's training words, the first N of the pool (unlisted tasks: the whole pool)",
+    )
     parser.add_argument("--val-words", type=int, default=50, help="held-out English words, the same in every task")
     parser.add_argument("--seed", type=int, default=0, help="seed of the train/validation split")
     parser.add_argument("--dictd-dir", default="/usr/share/dictd", help="holds freedict-eng-{fra,spa,deu}.*")

@@ -50,6 +50,30 @@ def test_the_losses_are_the_runs_final_validation_and_every_prompt_is_answered(r
     assert again["tasks"] == report["tasks"]
 
 
+def test_each_samples_loss_is_kept_and_they_make_the_runs_final_validation_loss(run, tmp_path):
+    """sample_losses.jsonl: one row per validation sample, whose token sums over token counts are the task's loss
+    (the run's own final validation, computed in training's batches); a sample's loss is its own, the same in a
+    batch of one."""
+    report = evaluate(run / "checkpoint-3", tmp_path / "eval", SETTINGS)
+    evaluate(run / "checkpoint-3", tmp_path / "alone", EvalSettings(batch_size=1, max_new_tokens=1))
+    summary = json.loads((run / "summary.json").read_text())
+    rows, single = (
+        [json.loads(line) for line in (tmp_path / d / "sample_losses.jsonl").read_text().splitlines()]
+        for d in ("eval", "alone")
+    )
+    for name, result in report["tasks"].items():
+        mine = [r for r in rows if r["task"] == name]
+        assert [r["index"] for r in mine] == list(range(result["val_samples"]))
+        assert all(r["tokens"] > 0 and r["loss_sum"] > 0 for r in mine)
+        pooled = sum(r["loss_sum"] for r in mine) / sum(r["tokens"] for r in mine)
+        assert pooled == pytest.approx(summary["tasks"][name]["final_val_loss"], rel=1e-6)
+        assert len({round(r["loss_sum"] / r["tokens"], 6) for r in mine}) > 1  # per sample, not the task's mean
+    assert [(r["task"], r["index"], r["tokens"]) for r in single] == [
+        (r["task"], r["index"], r["tokens"]) for r in rows
+    ]
+    assert [r["loss_sum"] for r in single] == pytest.approx([r["loss_sum"] for r in rows], rel=1e-5)
+
+
 def test_an_exported_adapter_evaluates_with_its_runs_config(run, tmp_path):
     export(run / "checkpoint-3", tmp_path / "exported", merge=False)
     report = evaluate(tmp_path / "exported", tmp_path / "eval", SETTINGS, config=run / "config.yaml")

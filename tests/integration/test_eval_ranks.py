@@ -49,6 +49,14 @@ def _assert_same(got: Path, expected: Path) -> dict:
             close = key in ("val_loss", "perplexity")
             assert report["tasks"][name][key] == (pytest.approx(value, rel=TOLERANCE) if close else value), key
     assert (got / "predictions.jsonl").read_text() == (expected / "predictions.jsonl").read_text()
+    rows, reference_rows = (
+        [json.loads(line) for line in (d / "sample_losses.jsonl").read_text().splitlines()] for d in (got, expected)
+    )
+    assert [(r["task"], r["index"], r["tokens"]) for r in rows] == [
+        (r["task"], r["index"], r["tokens"]) for r in reference_rows
+    ]
+    assert len(rows) == 10  # every sample, gathered in the one-rank order
+    assert [r["loss_sum"] for r in rows] == pytest.approx([r["loss_sum"] for r in reference_rows], rel=TOLERANCE)
     return report
 
 

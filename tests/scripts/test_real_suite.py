@@ -365,3 +365,52 @@ def test_missing_sources_name_the_apt_get_line(tmp_path, sources):
     )
     assert str(tmp_path / "no_dictd" / "freedict-eng-fra.index") in message
     assert not (tmp_path / "out").exists()
+
+
+def test_unequal_tasks_train_on_nested_prefixes_of_one_pool_and_share_the_held_out_words(tmp_path, sources):
+    sizes = "translate_de=2,define=4,hypernym=1"
+    words = ["--train-words", "6", "--val-words", "2", "--task-train-words", sizes, *sources]
+    report = real_suite.main(["--out", str(tmp_path / "a"), *words])
+    assert report["task_train_words"] == {
+        "translate_fr": 6,
+        "translate_es": 6,
+        "translate_de": 2,
+        "define": 4,
+        "hypernym": 1,
+    }
+    train = {task: list(read_split(tmp_path / "a", task, "train")) for task in TASKS}
+    pool = train["translate_fr"]
+    assert len(pool) == 6 and train["translate_es"] == pool
+    assert train["define"] == pool[:4] and train["translate_de"] == pool[:2] and train["hypernym"] == pool[:1]
+    val = {task: set(read_split(tmp_path / "a", task, "val")) for task in TASKS}
+    assert len(val["define"]) == 2 and all(v == val["define"] for v in val.values())
+    assert not val["define"] & set(pool)
+    equal = real_suite.main(["--out", str(tmp_path / "b"), "--train-words", "6", "--val-words", "2", *sources])
+    assert set(read_split(tmp_path / "b", "define", "val")) == val["define"]  # the held-out words unchanged
+    assert list(read_split(tmp_path / "b", "translate_de", "train")) == pool  # and the pool too
+    assert equal["task_train_words"] == dict.fromkeys(TASKS, 6)
+    real_suite.main(["--out", str(tmp_path / "c"), *words])
+    for task in TASKS:  # reproducible
+        assert (tmp_path / "a" / task / "train.jsonl").read_bytes() == (
+            tmp_path / "c" / task / "train.jsonl"
+        ).read_bytes()
+
+
+def test_task_sizes_beyond_the_pool_or_of_unknown_tasks_are_refused(tmp_path, sources, capsys):
+    with pytest.raises(SystemExit, match="exceed the training pool's 6 words"):
+        real_suite.main(
+            [
+                "--out",
+                str(tmp_path),
+                "--train-words",
+                "6",
+                "--val-words",
+                "2",
+                "--task-train-words",
+                "define=7",
+                *sources,
+            ]
+        )
+    with pytest.raises(SystemExit):
+        real_suite.main(["--out", str(tmp_path), "--task-train-words", "french=7", *sources])
+    assert "'french=7': expected TASK=N" in capsys.readouterr().err
