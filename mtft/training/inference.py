@@ -106,11 +106,17 @@ def generate(trained: Trained, prompts: list[str | list[dict[str, str]]], decodi
     last one the user's); the chat template is applied and the assistant's turn opened, as in training."""
     tokenizer = trained.tokenizer
     conversations = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]
-    ids = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=True) for c in conversations]
-    ids = [list(i["input_ids"]) if isinstance(i, dict) or hasattr(i, "keys") else list(i) for i in ids]
+    ids = [chat_prompt_ids(tokenizer, c) for c in conversations]
     stop = sorted(stop_ids(trained.model, tokenizer))
     answers = []
     for start in range(0, len(ids), decoding.batch_size):
         outputs = generate_batch(trained.model, tokenizer, ids[start : start + decoding.batch_size], stop, decoding)
         answers += [tokenizer.decode(o, skip_special_tokens=True) for o in outputs]
     return answers
+
+
+def chat_prompt_ids(tokenizer: PreTrainedTokenizerBase, conversation: list[dict[str, str]]) -> list[int]:
+    """The conversation through the tokenizer's chat template with the assistant's turn opened, as training built
+    its prompts: the token ids the answer continues."""
+    ids = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True)
+    return list(ids["input_ids"]) if isinstance(ids, dict) or hasattr(ids, "keys") else list(ids)
