@@ -24,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+from mtft.cli.key_values import key_values
 from mtft.distributed import is_rank_zero
 from mtft.errors import ConfigError, UserError
 
@@ -36,8 +37,8 @@ BASE_KEYS = {"model", "gguf_file", "adapter", "precision"}
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = dict(arg.split("=", 1) for arg in (sys.argv[1:] if argv is None else argv) if "=" in arg)
     try:
+        args = key_values(sys.argv[1:] if argv is None else argv, USAGE)
         from mtft.config.convert import from_dict
         from mtft.training.evaluate import EvalSettings
 

@@ -16,14 +16,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from mtft.cli.key_values import key_values
 from mtft.errors import ConfigError, UserError
 
 USAGE = "mtft-export checkpoint=DIR out=DIR [merge=true] [from_shards=true]"
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = dict(arg.split("=", 1) for arg in (sys.argv[1:] if argv is None else argv) if "=" in arg)
     try:
+        args = key_values(sys.argv[1:] if argv is None else argv, USAGE)
         unknown = sorted(set(args) - {"checkpoint", "out", "merge", "from_shards"})
         if unknown or "checkpoint" not in args or "out" not in args:
             raise ConfigError("", f"usage: {USAGE} (unknown: {unknown})")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from mtft.cli.key_values import key_values
 from mtft.errors import ConfigError, DataError, UserError
 
 USAGE = (
@@ -53,8 +54,8 @@ def read_prompts(path: Path) -> list:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = dict(arg.split("=", 1) for arg in (sys.argv[1:] if argv is None else argv) if "=" in arg)
     try:
+        args = key_values(sys.argv[1:] if argv is None else argv, USAGE)
         from mtft.cli.eval import BASE_KEYS, base_model
         from mtft.config.convert import from_dict
 

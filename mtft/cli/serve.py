@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from mtft.cli.key_values import key_values
 from mtft.errors import ConfigError, UserError
 
 USAGE = "mtft-serve (checkpoint=DIR [config=FILE] | model=DIR_OR_ID [gguf_file=NAME] [adapter=DIR]) [host=] [port=]"
@@ -41,10 +42,7 @@ def parse(argv: list[str]) -> tuple[dict[str, str], ServeOptions]:
     from mtft.cli.eval import BASE_KEYS
     from mtft.config.convert import from_dict
 
-    loose = [arg for arg in argv if "=" not in arg]
-    if loose:
-        raise ConfigError("", f"'{loose[0]}' is not key=value; usage: {USAGE}")
-    args = dict(arg.split("=", 1) for arg in argv)
+    args = key_values(argv, USAGE)
     paths = {"checkpoint", "config"}
     unknown = sorted(set(args) - paths - BASE_KEYS - {f.name for f in dataclasses.fields(ServeOptions)})
     if unknown or ("checkpoint" in args) == ("model" in args):
