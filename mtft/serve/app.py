@@ -104,8 +104,9 @@ def build_app(batcher: Batcher, tokenizer, settings: ServeSettings) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics() -> dict[str, Any]:
-        """The batch sizes formed so far: {size: batches}."""
-        return {"batch_sizes": {str(k): v for k, v in sorted(batcher.batch_sizes.items())}}
+        """The batch sizes formed so far ({size: batches}), and how the requests ended ({reason: requests})."""
+        sizes = {str(k): v for k, v in sorted(batcher.batch_sizes.items())}
+        return {"batch_sizes": sizes, "finished": dict(batcher.finished)}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

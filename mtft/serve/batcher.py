@@ -64,7 +64,7 @@ class Batcher:
         self.max_batch, self.max_wait = max_batch, max_wait
         self.pending: queue.Queue[Request | None] = queue.Queue()
         self.batch_sizes: Counter[int] = Counter()  # how many requests each batch held: /metrics shows it
-        self.busy = threading.Lock()  # held while a batch generates
+        self.finished: Counter[str] = Counter()  # requests by how they ended (stop, length, cancelled, error)
         self.thread = threading.Thread(target=self._serve, name="mtft-serve-batcher", daemon=True)
         self.thread.start()
 
@@ -81,9 +81,9 @@ class Batcher:
             batch, closing = self._gather(first)
             batch = [r for r in batch if not self._left(r)]
             if batch:
-                with self.busy:
-                    self.batch_sizes[len(batch)] += 1
-                    self._generate(batch)
+                self.batch_sizes[len(batch)] += 1
+                self._generate(batch)
+                self.finished.update(r.finish_reason for r in batch)
             if closing:
                 return
 
@@ -104,6 +104,7 @@ class Batcher:
         if request.cancelled.is_set():
             request.finish_reason = "cancelled"
             request.emit("done", "cancelled")
+            self.finished["cancelled"] += 1
             return True
         return False
 

@@ -17,6 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -161,6 +162,23 @@ def test_the_api_key_is_required(server):
     assert server.get("/health") == {"status": "ok"}  # health needs no key
     assert KEY not in "".join(server.lines)  # nor is the key, or a prompt, in the logs
     assert not any(prompt in "".join(server.lines) for prompt in PROMPTS)
+
+
+def test_a_client_that_leaves_mid_stream_ends_its_generation(server):
+    """The stream is closed after its first chunk: the server cancels the generation at its next step (it counts
+    it under `finished.cancelled`), long before its 600 tokens, and goes on serving."""
+    body = {"model": "run", "messages": [{"role": "user", "content": PROMPTS[2]}], "max_tokens": 600}
+    headers = {"Authorization": f"Bearer {KEY}"}
+    before = server.get("/metrics")["finished"].get("cancelled", 0)
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json={**body, "stream": True}, headers=headers,
+                      timeout=60) as response:  # fmt: skip
+        assert response.status_code == 200
+        next(response.iter_lines())
+    deadline = time.monotonic() + 30
+    while server.get("/metrics")["finished"].get("cancelled", 0) == before:
+        assert time.monotonic() < deadline, server.get("/metrics")
+        time.sleep(0.05)
+    assert _chat(server.client(), "add 1 2")
 
 
 def test_sigterm_finishes_the_request_in_flight_then_exits_zero(run):
