@@ -4,6 +4,7 @@
 #   docker run IMAGE adapter=smora trainer.max_steps=200  -> mtft-train adapter=smora trainer.max_steps=200
 #   docker run IMAGE --config-dir /data/configs data=mine -> mtft-train --config-dir /data/configs data=mine
 #   docker run IMAGE torchrun --nproc_per_node 8 -m mtft.cli.train ...   (or deepspeed, mtft-eval, bash, ...)
+#   docker run -p 8000:8000 IMAGE mtft-serve checkpoint=/data/run/checkpoint-N host=0.0.0.0
 set -euo pipefail
 if [ "$#" -eq 0 ]; then
     exec mtft-train

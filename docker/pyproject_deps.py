@@ -1,5 +1,6 @@
 """Print mtft's runtime dependencies from pyproject.toml, one per line, so the image installs them in a layer of
-their own: a change to mtft's code then reinstalls only mtft, not transformers, datasets and the rest.
+their own: a change to mtft's code then reinstalls only mtft, not transformers, datasets and the rest. The image's
+extras come too: `serve`, so that the container can run mtft-serve.
 
     python docker/pyproject_deps.py pyproject.toml > requirements.txt
 """
@@ -14,9 +15,13 @@ except ModuleNotFoundError:  # Python 3.10: pip vendors the same parser
     from pip._vendor import tomli as tomllib
 
 
-def dependencies(pyproject: str) -> list[str]:
+EXTRAS = ("serve",)
+
+
+def dependencies(pyproject: str, extras: tuple[str, ...] = EXTRAS) -> list[str]:
     with open(pyproject, "rb") as f:
-        return list(tomllib.load(f)["project"]["dependencies"])
+        project = tomllib.load(f)["project"]
+    return [*project["dependencies"], *(dep for extra in extras for dep in project["optional-dependencies"][extra])]
 
 
 if __name__ == "__main__":

@@ -185,6 +185,7 @@ def test_dependency_layer_lists_the_runtime_dependencies_only():
     ).stdout.split()
     names = {re.split(r"[<>=!~\[]", requirement)[0] for requirement in out}
     assert {"torch", "deepspeed", "transformers", "peft", "hydra-core", "datasets"} <= names
+    assert {"fastapi", "uvicorn"} <= names  # the serve extra: the container runs mtft-serve
     assert "flash-attn" not in names and "pytest" not in names
 
 
