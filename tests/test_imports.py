@@ -6,14 +6,15 @@ edge); every import of an `mtft.*` module, at module level or inside a function,
 name under `mtft`: a subpackage, or a single-file module) and that unit to its layer. Top to bottom:
 
     layer 0  cli              the entry points
-    layer 1  bench            a CLI-level tool: runs training on composed configs
-    layer 2  mtft             the package root: the public facade (`mtft.load_adapter`) over adapters
-    layer 3  training         the loop; the one layer under the CLI that may import `config` (TrainConfig)
-    layer 4  config           composes the components' config dataclasses into TrainConfig
-    layer 5  eval             generation runs the model with its adapters on data: it needs adapters and data
-    layer 6  adapters, balancers, data, logging, report    (none of these imports another)
-    layer 7  models           base model, tokenizer, chat template, ModelConfig
-    layer 8  errors, distributed, plotting, registry       leaf modules: import nothing from mtft
+    layer 1  bench            a CLI-level tool: runs training on composed configs, and servers
+    layer 2  serve            mtft-serve's HTTP edge and batcher, over training's loading and generation
+    layer 3  mtft             the package root: the public facade (`mtft.load_adapter`) over adapters
+    layer 4  training         the loop; the one layer under the CLI that may import `config` (TrainConfig)
+    layer 5  config           composes the components' config dataclasses into TrainConfig
+    layer 6  eval             generation runs the model with its adapters on data: it needs adapters and data
+    layer 7  adapters, balancers, data, logging, report    (none of these imports another)
+    layer 8  models           base model, tokenizer, chat template, ModelConfig
+    layer 9  errors, distributed, plotting, registry       leaf modules: import nothing from mtft
 
 A module may import its own unit freely (e.g. adapters.molora -> adapters.moe) and any unit in a lower layer;
 two different units in the same layer may not import each other. `eval` sits above the component layer because
@@ -38,20 +39,21 @@ PACKAGE = ROOT / "mtft"
 LAYERS: dict[str, int] = {
     "cli": 0,
     "bench": 1,
-    "mtft": 2,
-    "training": 3,
-    "config": 4,
-    "eval": 5,
-    "adapters": 6,
-    "balancers": 6,
-    "data": 6,
-    "logging": 6,
-    "report": 6,
-    "models": 7,
-    "errors": 8,
-    "distributed": 8,
-    "plotting": 8,
-    "registry": 8,
+    "serve": 2,
+    "mtft": 3,
+    "training": 4,
+    "config": 5,
+    "eval": 6,
+    "adapters": 7,
+    "balancers": 7,
+    "data": 7,
+    "logging": 7,
+    "report": 7,
+    "models": 8,
+    "errors": 9,
+    "distributed": 9,
+    "plotting": 9,
+    "registry": 9,
 }
 
 # Known violations, each an exact (importing file, imported module) pair; none is left (MoR1E's intuition prior,
@@ -184,11 +186,11 @@ def test_the_checker_sees_each_kind_of_violation(tmp_path, monkeypatch):
     problems, seen = layer_violations()
     assert problems == [
         "mtft/eval/__init__.py:2: `from mtft import newunit`: unit 'newunit' has no layer in LAYERS",
-        "mtft/logging/__init__.py:2: `from mtft.report import plots`: logging (layer 6) imports report, "
-        "which is in the same layer (layer 6)",
+        "mtft/logging/__init__.py:2: `from mtft.report import plots`: logging (layer 7) imports report, "
+        "which is in the same layer (layer 7)",
         "mtft/newunit.py: unit 'newunit' has no layer in LAYERS",
-        "mtft/report/plots.py:2: `from ..config import sections`: report (layer 6) imports config, "
-        "which is in a layer above (layer 4)",
+        "mtft/report/plots.py:2: `from ..config import sections`: report (layer 7) imports config, "
+        "which is in a layer above (layer 5)",
     ]
     assert seen == {("mtft/models.py", "mtft.data.tokenize")}  # allowed, so not among the problems
     with pytest.raises(AssertionError, match="mtft/eval/__init__.py:1: `import omegaconf`"):
