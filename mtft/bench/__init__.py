@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from mtft.bench import adapters, all_suites, balancer, data, gpu, gpu_smoke, load, memory, ops
+from mtft.bench import adapters, all_suites, balancer, data, gpu, gpu_smoke, load, memory, ops, serve
 
 SUITES: dict[str, Callable[[], dict[str, Any]]] = {
     "adapters": adapters.run,
@@ -20,4 +20,5 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "gpu-smoke": gpu_smoke.main,
     "load": load.main,
     "ops": ops.main,
+    "serve": serve.main,
 }

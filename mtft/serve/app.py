@@ -20,7 +20,7 @@ from typing import Any, Literal
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from mtft.serve.batcher import Batcher, Sampling
 from mtft.serve.batcher import Request as Generation
@@ -35,12 +35,20 @@ class ServeSettings:
     context: int = 2048  # the model's context: prompt + max_tokens must fit
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool = False
+
+
 class Message(BaseModel):
     role: Literal["system", "user", "assistant"]
     content: str
 
 
 class Common(BaseModel):
+    """The fields mtft-serve honours; any other is refused (400), not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
     model: str
     max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
@@ -49,6 +57,8 @@ class Common(BaseModel):
     seed: int | None = None
     stream: bool = False
     n: int = Field(1, ge=1, le=1)  # one choice a request
+    stream_options: StreamOptions | None = None
+    user: str | None = None  # accepted, unused
 
 
 class ChatRequest(Common):
@@ -141,7 +151,8 @@ def build_app(batcher: Batcher, tokenizer, settings: ServeSettings) -> FastAPI:
         sampling = Sampling(max_tokens, body.temperature, body.top_p, body.seed, stop)
         generation = Generation(prompt, sampling, asyncio.get_running_loop())
         batcher.submit(generation)
-        reply = Reply(generation, settings.model_name, chat, len(prompt))
+        usage = bool(body.stream_options and body.stream_options.include_usage)
+        reply = Reply(generation, settings.model_name, chat, len(prompt), usage)
         if body.stream:
             return StreamingResponse(reply.stream(), media_type="text/event-stream")
         try:
@@ -157,8 +168,9 @@ def build_app(batcher: Batcher, tokenizer, settings: ServeSettings) -> FastAPI:
 class Reply:
     """One request's answer in OpenAI's shapes, from its generation's events."""
 
-    def __init__(self, generation: Generation, model: str, chat: bool, prompt_tokens: int):
+    def __init__(self, generation: Generation, model: str, chat: bool, prompt_tokens: int, stream_usage: bool):
         self.generation, self.model, self.chat, self.prompt_tokens = generation, model, chat, prompt_tokens
+        self.stream_usage = stream_usage  # stream_options.include_usage: a last chunk with the usage
         self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         self.created = int(time.time())
 
@@ -212,7 +224,7 @@ class Reply:
 
     async def stream(self) -> AsyncIterator[str]:
         """Server-sent events in OpenAI's chunk format, then `data: [DONE]`. A client that leaves cancels the
-        generation: its row ends at the next step."""
+        generation: its row ends at the next step. A failure after the first event is an error event."""
         try:
             if self.chat:
                 yield self.chunk(None, None, first=True)
@@ -221,7 +233,14 @@ class Reply:
                     yield self.chunk(event[1], None)
                 else:
                     yield self.chunk(None if self.chat else "", event[1])
-            yield "data: [DONE]\n\n"
+            if self.stream_usage:
+                kind = "chat.completion.chunk" if self.chat else "text_completion"
+                usage = {"id": self.id, "object": kind, "created": self.created, "model": self.model,
+                         "choices": [], "usage": self.usage()}  # fmt: skip
+                yield f"data: {json.dumps(usage)}\n\n"
+        except ApiError as err:
+            yield f"data: {json.dumps({'error': {'message': err.message, 'type': 'server_error'}})}\n\n"
         finally:
             if self.generation.finish_reason is None:
                 self.generation.cancelled.set()
+        yield "data: [DONE]\n\n"

@@ -101,6 +101,13 @@ def test_health_models_chat_completions_and_streams(server):
     )
     assert chunks[0].choices[0].delta.role == "assistant" and chunks[-1].choices[0].finish_reason
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == reply.choices[0].message.content
+    counted = list(
+        client.chat.completions.create(
+            model="run", messages=[{"role": "user", "content": PROMPTS[0]}], max_tokens=TOKENS, temperature=0,
+            stream=True, stream_options={"include_usage": True},
+        )
+    )  # fmt: skip
+    assert counted[-1].choices == [] and counted[-1].usage.completion_tokens == reply.usage.completion_tokens
     text = client.completions.create(model="run", prompt="add 1 2", max_tokens=5, temperature=0)
     assert text.choices[0].finish_reason in ("stop", "length") and text.usage.completion_tokens <= 5
 
@@ -133,6 +140,7 @@ BAD = {
     "more than one choice": (dict(n=2), 400, "n"),
     "wrong type": (dict(messages="not a list"), 400, "messages"),
     "unknown role": (dict(messages=[{"role": "robot", "content": "x"}]), 400, "messages.0.role"),
+    "an unsupported field": (dict(logprobs=True), 400, "logprobs"),  # refused, not silently ignored
 }
 
 
