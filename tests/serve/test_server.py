@@ -175,7 +175,7 @@ def test_the_api_key_is_required(server):
 def test_a_client_that_leaves_mid_stream_ends_its_generation(server):
     """The stream is closed after its first chunk: the server cancels the generation at its next step (it counts
     it under `finished.cancelled`), long before its 600 tokens, and goes on serving."""
-    body = {"model": "run", "messages": [{"role": "user", "content": PROMPTS[2]}], "max_tokens": 600}
+    body = {"model": "run", "messages": [{"role": "user", "content": PROMPTS[2]}], "max_tokens": 600, "temperature": 0}
     headers = {"Authorization": f"Bearer {KEY}"}
     before = server.get("/metrics")["finished"].get("cancelled", 0)
     with httpx.stream("POST", f"{server.url}/v1/chat/completions", json={**body, "stream": True}, headers=headers,
