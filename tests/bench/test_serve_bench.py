@@ -12,23 +12,16 @@ import pytest
 
 from mtft.adapters import baseline_adapter
 from mtft.bench import COMMANDS, serve
-from mtft.models import build_byte_tokenizer
 
 
 def test_a_modes_throughput_and_latency_percentiles():
-    samples = [serve.Sample(first_s=0.1 * i, last_s=1.0 * i, text="", finish="length") for i in (1, 2, 3, 4, 5)]
-    result = serve.summarise(samples, tokens=[8, 8, 8, 8, 4], wall=4.0)
+    tokens = [8, 8, 8, 8, 4]
+    samples = [serve.Sample(0.1 * i, 1.0 * i, tokens=n, finish="length") for i, n in enumerate(tokens, start=1)]
+    result = serve.summarise(samples, wall=4.0)
     assert result["requests_per_second"] == 5 / 4 and result["output_tokens_per_second"] == 36 / 4
     assert result["first_token_seconds"]["p50"] == pytest.approx(0.3)
     assert result["last_token_seconds"] == {"p50": 3.0, "p99": pytest.approx(4.96)}  # 4 + 0.96 · (5 - 4)
     assert result["finish_reasons"] == {"length": 5}
-
-
-def test_output_tokens_are_max_tokens_by_length_and_the_text_tokenized_by_stop():
-    tokenizer = build_byte_tokenizer()  # one token a byte
-    assert serve.output_tokens(serve.Sample(0.1, 0.2, "ab", "length"), 16, tokenizer) == 16
-    assert serve.output_tokens(serve.Sample(0.1, 0.2, "abcé", "stop"), 16, tokenizer) == 5
-    assert serve.output_tokens(serve.Sample(0.1, 0.2, "x" * 40, "stop"), 16, tokenizer) == 15
 
 
 def test_the_metrics_a_mode_added():
