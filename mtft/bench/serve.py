@@ -283,6 +283,22 @@ def measure_mode(server: Server, client: Any, model: str, clients: int, settings
     return result
 
 
+def greedy_agreement(client: Any, model: str, settings: Settings) -> float:
+    """The share of PROMPTS whose greedy answer is the same asked alone and asked with all the others at once (in
+    the model's precision: bf16 rounds differently in a batch of several, fp32 should agree fully)."""
+
+    def answer(prompt: str) -> str:
+        messages = [{"role": "user", "content": prompt}]
+        reply = client.chat.completions.create(model=model, messages=messages, max_tokens=settings.max_tokens,
+                                               temperature=0)  # fmt: skip
+        return reply.choices[0].message.content
+
+    alone = [answer(prompt) for prompt in PROMPTS]
+    with ThreadPoolExecutor(len(PROMPTS)) as pool:
+        together = list(pool.map(answer, PROMPTS))
+    return sum(a == b for a, b in zip(alone, together, strict=True)) / len(PROMPTS)
+
+
 def bench_adapter(adapter: str, work_dir: Path, settings: Settings) -> dict[str, Any]:
     """Train a checkpoint with `adapter`, serve it, and measure each mode against the same server."""
     import openai
@@ -300,6 +316,7 @@ def bench_adapter(adapter: str, work_dir: Path, settings: Settings) -> dict[str,
             mode: measure_mode(server, client, model, clients or settings.clients, settings)
             for mode, clients in MODES.items()
         }
+        result["greedy_agreement"] = greedy_agreement(client, model, settings)
         client.close()
     result.update(server_start_seconds=server.start_seconds, server_exit=server.exit_code)
     return result
@@ -350,6 +367,8 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"\n{'ratio':<64}{'value':>10}")
     for name, value in result["ratios"].items():
         print(f"{name:<64}{value:>10.4f}")
+    for name, r in result["adapters"].items():
+        print(f"{name + '/greedy answers alone = all at once (share of prompts)':<64}{r['greedy_agreement']:>10.3f}")
 
 
 @contextlib.contextmanager

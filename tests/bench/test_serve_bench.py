@@ -49,8 +49,10 @@ def test_quick_serves_each_adapter_alone_and_concurrently_and_reports_its_ratios
             # every answered request of this mode (the warm-up excluded) was in one of its reported batches
             assert sum(int(size) * count for size, count in mode["batch_sizes"].items()) == mode["requests"]
         assert set(result["modes"]["one"]["batch_sizes"]) == {"1"}
+        assert result["greedy_agreement"] == 1.0  # fp32 on a CPU (precision auto): batching changes no answer
         ratio = report["ratios"][f"{name}/concurrent_over_one_output_tokens_per_second"]
         assert math.isfinite(ratio) and ratio > 0
     assert report["ratios"][f"molora_over_{baseline_adapter()}/concurrent_output_tokens_per_second"] > 0
     printed = capsys.readouterr().out
     assert "out tok/s" in printed and f"{baseline_adapter()}/concurrent_over_one_output_tokens_per_second" in printed
+    assert "greedy answers alone = all at once" in printed
