@@ -98,8 +98,10 @@ def build_app(batcher: Batcher, tokenizer, settings: ServeSettings) -> FastAPI:
     @app.middleware("http")
     async def guard(request: Request, call_next):
         """The body limit and the API key, before anything reads the request."""
-        length = request.headers.get("content-length")
-        if length is not None and int(length) > settings.max_body_bytes:
+        length = request.headers.get("content-length", "0")
+        if not length.isdigit():
+            return error_response(400, f"Content-Length is not a number: {length[:40]!r}")
+        if int(length) > settings.max_body_bytes:
             return error_response(413, f"request body of {length} bytes; the limit is {settings.max_body_bytes}")
         if settings.api_key is not None and request.url.path.startswith("/v1/"):
             given = request.headers.get("authorization", "")
@@ -124,17 +126,17 @@ def build_app(batcher: Batcher, tokenizer, settings: ServeSettings) -> FastAPI:
         return {"object": "list", "data": [model]}
 
     @app.post("/v1/chat/completions")
-    async def chat(body: ChatRequest, request: Request):
+    async def chat(body: ChatRequest):
         conversation = [m.model_dump() for m in body.messages]
         prompt = chat_prompt_ids(tokenizer, conversation)
-        return await _complete(body, prompt, body.max_completion_tokens or body.max_tokens, request, chat=True)
+        return await _complete(body, prompt, body.max_completion_tokens or body.max_tokens, chat=True)
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest, request: Request):
+    async def completions(body: CompletionRequest):
         prompt = tokenizer(body.prompt, add_special_tokens=False)["input_ids"]
-        return await _complete(body, prompt, body.max_tokens or 16, request, chat=False)
+        return await _complete(body, prompt, body.max_tokens or 16, chat=False)
 
-    async def _complete(body: Common, prompt: list[int], max_tokens: int | None, request: Request, chat: bool):
+    async def _complete(body: Common, prompt: list[int], max_tokens: int | None, chat: bool):
         if body.model != settings.model_name:
             raise ApiError(404, f"the model '{body.model}' does not exist; this server has '{settings.model_name}'",
                            "model", "model_not_found")  # fmt: skip
