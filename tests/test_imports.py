@@ -1,5 +1,6 @@
-"""Imports point one way (design.md section 4, "Seams"): an `mtft` module may import only modules in a layer below
-its own, so a component can be read, tested and replaced without the ones above it, and no import cycle can form.
+"""Imports point one way (docs/architecture.md, "Packages, top to bottom"): an `mtft` module may import only
+modules in a layer below its own, so a component can be read, tested and replaced without the ones above it, and
+no import cycle can form.
 
 Every module under mtft/ is parsed with `ast` (nothing is imported, so a heavy or broken module cannot hide an
 edge); every import of an `mtft.*` module, at module level or inside a function, is mapped to its unit (the first

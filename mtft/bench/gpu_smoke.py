@@ -7,7 +7,7 @@ but nothing trained. So each run must exit 0, its loss must fall (mean of the la
 first 5), no logged loss may be NaN, no step may be skipped (`train/skipped_steps`, where the loop reports it),
 and the learning rate must be above 0 after warm-up (DeepSpeed advances the schedule only on a step it applied,
 so a run that skipped everything stays at the warm-up's lr of 0). The table beside the checks gives each
-adapter's tokens/s, MFU, peak GPU memory and step time over LoRA's, measured where users run (design.md §4).
+adapter's tokens/s, MFU, peak GPU memory and step time over LoRA's, measured where users run.
 
 The model is built locally (no download), seed 0, with mtft's byte tokenizer, and loaded back by every run as
 `model=hf model.name_or_path=DIR`. An existing `--model-dir` is used as it is, e.g. a real checkpoint.

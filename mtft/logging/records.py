@@ -1,4 +1,4 @@
-"""The metrics.jsonl record (design.md §2, "Run output"), built from what the loop measured.
+"""The metrics.jsonl record (the README's "Run outputs"), built from what the loop measured.
 
 A record covers the steps since the previous one (its window). Its task losses are the window's exact token means
 per task, not means of per-step means, so `LossWindow` keeps per-task loss sums and token counts.
