@@ -81,6 +81,51 @@ def error_response(status: int, message: str, param: str | None = None, code: st
     return JSONResponse(body, status_code=status)
 
 
+class BodyLimit:
+    """A request body over `limit` bytes gets a 413, whether it declares its length or comes in chunks (which
+    declare none: those are read here, up to the limit, then handed on whole). Memory stays bounded either way."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"").decode("latin-1") or None
+        if length is not None:
+            if not length.isdigit():  # uvicorn refuses these itself; another ASGI server may not
+                refusal = error_response(400, f"Content-Length is not a number: {length[:40]!r}")
+            elif int(length) > self.limit:
+                refusal = self.too_large(f"{int(length)} bytes")
+            else:
+                return await self.app(scope, receive, send)
+            return await refusal(scope, receive, send)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client left before its body ended
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                return await self.too_large(f"over {self.limit} bytes")(scope, receive, send)
+            if not message.get("more_body", False):
+                break
+        whole = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        async def replay():
+            nonlocal whole
+            if whole is None:
+                return await receive()  # later reads wait for the client to leave, as the app expects
+            message, whole = whole, None
+            return message
+
+        await self.app(scope, replay, send)
+
+    def too_large(self, size: str) -> JSONResponse:
+        return error_response(413, f"request body of {size}; the limit is {self.limit}")
+
+
 def build_app(batcher: Batcher, tokenizer, settings: ServeSettings) -> FastAPI:
     app = FastAPI(title="mtft-serve", docs_url=None, redoc_url=None, openapi_url=None)
     created = int(time.time())
@@ -95,14 +140,11 @@ def build_app(batcher: Batcher, tokenizer, settings: ServeSettings) -> FastAPI:
         param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
         return error_response(400, f"{param or 'body'}: {first.get('msg')}", param)
 
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)  # inside `guard`, which is added after it
+
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        """The body limit and the API key, before anything reads the request."""
-        length = request.headers.get("content-length", "0")
-        if not length.isdigit():
-            return error_response(400, f"Content-Length is not a number: {length[:40]!r}")
-        if int(length) > settings.max_body_bytes:
-            return error_response(413, f"request body of {length} bytes; the limit is {settings.max_body_bytes}")
+        """The API key, before anything reads the request (the body limit comes next: BodyLimit)."""
         if settings.api_key is not None and request.url.path.startswith("/v1/"):
             given = request.headers.get("authorization", "")
             expected = f"Bearer {settings.api_key}"
