@@ -150,7 +150,7 @@ def copied_sources() -> list[str]:
 
 def test_copied_paths_exist_and_are_in_the_build_context():
     sources = copied_sources()
-    assert {"pyproject.toml", "README.md", "mtft", "docker/entrypoint.sh"} <= set(sources)
+    assert {"pyproject.toml", "README.md", "LICENSE", "mtft", "docker/entrypoint.sh"} <= set(sources)
     for source in sources:
         assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
         assert not ignored(source), f"COPY {source}: excluded by .dockerignore"

@@ -7,8 +7,8 @@ axolotl). precision=auto|bf16|fp32 sets its dtype (auto: bf16 on a GPU that has 
 
 Keys: config=RUN/config.yaml (needed for an exported adapter; a checkpoint finds its run's), data=FILE.yaml (a
 data config; default: the run's), batch_size, max_new_tokens, max_samples (per task), do_sample, temperature,
-seed, zero3. Writes DIR/eval.json, DIR/predictions.jsonl and DIR/sample_losses.jsonl (each validation sample's
-loss sum and tokens) and prints a table.
+seed, zero3, collective_timeout (seconds, as training's). Writes DIR/eval.json, DIR/predictions.jsonl and
+DIR/sample_losses.jsonl (each validation sample's loss sum and tokens) and prints a table.
 
 Data-parallel under a launcher, with the one-rank numbers: `torchrun --nproc_per_node N -m mtft.cli.eval ...`
 splits each task's samples over the ranks; rank 0 gathers, writes and prints. zero3=true partitions the
@@ -27,6 +27,7 @@ import yaml
 from mtft.cli.key_values import key_values
 from mtft.distributed import is_rank_zero
 from mtft.errors import ConfigError, UserError
+from mtft.logging.console import quiet_library_warnings
 
 USAGE = (
     "[torchrun --nproc_per_node N -m mtft.cli.eval | mtft-eval] (checkpoint=DIR [config=FILE] [data=FILE] |"
@@ -37,6 +38,7 @@ BASE_KEYS = {"model", "gguf_file", "adapter", "precision"}
 
 
 def main(argv: list[str] | None = None) -> None:
+    quiet_library_warnings()  # bars: `evaluate` draws them only on a terminal, as mtft-train does
     try:
         args = key_values(sys.argv[1:] if argv is None else argv, USAGE)
         from mtft.config.convert import from_dict

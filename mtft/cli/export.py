@@ -18,17 +18,20 @@ from pathlib import Path
 
 from mtft.cli.key_values import key_values
 from mtft.errors import ConfigError, UserError
+from mtft.logging.console import quiet_library_warnings, terminal_bars
 
 USAGE = "mtft-export checkpoint=DIR out=DIR [merge=true] [from_shards=true]"
 
 
 def main(argv: list[str] | None = None) -> None:
+    quiet_library_warnings()
     try:
         args = key_values(sys.argv[1:] if argv is None else argv, USAGE)
         unknown = sorted(set(args) - {"checkpoint", "out", "merge", "from_shards"})
         if unknown or "checkpoint" not in args or "out" not in args:
             raise ConfigError("", f"usage: {USAGE} (unknown: {unknown})")
         flags = {key: args.get(key, "false").lower() in ("1", "true", "yes") for key in ("merge", "from_shards")}
+        terminal_bars("auto", rank=0)
         from mtft.training.export import export  # heavy imports only once the arguments are known to be valid
 
         print(export(Path(args["checkpoint"]), Path(args["out"]), **flags))

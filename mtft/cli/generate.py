@@ -20,6 +20,7 @@ import yaml
 
 from mtft.cli.key_values import key_values
 from mtft.errors import ConfigError, DataError, UserError
+from mtft.logging.console import quiet_library_warnings, terminal_bars
 
 USAGE = (
     'mtft-generate (checkpoint=DIR [config=FILE] | model=DIR_OR_ID [gguf_file=NAME] [adapter=DIR]) (prompt="..." |'
@@ -54,6 +55,7 @@ def read_prompts(path: Path) -> list:
 
 
 def main(argv: list[str] | None = None) -> None:
+    quiet_library_warnings()
     try:
         args = key_values(sys.argv[1:] if argv is None else argv, USAGE)
         from mtft.cli.eval import BASE_KEYS, base_model
@@ -67,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         skip = paths | BASE_KEYS
         settings = from_dict(GenerateSettings, {k: yaml.safe_load(v) for k, v in args.items() if k not in skip})
         prompts = [args["prompt"]] if "prompt" in args else read_prompts(Path(args["prompts"]))
+        terminal_bars("auto", rank=0)
         import torch
 
         from mtft.eval.generation import Decoding  # heavy imports once the arguments are valid

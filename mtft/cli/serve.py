@@ -21,6 +21,7 @@ import yaml
 
 from mtft.cli.key_values import key_values
 from mtft.errors import ConfigError, UserError
+from mtft.logging.console import quiet_library_warnings, terminal_bars
 
 USAGE = "mtft-serve (checkpoint=DIR [config=FILE] | model=DIR_OR_ID [gguf_file=NAME] [adapter=DIR]) [host=] [port=]"
 API_KEY_ENV = "MTFT_API_KEY"
@@ -54,6 +55,7 @@ def parse(argv: list[str]) -> tuple[dict[str, str], ServeOptions]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    quiet_library_warnings()
     try:
         args, options = parse(sys.argv[1:] if argv is None else argv)
         try:
@@ -67,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         from mtft.serve.batcher import Batcher
         from mtft.training.inference import load_base, load_trained
 
+        terminal_bars("auto", rank=0)
         base = base_model(args)
         source = Path(args["checkpoint"] if "checkpoint" in args else args["model"])
         config = Path(args["config"]) if "config" in args else None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 from pathlib import Path
 
 import hydra
@@ -16,12 +15,10 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mtft.config.hydra import CONFIG_DIR, config_error, option_file, register, to_train_config
 from mtft.errors import ConfigError, UserError
+from mtft.logging.console import quiet_library_warnings
 
 register()
-# PEFT still calls this transformers API; the warning is theirs to fix and only clutters every run's output.
-warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-# DeepSpeed's ZeRO collectives use torch.distributed names torch has deprecated; the same: not the user's concern.
-warnings.filterwarnings("ignore", message=".*torch.distributed.* is deprecated.*", category=FutureWarning)
+quiet_library_warnings()  # as every mtft command does (logging/console.py)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
@@ -33,7 +30,9 @@ def _main(cfg: DictConfig) -> None:
             config.trainer.output_dir = hydra_cfg.runtime.output_dir
             config.logger.group = config.logger.group or Path(hydra_cfg.sweep.dir).name
             config.logger.run_name = config.logger.run_name or f"{config.logger.group}-{hydra_cfg.job.num}"
-        from mtft.training.guard import TrainingDiverged  # heavy imports only once the config is known to be valid
+        # heavy imports only once the config is known to be valid
+        from mtft.distributed import collective_failure, several_ranks
+        from mtft.training.guard import TrainingDiverged
         from mtft.training.loop import train
 
         try:
@@ -41,6 +40,13 @@ def _main(cfg: DictConfig) -> None:
         except TrainingDiverged as err:  # non-finite losses or weights: exit 3, never a "successful" run
             print(f"mtft-train: error: {err}", file=sys.stderr)
             sys.exit(3)
+        except Exception as err:
+            meaning = collective_failure(err) if several_ranks() else None
+            if meaning is None:
+                raise
+            timeout = f"trainer.collective_timeout={config.trainer.collective_timeout:g} s"
+            print(f"mtft-train: error: rank {os.environ.get('RANK')}: {meaning} ({timeout}): {err}", file=sys.stderr)
+            sys.exit(1)
     except UserError as err:
         where = _where_set(err.key) if isinstance(err, ConfigError) else ""
         print(f"mtft-train: error: {err}{where}", file=sys.stderr)

@@ -56,6 +56,10 @@ class TrainerConfig:
     # adamw: torch's AdamW; fused_adamw: DeepSpeed's FusedAdam (CUDA only; its kernel builds on first use), with
     # which DeepSpeed's bf16/fp16 ZeRO-0 path keeps one flat fp32 master copy instead of one per tensor
     optimizer: str = "adamw"
+    # seconds a rank waits for its peers in a collective before the run ends (a peer hung or lost); raise it when a
+    # save to a slow shared filesystem, or a rank's first compile, can keep the others waiting longer. Rank 0's
+    # solo work (the tokenisation cache) has its own allowance
+    collective_timeout: float = 600.0
 
     def __post_init__(self) -> None:
         for key in ("max_steps", "micro_batch_size", "grad_accum_steps", "eval_steps", "eval_batch_size"):
@@ -64,6 +68,8 @@ class TrainerConfig:
         check(self.max_new_tokens > 0, "max_new_tokens", f"must be > 0, got {self.max_new_tokens}")
         check(self.logging_steps > 0, "logging_steps", f"must be > 0, got {self.logging_steps}")
         check(self.max_bad_steps > 0, "max_bad_steps", f"must be > 0, got {self.max_bad_steps}")
+        timeout = self.collective_timeout
+        check(timeout > 0, "collective_timeout", f"seconds, must be > 0, got {timeout}")
         check(self.lr > 0, "lr", f"learning rate must be > 0, got {self.lr}")
         check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         check(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")

@@ -12,7 +12,7 @@ from transformers import PreTrainedTokenizerBase
 from mtft.adapters import AdapterConfig
 from mtft.config.sections import TrainerConfig
 from mtft.data.config import DataConfig
-from mtft.distributed import same_on_all_ranks
+from mtft.distributed import kept_across_restarts, same_on_all_ranks
 from mtft.errors import ConfigError
 from mtft.training.state import (
     CheckpointContents,
@@ -35,8 +35,9 @@ class Checkpointer:
     data and seed (or `trainer.resume_allow_changes`)."""
 
     def __init__(self, trainer: TrainerConfig, data: DataConfig):
-        # the default output_dir holds a timestamp each rank resolved: rank 0's, everywhere
-        output_dir = self.output_dir = Path(same_on_all_ranks(trainer.output_dir))
+        # the default output_dir holds a timestamp each rank resolved: rank 0's, everywhere, and after a torchrun
+        # restart the first attempt's, so that trainer.resume=auto finds its checkpoints
+        output_dir = self.output_dir = Path(same_on_all_ranks(kept_across_restarts("output_dir", trainer.output_dir)))
         self.trainer = trainer
         self.resume_from = find_resume_checkpoint(output_dir, trainer.resume) if trainer.resume else None
         # what the data stream follows: a resume with other values cannot continue it

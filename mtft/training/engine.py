@@ -22,6 +22,7 @@ import json
 import math
 import os
 import socket
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +31,22 @@ import torch.distributed as dist
 from torch import nn
 from transformers import get_scheduler
 
+from mtft.config.sections import TrainerConfig
 from mtft.config.train import TrainConfig
+from mtft.distributed import start_process_group
 from mtft.errors import ConfigError
 from mtft.training.guard import poison_if_nonfinite
 from mtft.training.optimizer import GuardedAdamW, MasterAdamW
 
 
-def init_distributed() -> tuple[int, int]:
-    """Join (or, with no launcher, create) the process group; returns (rank, world size).
+def init_distributed(collective_timeout: float = TrainerConfig.collective_timeout) -> tuple[int, int]:
+    """Join (or, with no launcher, create) the process group, whose collectives give up on a peer after
+    `collective_timeout` seconds; returns (rank, world size).
 
     A plain `mtft-train` is a one-process "launch": without RANK/WORLD_SIZE/MASTER_* DeepSpeed would try MPI
     discovery and fail, so they are filled in here. On a machine without CUDA, DS_ACCELERATOR=cpu and gloo.
+    mtft joins the group itself (distributed.start_process_group: torchrun's restarts need it), then DeepSpeed
+    adopts it.
     """
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -49,7 +55,9 @@ def init_distributed() -> tuple[int, int]:
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
     deepspeed = _deepspeed()
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
+        backend, timeout = "nccl" if torch.cuda.is_available() else "gloo", timedelta(seconds=collective_timeout)
+        start_process_group(backend, timeout)
+        deepspeed.init_distributed(dist_backend=backend, verbose=False, timeout=timeout)
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return dist.get_rank(), dist.get_world_size()

@@ -30,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from mtft.config.convert import from_dict
+from mtft.config.sections import TrainerConfig
 from mtft.data.batches import validation_batches, validation_rounds
 from mtft.data.collate import model_inputs
 from mtft.data.config import DataConfig
@@ -39,6 +40,7 @@ from mtft.distributed import gather_lists, rank_zero_first
 from mtft.errors import check
 from mtft.eval.generation import Decoding, Ranks, metric_means, scored_generations
 from mtft.eval.harness import Harness, harness_results
+from mtft.logging.console import terminal_bars
 from mtft.training.engine import init_distributed, partitioned_for_inference
 from mtft.training.inference import BaseModel, load_base, load_trained, read_yaml
 from mtft.training.losses import next_token_targets, token_losses
@@ -57,6 +59,8 @@ class EvalSettings:
     # partition the parameters over the ranks with ZeRO-3 (generation then runs in step on every rank);
     # None: when the run trained under ZeRO-3 (deepspeed.stage=3) and there are several ranks
     zero3: bool | None = None
+    # seconds a rank waits for its peers in a collective before the evaluation ends: trainer.collective_timeout's
+    collective_timeout: float = TrainerConfig.collective_timeout
     harness_tasks: str | None = None  # lm-eval tasks, comma-separated (the `eval` extra; eval/harness.py); one rank
     harness_include: str | None = None  # a folder of your own lm-eval task YAMLs
     harness_limit: int | None = None  # documents per lm-eval task; None: all
@@ -92,7 +96,8 @@ def evaluate(
     partitions the model over the ranks (see EvalSettings)."""
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     check(launched == 1 or not settings.harness_tasks, "harness_tasks", "lm-eval tasks run on one rank only")
-    rank, world = init_distributed() if launched > 1 or settings.zero3 else (0, 1)
+    rank, world = init_distributed(settings.collective_timeout) if launched > 1 or settings.zero3 else (0, 1)
+    bars = terminal_bars("auto", rank)  # as mtft-train's default: a file or a pipe gets no `\r` chains
     check(base is None or data is not None, "data", "a base model has no run to take tasks from: pass data=FILE.yaml")
     if base is not None:
         trained = load_base(base, from_dict(DataConfig, read_yaml(data, "data"), "data"))
@@ -113,10 +118,10 @@ def evaluate(
     tasks = [TaskData(t.name, [], t.val[: settings.max_samples or None], t.report) for t in tasks]
     runtime.prepare_inference(model, tasks, tokenizer.pad_token_id)
 
-    sample_losses = _sample_losses(engine, runtime, tokenizer, tasks, settings, (rank, world))
+    sample_losses = _sample_losses(engine, runtime, tokenizer, tasks, settings, (rank, world), bars)
     losses = _task_losses(sample_losses)
     ranks = Ranks(rank, world, synced=sharded and world > 1)
-    predictions = scored_generations(model, tokenizer, tasks, cfg.data.tasks, settings.decoding(rank == 0), ranks)
+    predictions = scored_generations(model, tokenizer, tasks, cfg.data.tasks, settings.decoding(bars), ranks)
     results = {task.name: _task_result(task, losses, predictions) for task in tasks}
     harness = _harness(model, tokenizer, settings) if settings.harness_tasks else None
     report = {
@@ -140,16 +145,16 @@ def evaluate(
 
 @torch.no_grad()
 def _sample_losses(
-    engine, runtime, tokenizer, tasks: list[TaskData], settings: EvalSettings, ranks: tuple[int, int]
+    engine, runtime, tokenizer, tasks: list[TaskData], settings: EvalSettings, ranks: tuple[int, int], bars: bool
 ) -> list[dict[str, Any]]:
     """Each validation sample's loss: rows {task, index (in the task's validation split), loss_sum, tokens}, in the
     one-rank order. Each rank computes its share of the batches (`validation_batches`, whose filler batches keep
-    a ZeRO-3 forward collective; a bar on rank 0) and every rank gets all the rows."""
+    a ZeRO-3 forward collective; a bar where `bars`, rank 0's on a terminal) and every rank gets all the rows."""
     rank, world = ranks
     device = engine.device if hasattr(engine, "device") else next(engine.parameters()).device
     batches = validation_batches(tasks, settings.batch_size, tokenizer.pad_token_id, rank, world)
     count = sum(validation_rounds(task, settings.batch_size, world) for task in tasks)
-    batches = tqdm(batches, total=count, desc="loss", leave=False, disable=rank != 0)
+    batches = tqdm(batches, total=count, desc="loss", leave=False, disable=not bars)
     was_training = getattr(engine, "module", engine).training
     engine.eval()
     rows = []

@@ -16,7 +16,6 @@ import time
 from functools import partial
 from typing import Any, NoReturn
 
-import datasets
 import torch
 import yaml
 from transformers import set_seed
@@ -24,7 +23,8 @@ from transformers import set_seed
 from mtft.balancers import build_balancer
 from mtft.config.train import TrainConfig
 from mtft.logging import build_run_logger
-from mtft.logging.progress import Progress, use_bars
+from mtft.logging.console import terminal_bars
+from mtft.logging.progress import Progress
 from mtft.logging.records import LossWindow, StepNumbers, metrics_record, task_means
 from mtft.logging.secrets import redact
 from mtft.logging.throughput import ThroughputWindow, peak_flops
@@ -76,7 +76,7 @@ class TrainingRecipe:
         checkpoint to resume from (checked before any model loads), the model and tasks, the engine and what
         drives it, the logger, the resumed state, the run's files, then the first validation."""
         cfg, t = self.cfg, self.trainer
-        self.rank, self.world_size = init_distributed()
+        self.rank, self.world_size = init_distributed(t.collective_timeout)
         if cfg.deepspeed.precision == "auto":  # made concrete here, so config.yaml records what ran
             cfg.deepspeed.precision = resolve_precision("auto")
             if self.rank == 0:
@@ -84,8 +84,7 @@ class TrainingRecipe:
         self.checkpointer = Checkpointer(t, cfg.data)
         self.output_dir = self.checkpointer.output_dir
         set_seed(t.seed)  # every random draw below (model init, adapter init) follows from it, in order
-        if not use_bars(cfg.logger.progress, self.rank):  # tokenizing bars only where a person watches a terminal
-            datasets.disable_progress_bars()
+        terminal_bars(cfg.logger.progress, self.rank)  # the libraries' bars only where a person watches a terminal
         self._setup_components()
         self._setup_state()
         self._write_run_files()
@@ -135,6 +134,8 @@ class TrainingRecipe:
         if self.checkpointer.resume_from is not None:
             sizes = [len(task.train) for task in self.tasks]
             self.checkpointer.resume(self.engine, self.resumable, self.names, sizes)
+            if self.rank == 0:
+                print(f"mtft: resumed from {self.checkpointer.resume_from} at step {self.state.step}", flush=True)
         self.logger.drop_after(self.state.step)  # records a crashed run wrote past its last checkpoint
 
     def _write_run_files(self) -> None:

@@ -5,6 +5,8 @@
 #       trainer.output_dir=runs/exp1
 # Stop with SIGTERM to torchrun: it forwards the signal, every rank finishes its step and the run saves a
 # checkpoint (resume with trainer.resume=auto). torchrun waits only 30 s for that before it kills the ranks.
+# MAX_RESTARTS=N: after a lost worker torchrun restarts the group up to N times; with trainer.resume=auto each
+# restart resumes from the newest complete checkpoint, in the first attempt's output directory.
 set -euo pipefail
 NPROC=${NPROC:-2}
-exec torchrun --standalone --nproc_per_node "$NPROC" -m mtft.cli.train "$@"
+exec torchrun --standalone --nproc_per_node "$NPROC" --max-restarts "${MAX_RESTARTS:-0}" -m mtft.cli.train "$@"

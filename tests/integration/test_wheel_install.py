@@ -2,7 +2,9 @@
 (mtft/configs/) and the bundled demo data, or `mtft-train` has nothing to compose. The wheel is built offline with
 the venv's setuptools from a copy of the source (the shared checkout gets no build/ or egg-info), installed with
 --no-deps into its own directory, and run from outside the repository with only that directory added to the path:
-torch, hydra and the rest still come from the venv."""
+torch, hydra and the rest still come from the venv. The build itself is part of the check: setuptools prints no
+deprecation warning (the license is an SPDX expression, not the table setuptools 77 deprecated), and the wheel's
+metadata carries that expression and the LICENSE file."""
 
 from __future__ import annotations
 
@@ -32,12 +34,24 @@ def site(tmp_path_factory) -> Path:
     source = root / "src"
     source.mkdir()
     shutil.copytree(REPO / "mtft", source / "mtft", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(REPO / name, source / name)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", root / "dist", source], check=True)
+    build = subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", root / "dist", source],
+        capture_output=True,
+        text=True,
+    )
+    assert build.returncode == 0, build.stderr[-3000:]
+    assert "deprecat" not in (build.stdout + build.stderr).lower(), build.stderr[-3000:]
     (wheel,) = (root / "dist").glob("mtft-*.whl")
-    names = set(zipfile.ZipFile(wheel).namelist())
+    archive = zipfile.ZipFile(wheel)
+    names = set(archive.namelist())
+    dist_info = "-".join(wheel.name.split("-")[:2]) + ".dist-info"  # mtft-VERSION.dist-info
+    metadata = archive.read(f"{dist_info}/METADATA").decode().splitlines()
+    assert "License-Expression: Apache-2.0" in metadata
+    assert "License-File: LICENSE" in metadata
+    assert archive.read(f"{dist_info}/licenses/LICENSE") == (REPO / "LICENSE").read_bytes()
     for group in GROUPS:
         for option in (REPO / "mtft" / "configs" / group).glob("*.yaml"):
             assert f"mtft/configs/{group}/{option.name}" in names
