@@ -1,7 +1,8 @@
-"""`torchrun ... tests/integration/lose_a_worker.py OVERRIDES` with MTFT_LOSE=step:N or save:N: mtft-train, whose
-rank 1 kills itself (SIGKILL) in torchrun's first attempt, at the start of optimizer step N, or halfway through
-writing checkpoint-N (the engine's and its rank's state written, the adapter not; the COMPLETE marker never
-comes). A lost worker, at a moment the test chooses; later attempts run untouched."""
+"""`torchrun ... tests/integration/lose_a_worker.py OVERRIDES` with MTFT_LOSE=step:N, save:N or hang:N: mtft-train,
+whose rank 1 kills itself (SIGKILL) in torchrun's first attempt, at the start of optimizer step N, or halfway
+through writing checkpoint-N (the engine's and its rank's state written, the adapter not; the COMPLETE marker never
+comes), or stops itself (SIGSTOP: alive, not answering) at the start of step N. A lost or hung worker, at a moment
+the test chooses; later attempts run untouched."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def lose_at_step(*args, **kwargs):
     global steps_begun
     steps_begun += 1
     if steps_begun == int(AT):
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGSTOP if WHEN == "hang" else signal.SIGKILL)
     return optimizer_step(*args, **kwargs)
 
 
@@ -32,7 +33,7 @@ def lose_at_save(engine, cfg, tokenizer, directory):
 
 
 if __name__ == "__main__":
-    if LOSING and WHEN == "step":
+    if LOSING and WHEN in ("step", "hang"):
         step.optimizer_step = lose_at_step
     elif LOSING and WHEN == "save":
         state._save_adapter = lose_at_save

@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -50,13 +51,13 @@ def _free_port() -> str:
         return str(sock.getsockname()[1])
 
 
-def _launch(layout: str, args: list[str], lose: str | None) -> list[subprocess.CompletedProcess]:
-    """The run under torchrun with one restart allowed: one node of two processes, or two nodes of one."""
+def _launch(layout: str, args: list[str], lose: str | None, restarts: int = 1) -> list[subprocess.CompletedProcess]:
+    """The run under torchrun with `restarts` allowed: one node of two processes, or two nodes of one."""
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS} | {"OMP_NUM_THREADS": "1"}
     env |= {"MTFT_LOSE": lose} if lose else {}
     script = [str(LOSE_A_WORKER)] if lose else ["-m", "mtft.cli.train"]
     port = _free_port()
-    common = ["--max-restarts", "1", "--monitor-interval", "0.2", "--rdzv-backend", "c10d",
+    common = ["--max-restarts", str(restarts), "--monitor-interval", "0.2", "--rdzv-backend", "c10d",
               "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "lost-worker"]  # fmt: skip
     nodes = [["--nnodes", "1", "--nproc-per-node", "2"]] if layout == "one_node" else [
         ["--nnodes", "2", "--node-rank", str(node), "--nproc-per-node", "1"] for node in (0, 1)]  # fmt: skip
@@ -97,3 +98,15 @@ def test_a_restart_after_a_lost_worker_ends_as_the_unbroken_run(small_tasks, tmp
     final = f"checkpoint-{STEPS}/adapter/adapter_model.safetensors"
     assert (out / final).read_bytes() == (unbroken / final).read_bytes()
     assert (out / "checkpoint-16" / "COMPLETE").is_file()  # rewritten whole by the restarted group
+
+
+def test_a_hung_rank_ends_the_run_within_the_collective_timeout_naming_it(small_tasks, tmp_path):
+    """Rank 1 stops (SIGSTOP) at step 4 and never answers: rank 0 exits non-zero once its collective has waited
+    trainer.collective_timeout (10 s), saying what that means; torchrun then ends the group."""
+    args = [*_overrides(small_tasks, tmp_path / "run"), "trainer.collective_timeout=10"]
+    started = time.monotonic()
+    (proc,) = _launch("one_node", args, "hang:4", restarts=0)
+    assert proc.returncode != 0
+    assert "rank 0: a peer did not answer within the collective timeout" in proc.stderr, proc.stderr[-3000:]
+    assert "(trainer.collective_timeout=10 s)" in proc.stderr
+    assert time.monotonic() - started < 240  # startup, 3 steps, the 10 s timeout and torchrun's grace period
