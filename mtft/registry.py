@@ -3,7 +3,9 @@
 Each name is written three times (the registry key, the config dataclass's `name` default, the YAML file of the
 config group) and the config's `name` is how a saved run finds its method again, so a registration that
 disagrees with its config is refused here, at import, rather than found later as a run that cannot be reloaded.
-A leaf module: it imports nothing from mtft, so both registries (and tests) can use it.
+Every refusal is a ConfigError naming the name and what it clashes with; a name that finds nothing is also a
+KeyError, so the registry still reads as a Mapping (`name in REGISTRY`, `.get`).
+Below every component: it imports only `mtft.errors`, so both registries (and tests) can use it.
 """
 
 from __future__ import annotations
@@ -14,12 +16,21 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Protocol, TypeVar
 
+from mtft.errors import ConfigError
+
 
 class Method(Protocol):
     config: type  # a dataclass with a `name` default
 
 
 M = TypeVar("M", bound=Method)
+
+
+class UnknownName(ConfigError, KeyError):
+    """A name the registry does not hold: a ConfigError for the user, a KeyError for Mapping's `in` and `get`."""
+
+    def __str__(self) -> str:
+        return Exception.__str__(self)  # the message as written, not KeyError's repr of it
 
 
 class Registry(Mapping[str, M]):
@@ -32,13 +43,13 @@ class Registry(Mapping[str, M]):
 
     def register(self, name: str, method: M) -> M:
         """Add `method` under `name`; refuse a name already taken or a config whose default `name` differs."""
-        if name in self._entries or name in self.aliases:
-            raise ValueError(f"{self.kind} '{name}' is already registered ({self._entries[name].config.__name__})")
+        self._refuse_taken(name)
         config_name = method.config().name
         if config_name != name:
-            raise ValueError(
-                f"{self.kind} registered as '{name}' but its config {method.config.__name__} is named "
-                f"'{config_name}': they must agree (and match configs/{self.kind}/{name}.yaml)"
+            raise ConfigError(
+                self.kind,
+                f"'{name}' is registered with config {method.config.__name__}, which is named '{config_name}': "
+                f"they must agree (and match configs/{self.kind}/{name}.yaml)",
             )
         self._entries[name] = method
         return method
@@ -46,15 +57,33 @@ class Registry(Mapping[str, M]):
     def alias(self, old: str, name: str) -> None:
         """`old` finds entry `name` (a method renamed: configs and saved runs that hold the old name still load),
         but is not iterated, so no matrix runs a method twice."""
-        if old in self._entries or old in self.aliases:
-            raise ValueError(f"{self.kind} '{old}' is already registered")
+        self._refuse_taken(old)
+        if name in self.aliases:
+            raise ConfigError(
+                self.kind, f"alias '{old}' names '{name}', itself an alias of '{self.aliases[name]}': name the entry"
+            )
         if name not in self._entries:
-            raise ValueError(f"{self.kind} alias '{old}' names '{name}', which is not registered")
+            raise ConfigError(self.kind, f"alias '{old}' names '{name}', which is not registered ({self._listed()})")
         self.aliases[old] = name
 
     def unregister(self, name: str) -> M:
         """Remove and return an entry (for run-time registrations that must not outlive their use)."""
+        if name in self.aliases:
+            raise ConfigError(self.kind, f"'{name}' is an alias of '{self.aliases[name]}', not an entry to unregister")
+        if name not in self._entries:
+            raise UnknownName(
+                self.kind, f"'{name}' is not registered, so it cannot be unregistered ({self._listed()})"
+            )
         return self._entries.pop(name)
+
+    def _refuse_taken(self, name: str) -> None:
+        if name in self._entries:
+            raise ConfigError(self.kind, f"'{name}' is already registered ({self._entries[name].config.__name__})")
+        if name in self.aliases:
+            raise ConfigError(self.kind, f"'{name}' is already an alias of '{self.aliases[name]}'")
+
+    def _listed(self) -> str:
+        return "registered: " + ", ".join(sorted(self._entries))
 
     @contextmanager
     def registered(self, name: str, method: M) -> Iterator[M]:
@@ -66,7 +95,10 @@ class Registry(Mapping[str, M]):
             self.unregister(name)
 
     def __getitem__(self, name: str) -> M:
-        return self._entries[self.aliases.get(name, name)]
+        try:
+            return self._entries[self.aliases.get(name, name)]
+        except KeyError:
+            raise UnknownName(self.kind, f"'{name}' is not registered ({self._listed()})") from None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)
@@ -85,4 +117,4 @@ def import_methods(package: str, path: list[str]) -> None:
         importlib.import_module(f"{package}.{module.name}")
 
 
-__all__ = ["Registry", "import_methods"]
+__all__ = ["Registry", "UnknownName", "import_methods"]

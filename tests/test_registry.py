@@ -12,6 +12,8 @@ from mtft.adapters.moe import ExpertsRuntime, load_experts, save_experts
 from mtft.balancers import BALANCERS, BalancerMethod, build_balancer, register_balancer
 from mtft.balancers.base import Balancer, BalancerConfig
 from mtft.balancers.dwa import DWABalancer, DWAConfig
+from mtft.errors import ConfigError
+from mtft.registry import Registry
 from tests.helpers import adapter_names, balancer_names, compose_config, short_run_overrides
 
 
@@ -81,20 +83,20 @@ def test_the_built_in_methods_are_classified_by_capability():
 
 def test_a_duplicate_name_is_refused():
     original = ADAPTERS["lora"]
-    with pytest.raises(ValueError, match=r"adapter 'lora' is already registered"):
+    with pytest.raises(ConfigError, match=r"^adapter: 'lora' is already registered \(LoraConfig\)$"):
         register_adapter("lora", AdapterMethod(lora.LoraConfig, lora.inject, lora.save, lora.load))
     assert ADAPTERS["lora"] is original
     with (
         BALANCERS.registered("fixed_test", BalancerMethod(FixedConfig, FixedBalancer)),
-        pytest.raises(ValueError, match=r"balancer 'fixed_test' is already registered"),
+        pytest.raises(ConfigError, match=r"^balancer: 'fixed_test' is already registered \(FixedConfig\)$"),
     ):
         register_balancer("fixed_test", BalancerMethod(FixedConfig, FixedBalancer))
 
 
 def test_a_config_named_otherwise_is_refused():
-    with pytest.raises(ValueError, match=r"registered as 'fixed_other'.*FixedConfig is named 'fixed_test'"):
+    with pytest.raises(ConfigError, match=r"^balancer: 'fixed_other' is registered with config FixedConfig, which is"):
         register_balancer("fixed_other", BalancerMethod(FixedConfig, FixedBalancer))
-    with pytest.raises(ValueError, match=r"registered as 'molora2'.*MixtureCopyConfig is named 'molora_test'"):
+    with pytest.raises(ConfigError, match=r"'molora2' is registered with config MixtureCopyConfig, which is named"):
         register_adapter("molora2", _mixture_copy())
     assert "fixed_other" not in BALANCERS and "molora2" not in ADAPTERS
 
@@ -103,7 +105,39 @@ def test_an_alias_finds_its_method_but_is_not_iterated():
     """`adapter=none`, full fine-tuning's old name: configs and saved runs that hold it still load."""
     assert ADAPTERS["none"] is ADAPTERS["full"] and "none" in ADAPTERS and "none" not in list(ADAPTERS)
     assert type(compose_config(["adapter=none"]).adapter) is ADAPTERS["full"].config
-    with pytest.raises(ValueError, match="'none' is already registered"):
+    with pytest.raises(ConfigError, match="^adapter: 'none' is already an alias of 'full'$"):
         ADAPTERS.alias("none", "lora")
-    with pytest.raises(ValueError, match="names 'nosuch', which is not registered"):
+    with pytest.raises(ConfigError, match="^adapter: alias 'old_name' names 'nosuch', which is not registered"):
         ADAPTERS.alias("old_name", "nosuch")
+
+
+def test_every_refusal_is_a_config_error_naming_the_name_and_what_it_clashes_with():
+    """On a scratch registry, every way to misuse it: each a ConfigError (the CLI reports it as one paragraph),
+    none a bare KeyError or ValueError; a lookup that finds nothing is also a KeyError, as a Mapping's is."""
+    registry: Registry = Registry("balancer")
+    registry.register("fixed_test", BalancerMethod(FixedConfig, FixedBalancer))
+    registry.alias("fixed_old", "fixed_test")
+    refusals = {
+        "balancer: 'fixed_old' is already an alias of 'fixed_test'": lambda: registry.register(
+            "fixed_old", BalancerMethod(FixedConfig, FixedBalancer)
+        ),
+        "balancer: 'fixed_test' is already registered (FixedConfig)": lambda: registry.alias("fixed_test", "x"),
+        "balancer: alias 'older' names 'fixed_old', itself an alias of 'fixed_test': name the entry": lambda: (
+            registry.alias("older", "fixed_old")
+        ),
+        "balancer: 'nosuch' is not registered (registered: fixed_test)": lambda: registry["nosuch"],
+        "balancer: 'fixed_old' is an alias of 'fixed_test', not an entry to unregister": lambda: registry.unregister(
+            "fixed_old"
+        ),
+        "balancer: 'nosuch' is not registered, so it cannot be unregistered (registered: fixed_test)": lambda: (
+            registry.unregister("nosuch")
+        ),
+    }
+    for message, misuse in refusals.items():
+        with pytest.raises(ConfigError) as refused:
+            misuse()
+        assert str(refused.value) == message and refused.value.key == "balancer"
+    with pytest.raises(KeyError):
+        registry["nosuch"]
+    assert "nosuch" not in registry and registry.get("nosuch") is None and "fixed_old" in registry
+    assert list(registry) == ["fixed_test"] and registry.aliases == {"fixed_old": "fixed_test"}  # nothing changed

@@ -18,13 +18,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from mtft.adapters.moe import PRIOR_MODULE, ExpertsRuntime, base_only
+from mtft.adapters.moe import ExpertsRuntime, SharedLayerState, base_only
 from mtft.distributed import all_reduce_sum
 
-MODULE_NAME = PRIOR_MODULE
+MODULE_NAME = "mtft_intuition"  # the prior's attribute on the model, so its saved keys read `mtft_intuition.centroids`
 
 
-class IntuitionPrior(nn.Module):
+class IntuitionPrior(SharedLayerState):
+    """The centroids and temperature (saved with the adapter, as state every MoR1E layer shares), and the batch's
+    prior, which the runtime (`PriorRuntime`) sets before each forward and before generating."""
+
     def __init__(self, clusters: int, hidden_size: int, layer: int):
         super().__init__()
         self.layer = layer

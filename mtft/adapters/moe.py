@@ -1,4 +1,5 @@
-"""Shared machinery of the mixture-of-LoRA-experts adapters (MoLoRA, MoR1E, SMoRA).
+"""Shared machinery of the mixture-of-LoRA-experts adapters: each method's own file builds on it, and nothing here
+knows one method from another.
 
 Each wraps one frozen nn.Linear: y = W·x + s·update(dropout(x)), where update routes every token to a few
 low-rank experts and s is the method's scaling. Routing is computed densely with masks, never with a Python loop
@@ -34,7 +35,6 @@ from mtft.distributed import all_reduce_sum
 from mtft.errors import ConfigError
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-PRIOR_MODULE = "mtft_intuition"  # a model-level routing prior (adapters/intuition.py), saved with the adapter
 LEGACY_ROUTER_KEY = "router.weight"  # the router was an nn.Linear child until the layers' backwards were written
 
 
@@ -53,11 +53,18 @@ class RealTokens:
         return cls(mask.unsqueeze(-1), weights, weights.sum().clamp_min(1))
 
     def per_square_count(self, scale: float) -> torch.Tensor:
-        """() scale / count²: MoLoRA's Switch-loss constant, one op per batch for all the layers that ask, not
-        two per layer."""
+        """() scale / count²: a Switch load-balancing loss's constant, one op per batch for all the layers that ask,
+        not two per layer."""
         if scale not in self.scaled:
             self.scaled[scale] = torch.pow(self.count, -2) * scale
         return self.scaled[scale]
+
+
+class SharedLayerState(nn.Module):
+    """State that all of an adapter's layers share, held once on the model rather than in each layer (e.g. a routing
+    prior's centroids): a module of this type is the adapter's, so it is saved and loaded with the layers. What it
+    holds for the next forward is the adapter runtime's to set (`AdapterRuntime.before_forward`, `before_generate`).
+    """
 
 
 class ExpertLinear(nn.Module):
@@ -241,7 +248,8 @@ def expert_layers(model: nn.Module) -> dict[str, ExpertLinear]:
 
 @contextlib.contextmanager
 def base_only(model: nn.Module):
-    """Run the base model alone (e.g. to embed instances for a routing prior), whatever adapters it carries."""
+    """Run the base model alone, whatever adapters it carries (e.g. to embed the inputs that an instance-level
+    router is conditioned on)."""
     layers = expert_layers(model).values()
     for layer in layers:
         layer.bypass = True
@@ -254,10 +262,10 @@ def base_only(model: nn.Module):
 
 def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Everything the adapter owns but the frozen base: expert weights, routers, persistent buffers, and the
-    model-level routing prior if there is one."""
+    state its layers share (`SharedLayerState`) if it has any."""
     state = {}
     for name, module in model.named_modules():
-        if isinstance(module, ExpertLinear) or name == PRIOR_MODULE:
+        if isinstance(module, (ExpertLinear, SharedLayerState)):
             for key, value in module.state_dict().items():
                 if not key.startswith("base."):
                     state[f"{name}.{key}"] = value.detach().contiguous()
@@ -292,14 +300,14 @@ def load_experts(model: nn.Module, directory: Path, config_class: type, inject: 
 
 
 def aux_loss(layers: list[ExpertLinear]) -> torch.Tensor | float:
-    """Sum of the layers' auxiliary losses from their last forward (MoLoRA's load balancing), or 0."""
+    """Sum of the layers' auxiliary losses from their last forward (e.g. a load-balancing loss), or 0."""
     losses = [layer.aux_loss for layer in layers if layer.aux_loss is not None]
     return torch.stack(losses).sum() if losses else 0.0  # two ops, not one add per layer
 
 
 def set_token_mask(layers: list[ExpertLinear], mask: torch.Tensor | None) -> None:
     """Mark the next batch's real tokens (`mask` (batch, seq) bool): padding must count neither towards an expert's
-    load nor in the load balancing built on it (SMoRA's biases). None when the step is over."""
+    load nor in the load balancing built on it (e.g. balancing biases). None when the step is over."""
     real = None if mask is None else RealTokens.of(mask)
     for layer in layers:
         layer.real_tokens = real
@@ -364,7 +372,7 @@ class ExpertsRuntime(AdapterRuntime):
 
     def after_step(self, applied: bool) -> None:
         set_token_mask(self.modules, None)
-        after_optimizer_step(self.modules, applied)  # e.g. SMoRA's bias update, from the loads over all ranks
+        after_optimizer_step(self.modules, applied)  # e.g. a balancing bias update, from the loads over all ranks
 
     def metrics(self) -> dict[str, Any]:
         return router_metrics(self.layers)

@@ -97,8 +97,6 @@ only once every arm has its seeds.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import functools
 import json
 import math
 import sys
@@ -107,8 +105,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mixing_report  # noqa: E402
@@ -124,8 +120,11 @@ from mixing_stats import (  # noqa: E402
     metrics,
     observed,
 )
+from sizing import adapter_overrides, check_config, configs_at, meta_model, variant_name  # noqa: E402
 
-LORA_ALPHA_PER_RANK = 2  # alpha = 2 × rank at every budget: LoRA r16 alpha 32, r4 alpha 8
+from mtft.adapters import baseline_adapter  # noqa: E402
+
+BASELINE = baseline_adapter()  # LoRA: every budget is its trainable parameters at a rank
 FULL_BUDGET = 16  # LoRA's rank in experiment 1 and docs/results/real.md
 TIGHT_BUDGET = 4  # the tight budget: each mixture at the LoRA rank nearest this where it can be matched
 TIGHT_RANKS = range(2, 9)
@@ -163,7 +162,7 @@ class Arm:
     label: str
     adapter: tuple[str, ...]  # adapter=... and its fields
     mixing: tuple[str, ...]  # data.mixing, balancer and their settings
-    method: str = "lora"  # the adapter method
+    method: str = BASELINE  # the adapter method
     budget: int = 16  # the LoRA rank whose trainable parameters the adapter matches
     moving_mix: bool = False  # its balancer sets the sampling mix as it trains (plotted)
 
@@ -201,7 +200,7 @@ def adapter_arms(best: str, arms: dict[str, Arm], budgets: dict[int, dict[str, A
     chosen = {}
     for rank, configs in budgets.items():
         for name, config in configs.items():
-            if (name, rank) == ("lora", FULL_BUDGET):
+            if name == BASELINE and rank == FULL_BUDGET:
                 chosen[best] = arms[best]
                 continue
             label = f"{variant_name(config)} at LoRA r{rank}'s budget, {best}"
@@ -212,17 +211,7 @@ def adapter_arms(best: str, arms: dict[str, Arm], budgets: dict[int, dict[str, A
 
 def lora_arm(arms: dict[str, Arm], rank: int) -> str:
     """LoRA's arm at the budget of LoRA `rank` (the reference for the adapters' trainable parameters there)."""
-    return next(name for name, arm in arms.items() if arm.method == "lora" and arm.budget == rank)
-
-
-def smollm2_linears(model_dir: Path):
-    """SmolLM2 built from its config on the meta device (no weights, no memory): its Linears are all
-    `compared_adapters` needs."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+    return next(name for name, arm in arms.items() if arm.method == BASELINE and arm.budget == rank)
 
 
 def budget_configs(model) -> dict[int, dict[str, Any]]:
@@ -232,18 +221,10 @@ def budget_configs(model) -> dict[int, dict[str, Any]]:
     budgets = {FULL_BUDGET: configs_at(FULL_BUDGET, model)}
     for name in budgets[FULL_BUDGET]:
         rank = tight_rank(name, model)
-        if name != "lora" and rank is not None:
+        if name != BASELINE and rank is not None:
             configs = configs_at(rank, model)
-            budgets.setdefault(rank, {"lora": configs["lora"]})[name] = configs[name]
+            budgets.setdefault(rank, {BASELINE: configs[BASELINE]})[name] = configs[name]
     return budgets
-
-
-@functools.cache
-def configs_at(rank: int, model) -> dict[str, Any]:
-    """The registry's configurations at LoRA `rank`'s budget (alpha 2 × rank), run variants counted."""
-    from mtft.adapters import compared_adapters
-
-    return compared_adapters(rank, LORA_ALPHA_PER_RANK * rank, model, runs=True)
 
 
 def tight_rank(name: str, model) -> int | None:
@@ -261,31 +242,8 @@ def missing_at_budgets(budgets: dict[int, dict[str, Any]]) -> dict[str, list[str
     tight = {name for rank, configs in budgets.items() if rank != FULL_BUDGET for name in configs}
     return {
         f"LoRA r{FULL_BUDGET}": [],
-        f"LoRA r{min(TIGHT_RANKS)}-r{max(TIGHT_RANKS)}": [n for n in compared if n not in tight and n != "lora"],
+        f"LoRA r{min(TIGHT_RANKS)}-r{max(TIGHT_RANKS)}": [n for n in compared if n not in tight and n != BASELINE],
     }
-
-
-def variant_name(config) -> str:
-    """`mor1e+intuition_clusters_4`: the method and its run variants' settings (a path and a label)."""
-    settings = {key: value for variant in config.run_variants for key, value in variant.items()}
-    return "+".join([config.name, *(f"{key}_{value}" for key, value in settings.items())])
-
-
-def adapter_overrides(config) -> tuple[str, ...]:
-    """`adapter=<name>` and `adapter.<field>=<value>` for each field that differs from the config's default."""
-    default = type(config)()
-    changed = [f for f in dataclasses.fields(config) if getattr(config, f.name) != getattr(default, f.name)]
-    return (f"adapter={config.name}", *(f"adapter.{f.name}={hydra_value(getattr(config, f.name))}" for f in changed))
-
-
-def hydra_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    if value is None:
-        return "null"
-    if isinstance(value, list | tuple):
-        return "[" + ",".join(hydra_value(v) for v in value) + "]"
-    return str(value)
 
 
 # ---- the runs -----------------------------------------------------------------------------------------------
@@ -333,20 +291,6 @@ def run_arms(runner: real.Runner, sizes: Sizes, arms: dict[str, Arm], jobs: int)
     with ThreadPoolExecutor(jobs) as pool:
         reports = list(pool.map(one, calls))
     return {name: reports[i * len(seeds) : (i + 1) * len(seeds)] for i, name in enumerate(arms)}
-
-
-def check_config(run: Path, overrides: list[str]) -> None:
-    """A cached run must be the arm's as it is now: its config.yaml holds every override (`group=name` as the
-    group's name). Where the registry's budget configurations changed since, it is not reused silently."""
-    config = yaml.safe_load((run / "config.yaml").read_text())
-    for override in overrides:
-        key, value = override.split("=", 1)
-        path = key.split(".") if "." in key else [key, "name"]
-        held = config
-        for part in path:
-            held = held.get(part) if isinstance(held, dict) else None
-        if held != yaml.safe_load(value):
-            raise SystemExit(f"{run}: config.yaml has {key}={held}, the arm now says {value}; remove the run to redo")
 
 
 def held_out_items(run: Path) -> dict[str, dict[str, list]]:
@@ -422,7 +366,7 @@ def statistics(
         title: {name: compare(items[name], items[ref], draws, point) for name in arms if name != ref}
         for title, ref in references.items()
     }
-    mixtures = {name: arm for name, arm in arms.items() if arm.method != "lora"}
+    mixtures = {name: arm for name, arm in arms.items() if arm.method != BASELINE}
     comparisons["LoRA at the same budget, on the same mixing"] = {
         name: compare(items[name], items[lora_at_budget[arm.budget]], draws, point) for name, arm in mixtures.items()
     }
@@ -437,9 +381,9 @@ def main(argv: list[str] | None = None) -> Path:
     suite = build_suite(args.out, sizes, sources)
     which = real.headline(real.task_metrics(suite))
     runner = real.Runner(args.out, suite, s)
-    budgets = budget_configs(smollm2_linears(runner.copy))
+    budgets = budget_configs(meta_model(runner.copy))
 
-    arms = mixing_arms(adapter_overrides(budgets[FULL_BUDGET]["lora"]), s.steps, s.warmup)
+    arms = mixing_arms(adapter_overrides(budgets[FULL_BUDGET][BASELINE]), s.steps, s.warmup)
     results = run_arms(runner, sizes, arms, args.jobs)
     items = paired_items(results, which)
     best = best_static(items, observed(s.seeds, item_counts(items[REFERENCE])))

@@ -16,6 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from quality import cell  # noqa: E402  (mean ± std over seeds)
 from real import GGUF, HEADLINE, score  # noqa: E402
 
+from mtft.adapters import baseline_adapter  # noqa: E402
+
 METRIC_TITLES = {"primary": "primary (mean headline)", "worst": "worst task", "val_loss": "mean final val loss"}
 
 
@@ -183,7 +185,7 @@ def design(report: Report) -> list[str]:
     words = ", ".join(f"{task} {n}" for task, n in sizes.task_train_words.items())
     missing = "; ".join(f"at {budget}: {', '.join(names)}" for budget, names in report.missing.items() if names)
     tight = ", ".join(
-        f"{', '.join(n for n in configs if n != 'lora')} at LoRA r{rank}"
+        f"{', '.join(n for n in configs if n != baseline_adapter())} at LoRA r{rank}"
         for rank, configs in report.budgets.items()
         if rank != max(report.budgets)
     )

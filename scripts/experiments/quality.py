@@ -5,9 +5,11 @@ then scores its final checkpoint with `mtft-eval` (greedy, every validation samp
 exact match as mean ± standard deviation over the seeds, and writes a markdown table and a PNG per mixture to
 docs/results/.
 
-- `adapters`: lora, smora, molora, mor1e with and without its intuition prior, at matched trainable parameters
-  (see ADAPTERS), on the demo suite and on the conflicting suite (data=demo_conflict).
-- `balancers`: uniform, data_balanced, static, coba, famo, dwa and uncertainty, with LoRA, on the demo suite.
+- `adapters`: every adapter the registry compares, at its defaults and again with its run variants (MoR1E without
+  and with its intuition prior), each sized by the registry to LoRA r16's trainable parameters on the base's
+  Linears (`adapter_variants`, sizing.py), on the demo suite and on the conflicting suite (data=demo_conflict).
+- `balancers`: every registered balancer that weighs the loss (`balancer_variants`; one that only sets the sampling
+  mix has nothing to weigh here), with LoRA r16, on the demo suite.
 
 Runs are cached in --out (a run with an eval.json is not run again) and run --jobs at a time, one thread each.
 Usage: python scripts/experiments/quality.py adapters|balancers [--seeds 3] [--steps 600] [--jobs 2]
@@ -16,6 +18,7 @@ Usage: python scripts/experiments/quality.py adapters|balancers [--seeds 3] [--s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -34,42 +37,46 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pretrain_base  # noqa: E402
+import sizing  # noqa: E402
+
+from mtft.adapters import baseline_adapter  # noqa: E402
+from mtft.balancers import BALANCERS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "results"
 MIXTURES = {"demo": ["data=demo"], "conflict": ["data=demo_conflict"]}
+SUITES = {"adapters": ["demo", "conflict"], "balancers": ["demo"]}  # suite -> the mixtures it runs on
+LORA_RANK = 16  # every adapter at LoRA r16's trainable parameters (alpha 32), as the registry sizes it
+# Balancer settings by field, for whichever balancer's config has it: static's weights, for the demo suite's tasks.
+BALANCER_SETTINGS = {"weights": "{add: 2.0, reverse: 2.0, sentiment: 0.5}"}
 
-# Matched on each of the base's layers × 7 projections (q, k, v, o, gate, up, down; sum of in+out = 2816, of in = 1280
-# per layer): LoRA r16 has 16·2816 = 45,056 parameters per layer; SMoRA r11 has 11·2816 factors + an 11-way
-# router (11·1280) = 45,056, the same; MoLoRA 4 experts × r4 has rank 16 in all plus a 4-way router (+11%);
-# MoR1E 5 down × 5 up vectors has 5·2816 factors + a 25-way pair router (25·1280) = 46,080 (+2%); its prior adds
-# a 4-cluster × 25 map per projection. The counts each run reports are in the table.
-ADAPTERS = {
-    "lora r16": ["adapter=lora", "adapter.rank=16"],
-    "smora r11 top-4": ["adapter=smora", "adapter.rank=11", "adapter.top_k=4"],
-    "molora 4×r4 top-2": ["adapter=molora", "adapter.num_experts=4", "adapter.expert_rank=4", "adapter.top_k=2"],
-    "mor1e 5×5 top-5": ["adapter=mor1e", "adapter.num_down=5", "adapter.num_up=5", "adapter.top_k=5"],
-    "mor1e 5×5 top-5 + prior": [
-        "adapter=mor1e",
-        "adapter.num_down=5",
-        "adapter.num_up=5",
-        "adapter.top_k=5",
-        "adapter.intuition_clusters=4",
-    ],
-}
-BALANCERS = {
-    "uniform": ["balancer=uniform"],
-    "data_balanced": ["balancer=data_balanced"],
-    "static": ["balancer=static", "balancer.weights={add: 2.0, reverse: 2.0, sentiment: 0.5}"],
-    "coba": ["balancer=coba"],
-    "famo": ["balancer=famo"],
-    "dwa": ["balancer=dwa"],
-    "uncertainty": ["balancer=uncertainty"],
-}
-SUITES = {
-    "adapters": {"variants": ADAPTERS, "mixtures": ["demo", "conflict"], "fixed": ["balancer=data_balanced"]},
-    "balancers": {"variants": BALANCERS, "mixtures": ["demo"], "fixed": ADAPTERS["lora r16"]},
-}
+
+def adapter_variants(base: Path) -> dict[str, list[str]]:
+    """Run name -> overrides: every method the registry compares at LoRA r16's budget on the base's Linears, at its
+    defaults and again with its run variants fixed (`mor1e`, `mor1e+intuition_clusters_4`); the baseline first."""
+    variants = sizing.variants_at(LORA_RANK, sizing.meta_model(base))
+    return {name: list(sizing.adapter_overrides(config)) for name, config in variants.items()}
+
+
+def balancer_variants() -> dict[str, list[str]]:
+    """Run name -> overrides: every registered balancer whose config weighs the loss by default, with the settings
+    of BALANCER_SETTINGS that its config has."""
+    variants = {}
+    for name, method in BALANCERS.items():
+        if method.config().to_loss:
+            fields = {field.name for field in dataclasses.fields(method.config)}
+            settings = [f"balancer.{key}={value}" for key, value in BALANCER_SETTINGS.items() if key in fields]
+            variants[name] = [f"balancer={name}", *settings]
+    return variants
+
+
+def suite_runs(suite: str, base: Path) -> tuple[dict[str, list[str]], list[str]]:
+    """A suite's variants (run name -> overrides) and the overrides every one of its runs shares: the adapters with
+    the data_balanced loss, or the loss balancers with LoRA r16."""
+    adapters = adapter_variants(base)
+    if suite == "adapters":
+        return adapters, ["balancer=data_balanced"]
+    return balancer_variants(), adapters[baseline_adapter()]
 
 
 def run(base: Path, run_dir: Path, overrides: list[str], steps: int, seed: int) -> dict:
@@ -176,9 +183,9 @@ def weights_plot(mixture: str, results: dict[str, list[dict]]) -> Path:
     return path
 
 
-def header(suite: str, args: argparse.Namespace, base: Path) -> list[str]:
+def header(suite: str, args: argparse.Namespace, base: Path, shared: list[str]) -> list[str]:
     command = f"python scripts/experiments/quality.py {suite} --seeds {args.seeds} --steps {args.steps}"
-    fixed = " ".join(SUITES[suite]["fixed"])
+    fixed = " ".join(shared)
     return [
         f"# {suite.capitalize()}: per-task exact match over {args.seeds} seeds",
         "",
@@ -208,22 +215,22 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/experiments"))
     args = parser.parse_args()
-    suite = SUITES[args.suite]
     base = pretrain_base.pretrain(args.out.parent / "base")
+    variants, shared = suite_runs(args.suite, base)
     jobs = {
         (mixture, variant, seed): args.out
         / args.suite
         / mixture
         / re.sub(r"[^A-Za-z0-9.-]+", "_", variant)
         / f"seed{seed}"
-        for mixture in suite["mixtures"]
-        for variant in suite["variants"]
+        for mixture in SUITES[args.suite]
+        for variant in variants
         for seed in range(1, args.seeds + 1)
     }
 
     def one(key):
         mixture, variant, seed = key
-        overrides = [*MIXTURES[mixture], *suite["fixed"], *suite["variants"][variant]]
+        overrides = [*MIXTURES[mixture], *shared, *variants[variant]]
         report = run(base, jobs[key], overrides, args.steps, seed)
         print(f"done {mixture} {variant} seed {seed}", flush=True)
         return report
@@ -231,9 +238,9 @@ def main() -> None:
     with ThreadPoolExecutor(args.jobs) as pool:
         reports = dict(zip(jobs, pool.map(one, jobs), strict=True))
     DOCS.mkdir(parents=True, exist_ok=True)
-    lines = header(args.suite, args, base)
-    for mixture in suite["mixtures"]:
-        results = {v: [reports[(mixture, v, s)] for s in range(1, args.seeds + 1)] for v in suite["variants"]}
+    lines = header(args.suite, args, base, shared)
+    for mixture in SUITES[args.suite]:
+        results = {v: [reports[(mixture, v, s)] for s in range(1, args.seeds + 1)] for v in variants}
         lines += [f"## {mixture}", "", *table(args.suite, results), ""]
         lines += [f"![{mixture}]({plot(args.suite, mixture, results).name})", ""]
         if args.suite == "balancers":

@@ -4,8 +4,9 @@ English→French/Spanish/German dictionaries and WordNet's glosses and hypernyms
 What runs, each over --seeds seeds (the seed sets the adapter's initialisation and the sampling order; the
 split is the suite's, fixed):
 - the base model zero-shot (`mtft-eval model=...`), once: it has no seed;
-- the adapters at matched trainable parameters, with the uniform balancer: LoRA, SMoRA, MoLoRA, MoR1E with its
-  intuition prior (ADAPTERS);
+- every adapter the registry compares, with the uniform balancer, each sized by the registry to LoRA r16's
+  trainable parameters on SmolLM2's Linears, its run variants fixed and counted (MoR1E with its intuition prior):
+  `compared`, through sizing.py;
 - the balancers on LoRA: uniform (the reference run, shared with the adapters), CoBa, FAMO, data_balanced;
 - CoBa on the mixture whose mean score was best;
 - the peer: TRL's SFTTrainer with PEFT LoRA at LoRA's settings, the same steps, batch, learning rate and schedule,
@@ -25,6 +26,8 @@ run and --jobs runs at a time (2 single-thread processes use 2 cores better than
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 import os
 import re
@@ -36,6 +39,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -46,54 +50,44 @@ import yaml  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_suite  # noqa: E402
+import sizing  # noqa: E402
 from quality import cell  # noqa: E402  (mean ± std over seeds, as the synthetic experiments print it)
 
+from mtft.adapters import baseline_adapter  # noqa: E402
+from mtft.balancers import BALANCERS as REGISTERED_BALANCERS  # noqa: E402
 from mtft.bench.smollm2 import GGUF, smollm2  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 PEER_PYTHON = HERE / "peers" / ".venv-trl" / "bin" / "python"
 
-# Trainable parameters matched on SmolLM2's 30 layers × 7 projections (per layer Σ(in+out) = 10,176 and Σin = 4,992):
-# LoRA r16 has 16·10,176 = 162,816 a layer; SMoRA r11 has 11·10,176 + an 11-way router (11·4,992) = 166,848 (+2%);
-# MoLoRA 4 experts × r4 has rank 16 in all plus a 4-way router: 182,784 (+12%); MoR1E 5 × 5 has 5·10,176 + a 25-way
-# pair router (25·4,992) = 175,680 (+8%), and its prior a 4-cluster map per projection. Each run's count is reported.
-ADAPTERS = {
-    "lora": ["adapter=lora", "adapter.rank=16", "adapter.alpha=32"],
-    "smora": ["adapter=smora", "adapter.rank=11", "adapter.top_k=4", "adapter.alpha=32"],
-    "molora": [
-        "adapter=molora",
-        "adapter.num_experts=4",
-        "adapter.expert_rank=4",
-        "adapter.top_k=2",
-        "adapter.alpha=32",
-    ],
-    "mor1e+prior": [
-        "adapter=mor1e",
-        "adapter.num_down=5",
-        "adapter.num_up=5",
-        "adapter.top_k=5",
-        "adapter.alpha=32",
-        "adapter.intuition_clusters=4",
-    ],
-}
+LORA_RANK = 16  # every adapter at LoRA r16's trainable parameters (alpha 32), as the registry sizes it
+# The experiment's design: the balancers run on LoRA (the reference's balancer first, its run shared with the adapters)
 BALANCERS = ["uniform", "coba", "famo", "data_balanced"]
+
+
+@functools.cache
+def compared(model_dir: Path) -> dict[str, Any]:
+    """Run name -> adapter config: every method the registry compares, at LoRA r16's budget on the Linears of the
+    model in `model_dir`, its run variants fixed and counted (`mor1e+intuition_clusters_4`); the baseline first.
+    Each run's trainable parameters are reported."""
+    configs = sizing.configs_at(LORA_RANK, sizing.meta_model(model_dir)).values()
+    return {sizing.variant_name(config): config for config in configs}
 
 
 def balancer_overrides(balancer: str, steps: int, warmup: int) -> list[str]:
     """CoBa's defaults are the paper's, for runs of thousands of steps: a 100-step warm-up and slopes over 200
     rounds. In a run of `steps` they would never leave the warm-up (CoBa then weighs as data_balanced does), so
     they are scaled to it: CoBa's warm-up is the learning rate's, it validates every 2% of the run (8 mixed
-    samples, its default), and its slopes span a fifth of the run."""
-    if balancer != "coba":
-        return [f"balancer={balancer}"]
+    samples, its default), and its slopes span a fifth of the run. Set by field, not by the balancer's name: any
+    balancer whose config has a warm-up, an update interval or a history gets them scaled the same way."""
     interval = max(1, steps // 50)
-    history = max(2, steps // 5 // interval)
-    extra = [f"balancer.warmup_steps={warmup}", f"balancer.update_interval={interval}", f"balancer.history={history}"]
-    return [f"balancer={balancer}", *extra]
+    scaled = {"warmup_steps": warmup, "update_interval": interval, "history": max(2, steps // 5 // interval)}
+    fields = {field.name for field in dataclasses.fields(REGISTERED_BALANCERS[balancer].config)}
+    return [f"balancer={balancer}", *(f"balancer.{key}={value}" for key, value in scaled.items() if key in fields)]
 
 
-REFERENCE = ("lora", "uniform")
+REFERENCE = (baseline_adapter(), BALANCERS[0])  # LoRA with the plain token-mean loss: the paired comparisons' zero
 PEER = ("TRL SFTTrainer + PEFT LoRA", "token mean")
 # Each task's headline metric: exact match for one-word answers, ROUGE-L for glosses; the other metric is reported too.
 HEADLINE = {"exact_match": "EM", "rouge_l": "ROUGE-L"}
@@ -199,10 +193,15 @@ class Runner:
         )
 
     def mtft(self, adapter: str, balancer: str, seed: int) -> dict:
+        """`adapter` (a run name of `compared`) with `balancer`; a cached run made with other sizes is refused."""
         s = self.settings
-        overrides = [*ADAPTERS[adapter], *balancer_overrides(balancer, s.steps, s.warmup)]
+        overrides = list(sizing.adapter_overrides(compared(self.copy)[adapter]))
+        overrides += balancer_overrides(balancer, s.steps, s.warmup)
         overrides += [f"trainer.eval_steps={max(1, s.steps // 5)}", f"trainer.logging_steps={max(1, s.steps // 15)}"]
-        return self.trained(self.run_dir(adapter, balancer, seed), overrides, seed)
+        run_dir = self.run_dir(adapter, balancer, seed)
+        report = self.trained(run_dir, overrides, seed)
+        sizing.check_config(run_dir, overrides)
+        return report
 
     def trained(self, run_dir: Path, overrides: list[str], seed: int) -> dict:
         """`mtft-train` on the suite and the model, with the settings' schedule and `overrides` (adapter, balancer,
@@ -241,7 +240,7 @@ class Runner:
         if (run_dir / "eval" / "eval.json").is_file():
             return self.report(run_dir)
         self._fresh(run_dir)
-        lora = dict(arg.split("=", 1) for arg in ADAPTERS["lora"][1:])
+        lora = compared(self.copy)[REFERENCE[0]]  # PEFT LoRA at mtft's LoRA's rank and alpha
         train = [
             str(PEER_PYTHON),
             str(HERE / "peers" / "trl_sft.py"),
@@ -252,8 +251,8 @@ class Runner:
             f"--batch={s.batch}",
             f"--lr={s.lr}",
             f"--warmup-steps={s.warmup}",
-            f"--rank={lora['adapter.rank']}",
-            f"--alpha={lora['adapter.alpha']}",
+            f"--rank={lora.rank}",
+            f"--alpha={lora.alpha}",
             f"--seed={seed}",
             f"--max-seq-len={yaml.safe_load(self.suite.read_text()).get('max_seq_len', 256)}",
             "--precision=bf16",
@@ -451,13 +450,18 @@ def main(argv: list[str] | None = None) -> None:
         return {key: reports[i * len(seeds) : (i + 1) * len(seeds)] for i, key in enumerate(jobs)}
 
     results = {("base (zero-shot)", "—"): [runner.base()]}
-    first = [(adapter, "uniform") for adapter in ADAPTERS] + [("lora", b) for b in BALANCERS if b != "uniform"]
+    reference_adapter, reference_balancer = REFERENCE
+    adapters = list(compared(runner.copy))
+    first = [(adapter, reference_balancer) for adapter in adapters]
+    first += [(reference_adapter, b) for b in BALANCERS if b != reference_balancer]
     results.update(stage(([] if args.peer_only else first) + ([] if args.no_peer else [PEER])))
     which = headline(metrics)
     best = "(not run)"
     if not args.peer_only:
         mixtures = {
-            a: statistics.mean(score(r, which) for r in results[a, "uniform"]) for a in ADAPTERS if a != "lora"
+            a: statistics.mean(score(r, which) for r in results[a, reference_balancer])
+            for a in adapters
+            if a != reference_adapter
         }
         best = max(mixtures, key=mixtures.get)
         results.update(stage([(best, "coba")]))

@@ -256,7 +256,7 @@ def test_missing_model_directory_is_named_before_anything_loads(path, monkeypatc
     def no_load(*args, **kwargs):
         raise AssertionError("transformers was asked to load it")
 
-    monkeypatch.setattr("mtft.models.AutoTokenizer.from_pretrained", no_load)
+    monkeypatch.setattr("mtft.models.loading.AutoTokenizer.from_pretrained", no_load)
     with pytest.raises(ConfigError) as info:
         load_tokenizer(ModelConfig(name_or_path=path))
     assert str(info.value) == f"model.name_or_path: {path}: no such directory, and not a hub id"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from mtft.adapters import compared_adapters
 from tests.scripts.test_real_suite import write_sources
 
 pytestmark = [pytest.mark.integration, pytest.mark.real_model, pytest.mark.experiments]
@@ -31,9 +32,15 @@ def _script(name: str):
 
 
 REAL = _script("real")
+SIZING = sys.modules["sizing"]  # as real.py imports it
 REFERENCE_ADAPTER, REFERENCE_BALANCER = REAL.REFERENCE
-# the experiment's design, read from the script: each adapter with the reference balancer, each balancer on LoRA
-VARIANTS = [(adapter, REFERENCE_BALANCER) for adapter in REAL.ADAPTERS] + [
+# the adapters the registry compares at LoRA r16's budget, by run name (MoR1E with its prior: its run variant)
+ADAPTERS = [
+    SIZING.variant_name(config)
+    for config in compared_adapters(REAL.LORA_RANK, 2.0 * REAL.LORA_RANK, runs=True).values()
+]
+# the experiment's design: each adapter with the reference balancer, each of the script's balancers on LoRA
+VARIANTS = [(adapter, REFERENCE_BALANCER) for adapter in ADAPTERS] + [
     (REFERENCE_ADAPTER, balancer) for balancer in REAL.BALANCERS if balancer != REFERENCE_BALANCER
 ]
 
@@ -62,7 +69,7 @@ def test_every_variant_trains_and_is_scored_and_a_second_call_only_renders(tmp_p
     listed = {(cells[0].lstrip("| "), cells[1]) for cells in rows}
     assert {("base (zero-shot)", "—"), *VARIANTS} <= listed
     best = report.split("also ran with CoBa: **")[1].split("**")[0]
-    assert best in set(REAL.ADAPTERS) - {REFERENCE_ADAPTER} and (best, "coba") in listed
+    assert best in set(ADAPTERS) - {REFERENCE_ADAPTER} and (best, "coba") in listed
     trainable = {}
     for adapter, balancer in VARIANTS:
         run = tmp_path / "runs" / f"{adapter}-{balancer}" / "seed1"
