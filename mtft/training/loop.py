@@ -36,8 +36,8 @@ from mtft.training.components import data_streams, load_model_and_tasks
 from mtft.training.early_stopping import EarlyStopping
 from mtft.training.engine import build_engine, init_distributed, release_torch, resolve_precision
 from mtft.training.losses import balanced_loss
+from mtft.training.periodic_eval import Evaluator
 from mtft.training.preemption import Preemption
-from mtft.training.validation import Evaluator
 from mtft.training.weight_routes import WeightRoutes
 
 

@@ -1,5 +1,7 @@
-"""Per-task validation loss (the mean token cross-entropy over the given validation batches, exact over ranks), and
-the run's evaluations: validation losses and scored sample generations, when they are due."""
+"""The evaluations inside a training run, every `trainer.eval_steps`: per-task validation loss (the mean token
+cross-entropy over the given validation batches, exact over ranks) and scored sample generations, when they are
+due. A saved model is evaluated after training by training/offline_eval.py (`mtft-eval`); both generate and score
+with eval/."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Evaluating a trained checkpoint per task: validation loss and perplexity, and generation metrics on the
-validation prompts. `mtft-eval` (cli/eval.py) is the command line over `evaluate`.
+"""Evaluating a saved model per task, outside a training run: validation loss and perplexity, and generation
+metrics on the validation prompts. `mtft-eval` (cli/eval.py) is the command line over `evaluate`; the evaluations
+during a run are training/periodic_eval.py's, and both generate and score with eval/.
 
 Each validation sample's loss is kept too (sample_losses.jsonl: its token-loss sum and token count), so a task's
 loss over any subset of its samples, such as a bootstrap's resample, is Σ loss_sum / Σ tokens; the task's
