@@ -27,6 +27,7 @@ from mtft.training.checkpoint.files import (
     save_checkpoint,
 )
 from mtft.training.checkpoint.resumable import Resumable
+from mtft.training.engine import Engine
 
 
 class Checkpointer:
@@ -56,7 +57,7 @@ class Checkpointer:
         t = self.trainer
         return bool(t.save_steps and step % t.save_steps == 0) or step == t.max_steps
 
-    def resume(self, engine, resumable: Resumable, names: list[str], sizes: list[int]) -> None:
+    def resume(self, engine: Engine, resumable: Resumable, names: list[str], sizes: list[int]) -> None:
         """Restore the engine and every stateful object from `resume_from`. The data stream continues only if the
         data is the same: the config's changes and what the sampler's state shows (task files edited in place)."""
         t = self.trainer
@@ -68,7 +69,7 @@ class Checkpointer:
 
     def save(
         self,
-        engine,
+        engine: Engine,
         step: int,
         resumable: Resumable,
         adapter: AdapterConfig,
