@@ -37,11 +37,6 @@ class PlainRunner:
         """The model run as it is, where its parameters are."""
         return cls(model, model, next(model.parameters()).device)
 
-    @property
-    def dtype(self) -> torch.dtype:
-        """The model's: models/attention.py makes an eager attention mask in it, as when it is given the model."""
-        return self.module.dtype
-
     def __call__(self, **inputs: torch.Tensor) -> Any:
         return self.outer(**inputs)
 

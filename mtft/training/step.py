@@ -165,7 +165,7 @@ def micro_batch_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(this micro-batch's share of the balanced step loss plus the adapter's auxiliary loss, its per-task sums)."""
     adapter.before_forward(batch)
-    inputs = attention_inputs(runner, model_inputs(batch), batch.get("sample_ids"))
+    inputs = attention_inputs(runner.module, model_inputs(batch), batch.get("sample_ids"))
     losses = token_losses(runner, inputs, batch["targets"])
     sums = task_loss_sums(losses, batch["loss_tasks"], len(coefficients))
     loss, aux = torch.dot(coefficients, sums), adapter.aux_loss()
