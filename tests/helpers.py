@@ -7,6 +7,7 @@ import ast
 import dataclasses
 import json
 import os
+import socket
 import subprocess
 import sys
 from functools import cache
@@ -90,6 +91,41 @@ def torchrun(args: list[str], ranks: int, cwd: Path, script: str = "-m mtft.cli.
 # ZeRO-3 keeps small parameters whole on every rank (stage3_param_persistence_threshold); 0 shards them all,
 # as a real model's would be.
 SHARD_EVERYTHING = {"zero_optimization": {"stage3_param_persistence_threshold": 0}}
+
+
+def free_port() -> str:
+    """A port on 127.0.0.1 that nothing listens on now, for a launcher's rendezvous."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
+def launcher_env(**extra: str) -> dict[str, str]:
+    """The environment a launcher test starts torchrun or a launch script with: no launch variables from pytest, the
+    venv's python, torchrun and deepspeed first on PATH, and one thread per process, as a cluster's per-rank setting
+    would give (two ranks on two cores otherwise fight for them)."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS} | {"OMP_NUM_THREADS": "1"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env | extra
+
+
+def smora_coba_overrides(paths: dict[str, Path], out: Path, steps: int, checkpoint_every: int) -> list[str]:
+    """The run the launcher tests lose workers and nodes from: SMoRA + CoBa, whose router bias and balancer state
+    must survive a restart too, a record every step, a checkpoint and a full evaluation every `checkpoint_every`."""
+    return [
+        *small_data_overrides(paths),
+        "adapter=smora",
+        "adapter.bias_update_rate=0.01",
+        "balancer=coba",
+        "balancer.warmup_steps=2",
+        "balancer.update_interval=1",
+        f"trainer.max_steps={steps}",
+        f"trainer.save_steps={checkpoint_every}",
+        f"trainer.eval_steps={checkpoint_every}",
+        "trainer.logging_steps=1",
+        "trainer.micro_batch_size=4",
+        f"trainer.output_dir={out}",
+    ]
 
 
 def shard_everything(directory: Path) -> str:

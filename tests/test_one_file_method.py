@@ -27,7 +27,7 @@ MATRICES = [
     "tests/adapters/test_save_load.py",
     "tests/balancers/test_loss_only.py",
     "tests/training/test_gradient_checkpointing.py",
-    "tests/training/test_state.py",
+    "tests/training/checkpoint/test_files.py",
 ]
 
 

@@ -18,8 +18,8 @@ import mtft
 from mtft.data import synthetic
 from mtft.errors import ConfigError
 from mtft.models import ModelConfig
+from mtft.training.checkpoint.files import load_rank_state
 from mtft.training.loop import train
-from mtft.training.state import load_rank_state
 from tests.helpers import compose_config, compose_raw, small_data_overrides
 
 PACKAGE = Path(mtft.__file__).parent
@@ -98,7 +98,7 @@ def test_every_auto_class_load_passes_trust_remote_code():
 
 def test_every_torch_load_is_weights_only_and_nothing_unpickles():
     loads = _calls(_method("load", lambda name: name == "torch"))
-    assert loads  # mtft/training/state.py reads the rank state
+    assert loads  # mtft/training/checkpoint/files.py reads the rank state
     for where, call in loads:
         flag = _keyword(call, "weights_only")
         assert isinstance(flag, ast.Constant) and flag.value is True, where
@@ -117,7 +117,7 @@ def test_weights_are_written_as_safetensors_only(dist_group, small_tasks, tmp_pa
     weights_only); no save_pretrained of a model turns safetensors off. (DeepSpeed's engine checkpoint is
     DeepSpeed's own .pt format.)"""
     savers = {where.split(":")[0] for where, _ in _calls(_method("save", lambda name: name == "torch"))}
-    assert savers == {"mtft/training/state.py"}
+    assert savers == {"mtft/training/checkpoint/files.py"}
     model_saves = _calls(_method("save_pretrained", lambda name: "tokenizer" not in name))
     assert model_saves
     for where, call in model_saves:

@@ -143,6 +143,9 @@ class Plain:
         self.optimizer.zero_grad(set_to_none=True)
         return batch
 
+    def optimizer_name(self) -> str:
+        return f"{type(self.optimizer).__name__}{' (fused)' if self.optimizer.defaults.get('fused') else ''}"
+
 
 class Mtft:
     """mtft's step: the configured adapter on the DeepSpeed engine, micro-batches from the packing pipeline."""
@@ -196,6 +199,9 @@ class Mtft:
         if not result.applied:
             raise RuntimeError("a benchmark step was skipped (non-finite loss or gradient)")
         return batches.micro_batches[0]
+
+    def optimizer_name(self) -> str:
+        return self.engine.optimizer_name()
 
 
 def prebuilt_batches(data: DataConfig, tokenizer, batch: int, count: int, device) -> list[dict[str, torch.Tensor]]:

@@ -23,6 +23,7 @@ from mtft.bench.isolated import in_fresh_process, peak_resident_bytes, reset_pea
 from mtft.models import enable_gradient_checkpointing
 from mtft.training.cross_entropy import CROSS_ENTROPY
 from mtft.training.losses import next_token_targets
+from mtft.training.model_runner import PlainRunner
 
 CASES: dict[str, dict[str, Any]] = {
     "cross_entropy=full": dict(layers=2, vocab=151936, batch=4, cross_entropy="full", checkpointing=False),
@@ -57,7 +58,7 @@ def measure(case: str, quick: bool = False) -> dict[str, Any]:
     before = resident_bytes()
     reset_peak()
     inputs, targets = {"input_ids": ids, "position_ids": positions}, next_token_targets(ids)
-    losses = CROSS_ENTROPY[spec["cross_entropy"]](model, inputs, targets)
+    losses = CROSS_ENTROPY[spec["cross_entropy"]](PlainRunner.alone(model), inputs, targets)
     losses.mean().backward()
     peak = peak_resident_bytes()
     return {"peak_above_start_mb": (peak - before) / 2**20, "loss": float(losses.mean())}

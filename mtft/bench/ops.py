@@ -104,14 +104,7 @@ def count_step(runner: Any) -> StepCount:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         runner.train_on(batches)
     ops, syncs, cpu_only, names = count_events(prof.events())
-    return StepCount(ops, sum(syncs.values()), syncs, cpu_only, optimizer_name(runner), names.most_common(10))
-
-
-def optimizer_name(runner: Any) -> str:
-    optimizer = runner.optimizer if hasattr(runner, "optimizer") else runner.engine.optimizer_name()
-    if isinstance(optimizer, str):
-        return optimizer
-    return f"{type(optimizer).__name__}{' (fused)' if optimizer.defaults.get('fused') else ''}"
+    return StepCount(ops, sum(syncs.values()), syncs, cpu_only, runner.optimizer_name(), names.most_common(10))
 
 
 def count_configs(

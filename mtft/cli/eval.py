@@ -1,5 +1,5 @@
 """`mtft-eval checkpoint=RUN/checkpoint-N out=DIR [key=value ...]`: per-task validation loss, perplexity and
-generation metrics of a trained checkpoint (training/evaluate.py).
+generation metrics of a trained checkpoint (training/offline_eval.py).
 
 `mtft-eval model=DIR_OR_ID [gguf_file=NAME] [adapter=DIR] data=FILE.yaml out=DIR`: the same for a model that mtft
 did not train: the base model (the zero-shot row), or with a PEFT adapter trained elsewhere (TRL, LLaMA-Factory,
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args = key_values(sys.argv[1:] if argv is None else argv, USAGE)
         from mtft.config.convert import from_dict
-        from mtft.training.evaluate import EvalSettings
+        from mtft.training.offline_eval import EvalSettings
 
         paths = {"checkpoint", "out", "config", "data"}
         known = paths | BASE_KEYS | {f.name for f in dataclasses.fields(EvalSettings)}
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
             raise ConfigError("config", "only with checkpoint=... (a base model has no run config)")
         skip = paths | BASE_KEYS
         settings = from_dict(EvalSettings, {k: yaml.safe_load(v) for k, v in args.items() if k not in skip})
-        from mtft.training.evaluate import evaluate, print_table  # heavy imports once the arguments are valid
+        from mtft.training.offline_eval import evaluate, print_table  # heavy imports once the arguments are valid
 
         optional = {k: Path(args[k]) if k in args else None for k in ("config", "data")}
         checkpoint = Path(args["checkpoint"]) if "checkpoint" in args else None

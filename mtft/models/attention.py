@@ -27,15 +27,15 @@ DENSE_MASK_ATTENTION = ("sdpa", "eager")  # attention that takes a (batch, 1, qu
 def attention_inputs(
     model: nn.Module, inputs: dict[str, torch.Tensor], sample_ids: torch.Tensor | None = None
 ) -> dict[str, torch.Tensor]:
-    """`inputs` with the attention mask made here, on the device, for sdpa and eager attention.
+    """`inputs` with the attention mask made here, on the device, for sdpa and eager attention; `model` is the
+    model itself (a runner's `module`), whose config names its attention and whose dtype an eager mask takes.
 
     Why: transformers derives the mask itself and, to tell a packed batch from a plain one, reads a value on the
     host (`find_packed_sequence_indices`, `padding_mask.all()`): one sync per forward. Made here, the mask is the
     same (causal, within a packed sample, over real keys) and the forward never waits on the host. Flash
     attention keeps its own path (position ids or a 2-D mask). `sample_ids` (`packed_sample_ids`, made with the
     batch on the host) saves two ops of a packed batch's mask."""
-    config = getattr(getattr(model, "module", model), "config", None)
-    implementation = getattr(config, "_attn_implementation", None)
+    implementation = model.config._attn_implementation
     if implementation not in DENSE_MASK_ATTENTION:
         return inputs
     input_ids = inputs["input_ids"]
@@ -48,7 +48,7 @@ def attention_inputs(
         real = inputs["attention_mask"].bool()
         mask = ((real[:, None, :] & causal) | _causal(length, input_ids.device, diagonal=True))[:, None]
     if implementation == "eager":  # added to the scores
-        dtype = getattr(model, "dtype", None) or torch.float32
+        dtype = model.dtype
         mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
     return {**inputs, "attention_mask": mask}
 

@@ -23,9 +23,11 @@ from torch import nn
 
 from mtft.data.tokenize import IGNORE
 from mtft.training.losses import target_losses
+from mtft.training.model_runner import ModelRunner
 
-# (model or engine, its inputs, next-token targets (B·T,), losses.next_token_targets) -> losses (B·T,), 0 where ignored
-TokenLosses = Callable[[nn.Module, dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
+# (what runs the model, its inputs, next-token targets (B·T,) from losses.next_token_targets) -> losses (B·T,),
+# 0 where a target is ignored
+TokenLosses = Callable[[ModelRunner, dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
 
 # logits per chunk: 2^28 fp32 values (1 GiB) bound the loss's transient memory whatever the vocabulary
 CHUNK_ELEMENTS = 1 << 28
@@ -106,14 +108,16 @@ def output_head(model: nn.Module) -> tuple[nn.Module, nn.Linear]:
     return decoder, head
 
 
-def full_token_losses(model: nn.Module, inputs: dict[str, torch.Tensor], targets_N: torch.Tensor) -> torch.Tensor:
+def full_token_losses(runner: ModelRunner, inputs: dict[str, torch.Tensor], targets_N: torch.Tensor) -> torch.Tensor:
     """The plain path: the model's full logits, then the loss."""
-    return target_losses(model(**inputs).logits, targets_N)
+    return target_losses(runner(**inputs).logits, targets_N)
 
 
-def chunked_token_losses(model: nn.Module, inputs: dict[str, torch.Tensor], targets_N: torch.Tensor) -> torch.Tensor:
+def chunked_token_losses(
+    runner: ModelRunner, inputs: dict[str, torch.Tensor], targets_N: torch.Tensor
+) -> torch.Tensor:
     """As `full_token_losses`, without materialising the logits."""
-    decoder, head = output_head(getattr(model, "module", model))  # through a DeepSpeed engine to its model
+    decoder, head = output_head(runner.module)
     hidden = decoder(**inputs).last_hidden_state
     return linear_cross_entropy(hidden.flatten(0, 1), head, targets_N)
 

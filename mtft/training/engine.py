@@ -7,7 +7,7 @@ Three optimizer paths, all inside a DeepSpeed engine:
   tensors; the engine's per-bucket gradient all-reduce is off (the optimizer sums one flat buffer);
 - ZeRO-1/2 in bf16 or fp32 with torch AdamW on the device: DeepSpeed's ZeRO optimizer (flat partitions, reduction,
   all-gather) around mtft's `GuardedAdamW`, with DeepSpeed's own norm and overflow check, which read the host,
-  turned off: the guard decides on the device here too;
+  turned off: the guarded optimizer decides on the device here too;
 - ZeRO-3, fp16, offload and DeepSpeed's FusedAdam: DeepSpeed's own optimizers (flat buffers, overflow check, loss
   scaling) around a fused torch AdamW.
 
@@ -36,6 +36,7 @@ from mtft.config.train import TrainConfig
 from mtft.distributed import start_process_group
 from mtft.errors import ConfigError
 from mtft.training.guard import poison_if_nonfinite
+from mtft.training.model_runner import PlainRunner
 from mtft.training.optimizer import GuardedAdamW, MasterAdamW
 
 
@@ -158,13 +159,15 @@ def guards_on_device(cfg: TrainConfig) -> bool:
 
 class Engine:
     """The DeepSpeed engine as the training step uses it: forward, backward, the step's outcome on the device, the
-    LR schedule, checkpoints. `ds` is DeepSpeed's engine, for this module's own functions only."""
+    LR schedule, checkpoints; a `ModelRunner` (training/model_runner.py) for validation. `ds` is DeepSpeed's
+    engine, for this module's own functions only. `guarded_optimizer`: mtft's optimizer that clips, tests and
+    skips the step on the device (training/optimizer.py), or None where DeepSpeed's own optimizer steps."""
 
-    def __init__(self, ds, schedule, guard: GuardedAdamW | None):
-        self.ds, self.schedule, self.guard = ds, schedule, guard
+    def __init__(self, ds, schedule, guarded_optimizer: GuardedAdamW | None):
+        self.ds, self.schedule, self.guarded_optimizer = ds, schedule, guarded_optimizer
         self.module, self.device, self.world_size = ds.module, ds.device, ds.world_size
         self.rank = ds.global_rank  # this process's place among the data-parallel ranks
-        lean = isinstance(guard, MasterAdamW)
+        lean = isinstance(guarded_optimizer, MasterAdamW)
         if lean:
             ds.enable_backward_allreduce = False  # per bucket and per tensor; MasterAdamW sums one flat buffer
         # The step's loss is normalised over all ranks' tokens, so gradients are summed over ranks. DeepSpeed's
@@ -187,8 +190,8 @@ class Engine:
         """One micro-batch's backward; at the step's last micro-batch, the optimizer step too. A non-finite loss
         skips the step (training/guard.py): mtft's guarded optimizer watches it, DeepSpeed's overflow check sees
         the NaN gradients `poison_if_nonfinite` gives it."""
-        if self.guard is not None:
-            self.guard.watch_loss(loss)
+        if self.guarded_optimizer is not None:
+            self.guarded_optimizer.watch_loss(loss)
         else:
             loss = poison_if_nonfinite(loss)
         loss = loss * self.loss_scale if self.loss_scale != 1 else loss
@@ -207,8 +210,8 @@ class Engine:
         """[gradient norm before clipping (NaN where none is computed), 1.0 if the update was skipped], on the
         device. mtft's guarded optimizers leave it on the device with no sync; DeepSpeed's own have already read
         their overflow flag on the host, and their norm stays where it is."""
-        if self.guard is not None:
-            return torch.stack([self.guard.grad_norm, self.guard.skipped])
+        if self.guarded_optimizer is not None:
+            return torch.stack([self.guarded_optimizer.grad_norm, self.guarded_optimizer.skipped])
         norm = self.ds.get_global_grad_norm()
         skipped = torch.tensor(0.0 if self.ds.was_step_applied() else 1.0, device=self.device)
         if not isinstance(norm, torch.Tensor):
@@ -217,12 +220,12 @@ class Engine:
 
     @property
     def reports_grad_norm(self) -> bool:
-        return self.guard is not None or self.ds.get_global_grad_norm() is not None
+        return self.guarded_optimizer is not None or self.ds.get_global_grad_norm() is not None
 
     def finish_step(self, applied: bool) -> None:
         """After the host has read the step's outcome: with mtft's guarded optimizers the LR schedule moves only
         for an applied step (DeepSpeed steps its own schedule, already skipped on overflow)."""
-        if self.guard is not None and applied:
+        if self.guarded_optimizer is not None and applied:
             self.schedule.step()
 
     def optimizer_name(self) -> str:
@@ -281,7 +284,7 @@ def build_engine(model: nn.Module, cfg: TrainConfig, world_size: int) -> Engine:
         raise ConfigError("trainer.optimizer", "fused_adamw needs the optimizer on the GPU (no optimizer offload)")
     if t.optimizer == "fused_adamw" and not torch.cuda.is_available():
         raise ConfigError("trainer.optimizer", "fused_adamw is DeepSpeed's CUDA FusedAdam; without a GPU use adamw")
-    guard = None
+    guarded = None
     trainable = [p for p in model.parameters() if p.requires_grad]  # the same objects after the casts and moves below
     if is_lean(cfg):
         if resolve_precision(cfg.deepspeed.precision) == "bf16":
@@ -289,9 +292,9 @@ def build_engine(model: nn.Module, cfg: TrainConfig, world_size: int) -> Engine:
                 if param.is_floating_point() and param.dtype != torch.bfloat16:
                     param.data = param.data.to(torch.bfloat16)
         model.to(get_accelerator().current_device_name())  # the master weights are made where they will live
-        optimizer = guard = MasterAdamW(trainable, t.max_grad_norm, lr=t.lr, weight_decay=t.weight_decay)
+        optimizer = guarded = MasterAdamW(trainable, t.max_grad_norm, lr=t.lr, weight_decay=t.weight_decay)
     elif guards_on_device(cfg):  # ZeRO-1/2: its parameters are this rank's partitions, so the norm is summed
-        optimizer = guard = GuardedAdamW(
+        optimizer = guarded = GuardedAdamW(
             trainable, t.max_grad_norm, lr=t.lr, weight_decay=t.weight_decay, sum_norm_over_ranks=True
         )
     elif cfg.deepspeed.offload_optimizer:
@@ -308,15 +311,15 @@ def build_engine(model: nn.Module, cfg: TrainConfig, world_size: int) -> Engine:
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
-        lr_scheduler=_DeferredSchedule(schedule) if guard is not None else schedule,
+        lr_scheduler=_DeferredSchedule(schedule) if guarded is not None else schedule,
         config=deepspeed_config(cfg, world_size),
     )
-    return Engine(engine, schedule, guard)
+    return Engine(engine, schedule, guarded)
 
 
-def partitioned_for_inference(model: nn.Module, cfg: TrainConfig, world_size: int):
-    """The model's parameters partitioned over the ranks by ZeRO-3, for evaluation: an engine with no optimizer
-    (DeepSpeed's ZeRO-3 inference), whose forwards gather each layer's shards and free them after. The run's
+def partitioned_for_inference(model: nn.Module, cfg: TrainConfig, world_size: int) -> PlainRunner:
+    """The model's parameters partitioned over the ranks by ZeRO-3, for evaluation: run by an engine with no
+    optimizer (DeepSpeed's ZeRO-3 inference), whose forwards gather each layer's shards and free them after. The run's
     DeepSpeed settings (its config file, parameter offload) at stage 3, in the precision `model` was loaded in,
     so the numbers are those of the unpartitioned model."""
     deepspeed = _deepspeed()
@@ -326,21 +329,21 @@ def partitioned_for_inference(model: nn.Module, cfg: TrainConfig, world_size: in
     config["bf16"]["enabled"] = next(model.parameters()).dtype == torch.bfloat16
     config["fp16"]["enabled"] = False
     engine, _, _, _ = deepspeed.initialize(model=model, config=config)
-    return engine
+    return PlainRunner(engine, engine.module, engine.device)
 
 
-def is_sharded(engine) -> bool:
+def is_sharded(engine: Engine) -> bool:
     """ZeRO-3: every rank holds only a shard of each parameter."""
     return engine.zero_optimization_stage() == 3
 
 
-def generation_is_collective(engine) -> bool:
+def generation_is_collective(engine: Engine) -> bool:
     """Under ZeRO-3 with several ranks each forward gathers shards from all ranks, so all generate in step."""
     return is_sharded(engine) and engine.world_size > 1
 
 
 @contextlib.contextmanager
-def gathered(engine, params: list[nn.Parameter]):
+def gathered(engine: Engine, params: list[nn.Parameter]):
     """The whole `params` on every rank inside the block (collective under ZeRO-3; nothing to do otherwise)."""
     if not is_sharded(engine):
         yield
@@ -351,11 +354,11 @@ def gathered(engine, params: list[nn.Parameter]):
         yield
 
 
-def consolidated_state_dict(engine) -> dict[str, torch.Tensor] | None:
+def consolidated_state_dict(engine: Engine) -> dict[str, torch.Tensor] | None:
     """The whole model's 16-bit state dict on rank 0 (None elsewhere), gathered one layer at a time into CPU
     memory. A private DeepSpeed method, as accelerate also uses; the ZeRO-3 full-fine-tune tests would catch a
     rename."""
-    return getattr(engine, "ds", engine)._zero3_consolidated_16bit_state_dict()
+    return engine.ds._zero3_consolidated_16bit_state_dict()
 
 
 @contextlib.contextmanager

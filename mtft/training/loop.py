@@ -30,14 +30,14 @@ from mtft.logging.secrets import redact
 from mtft.logging.throughput import ThroughputWindow, peak_flops
 from mtft.training import guard, summary
 from mtft.training import step as steps
-from mtft.training.checkpointer import Checkpointer
+from mtft.training.checkpoint.checkpointer import Checkpointer
+from mtft.training.checkpoint.resumable import Resumable, TrainState
 from mtft.training.components import data_streams, load_model_and_tasks
 from mtft.training.early_stopping import EarlyStopping
 from mtft.training.engine import build_engine, init_distributed, release_torch, resolve_precision
 from mtft.training.losses import balanced_loss
+from mtft.training.periodic_eval import Evaluator
 from mtft.training.preemption import Preemption
-from mtft.training.train_state import Resumable, TrainState
-from mtft.training.validation import Evaluator
 from mtft.training.weight_routes import WeightRoutes
 
 

@@ -31,6 +31,7 @@ from mtft.training.losses import (
     next_token_targets,
     task_loss_sums,
 )
+from mtft.training.model_runner import ModelRunner, PlainRunner
 
 Reduction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (weights, step token counts) -> w_t: Balancer
 HOST_READ = "mtft::host_read"  # the profiler's name for the step's one copy of its numbers to the host
@@ -155,7 +156,7 @@ def on_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
 
 
 def micro_batch_loss(
-    model,
+    runner: ModelRunner,
     batch: dict[str, torch.Tensor],
     coefficients: torch.Tensor,
     adapter: AdapterRuntime,
@@ -164,8 +165,8 @@ def micro_batch_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(this micro-batch's share of the balanced step loss plus the adapter's auxiliary loss, its per-task sums)."""
     adapter.before_forward(batch)
-    inputs = attention_inputs(model, model_inputs(batch), batch.get("sample_ids"))
-    losses = token_losses(model, inputs, batch["targets"])
+    inputs = attention_inputs(runner.module, model_inputs(batch), batch.get("sample_ids"))
+    losses = token_losses(runner, inputs, batch["targets"])
     sums = task_loss_sums(losses, batch["loss_tasks"], len(coefficients))
     loss, aux = torch.dot(coefficients, sums), adapter.aux_loss()
     if isinstance(aux, torch.Tensor) or aux:  # 0.0: no auxiliary loss, and no op for it
@@ -187,9 +188,10 @@ def first_nonfinite(
     counts = torch.tensor(result.counts, device=engine.device)
     coefficients = loss_coefficients(counts, torch.tensor(result.weights, device=engine.device))
     bad: list[str] = []
+    model_alone = PlainRunner.alone(engine.module)  # forwards outside DeepSpeed's engine: its hooks stay out
     for batch in micro_batches.micro_batches:
         batch = on_device(batch, engine.device)
-        loss, _ = micro_batch_loss(engine.module, batch, coefficients, adapter, 1)
+        loss, _ = micro_batch_loss(model_alone, batch, coefficients, adapter, 1)
         bad += [name for name in nonfinite_gradients(engine.module, loss) if name not in bad]
     bad = gather_names(bad)
     if bad:

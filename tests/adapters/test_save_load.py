@@ -1,6 +1,6 @@
 """Every adapter: train a few steps, save, load onto a fresh base in a new process, get the same logits.
 
-(tests/training/test_state.py checks that such a load equals the trained engine's own weights.)"""
+(tests/training/checkpoint/test_files.py checks that such a load equals the trained engine's own weights.)"""
 
 from __future__ import annotations
 

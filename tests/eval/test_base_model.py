@@ -67,7 +67,7 @@ def test_generate_answers_from_the_base_model_with_a_peft_adapter(base_and_adapt
 def test_a_base_model_needs_data_and_an_adapter_directory_needs_peft_config(base_and_adapter, tmp_path, capsys):
     model, adapter, data = base_and_adapter
     with pytest.raises(ConfigError, match="^data: a base model has no run to take tasks from"):
-        from mtft.training.evaluate import EvalSettings, evaluate
+        from mtft.training.offline_eval import EvalSettings, evaluate
 
         evaluate(None, tmp_path / "out", EvalSettings(), base=BaseModel(ModelConfig(name_or_path=str(model))))
     with pytest.raises(ConfigError, match="^adapter: .*: no adapter_config.json in it; not a PEFT adapter"):

@@ -8,10 +8,10 @@ import os
 import signal
 
 from mtft.cli.train import main
-from mtft.training import state
+from mtft.training.checkpoint import files
 
 CRASH_AT = f"checkpoint-{os.environ['MTFT_CRASH_AT']}"
-save_adapter = state.save_adapter
+save_adapter = files.save_adapter
 
 
 def save_then_die(model, cfg, directory):
@@ -23,5 +23,5 @@ def save_then_die(model, cfg, directory):
 
 
 if __name__ == "__main__":
-    state.save_adapter = save_then_die
+    files.save_adapter = save_then_die
     main()

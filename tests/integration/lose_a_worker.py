@@ -10,11 +10,12 @@ import os
 import signal
 
 from mtft.cli.train import main
-from mtft.training import state, step
+from mtft.training import step
+from mtft.training.checkpoint import files
 
 WHEN, AT = os.environ["MTFT_LOSE"].split(":")
 LOSING = os.environ.get("RANK") == "1" and os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0"
-optimizer_step, save_adapter = step.optimizer_step, state._save_adapter
+optimizer_step, save_adapter = step.optimizer_step, files._save_adapter
 steps_begun = 0
 
 
@@ -36,5 +37,5 @@ if __name__ == "__main__":
     if LOSING and WHEN in ("step", "hang"):
         step.optimizer_step = lose_at_step
     elif LOSING and WHEN == "save":
-        state._save_adapter = lose_at_save
+        files._save_adapter = lose_at_save
     main()

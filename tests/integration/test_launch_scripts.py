@@ -4,35 +4,18 @@ rendezvous on one machine, and the Slurm task wrapper, there with Slurm's SIGUSR
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import LAUNCH_VARS, small_data_overrides
+from tests.helpers import free_port, launcher_env, small_data_overrides
 
 pytestmark = pytest.mark.integration
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts" / "launch"
-
-
-def _env(**extra: str) -> dict[str, str]:
-    """No launch variables from pytest; the venv's python, torchrun and deepspeed first on PATH; one thread per
-    process, as a cluster's per-rank setting would give (two ranks on two cores otherwise fight for them)."""
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS} | {"OMP_NUM_THREADS": "1"}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return env | extra
-
-
-def _free_port() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return str(sock.getsockname()[1])
 
 
 def _overrides(small_tasks, out: Path, *extra: str) -> list[str]:
@@ -52,21 +35,21 @@ def _finish(procs: list[subprocess.Popen]) -> None:
 def test_deepspeed_launcher_single_node(small_tasks, tmp_path):
     out = tmp_path / "run"
     command = ["bash", str(SCRIPTS / "deepspeed.sh"), *_overrides(small_tasks, out)]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, env=_env(NPROC="2"))
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, env=launcher_env(NPROC="2"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 rank(s)" in proc.stdout and (out / "summary.json").is_file()
 
 
 def test_torchrun_multinode_rendezvous(small_tasks, tmp_path):
     """Two "nodes" of one process each, on one machine: the c10d rendezvous a real multi-node run uses."""
-    out, port = tmp_path / "run", _free_port()
+    out, port = tmp_path / "run", free_port()
     procs = [
         subprocess.Popen(
             ["bash", str(SCRIPTS / "torchrun_multinode.sh"), *_overrides(small_tasks, out)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=_env(NNODES="2", NODE_RANK=str(node), NPROC="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
+            env=launcher_env(NNODES="2", NODE_RANK=str(node), NPROC="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
         )
         for node in (0, 1)
     ]
@@ -82,7 +65,7 @@ def _slurm_tasks(args: list[str], port: str) -> list[subprocess.Popen]:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=_env(
+            env=launcher_env(
                 SLURM_PROCID=str(rank),
                 SLURM_LOCALID=str(rank),
                 SLURM_NTASKS="2",
@@ -99,7 +82,7 @@ def test_slurm_tasks_save_on_sigusr1_to_one_rank_and_resume(small_tasks, tmp_pat
     to stop at, save one complete checkpoint together and both exit 0; the requeued job resumes and finishes."""
     out = tmp_path / "run"
     args = _overrides(small_tasks, out, "trainer.max_steps=3000", "trainer.logging_steps=1", "trainer.resume=auto")
-    procs = _slurm_tasks(args, _free_port())
+    procs = _slurm_tasks(args, free_port())
     deadline = time.time() + 180
     while time.time() < deadline and (not (out / "metrics.jsonl").exists() or len(_steps(out)) < 3):
         time.sleep(0.1)
@@ -112,5 +95,5 @@ def test_slurm_tasks_save_on_sigusr1_to_one_rank_and_resume(small_tasks, tmp_pat
 
     last = stopped + 2
     resumed = [arg if not arg.startswith("trainer.max_steps") else f"trainer.max_steps={last}" for arg in args]
-    _finish(_slurm_tasks(resumed, _free_port()))
+    _finish(_slurm_tasks(resumed, free_port()))
     assert _steps(out) == list(range(1, last + 1)) and (out / "summary.json").is_file()

@@ -8,8 +8,6 @@ two simulated nodes (one process each, c10d rendezvous on 127.0.0.1)."""
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import LAUNCH_VARS, computed, small_data_overrides
+from tests.helpers import computed, free_port, launcher_env, smora_coba_overrides
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -27,36 +25,14 @@ TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 
 
 def _overrides(small_tasks, out: Path) -> list[str]:
-    return [
-        *small_data_overrides(small_tasks),
-        "adapter=smora",
-        "adapter.bias_update_rate=0.01",
-        "balancer=coba",
-        "balancer.warmup_steps=2",
-        "balancer.update_interval=1",
-        "deepspeed=zero2",
-        f"trainer.max_steps={STEPS}",
-        f"trainer.save_steps={SAVE}",
-        f"trainer.eval_steps={SAVE}",
-        "trainer.logging_steps=1",
-        "trainer.micro_batch_size=4",
-        "trainer.resume=auto",
-        f"trainer.output_dir={out}",
-    ]
-
-
-def _free_port() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return str(sock.getsockname()[1])
+    return [*smora_coba_overrides(small_tasks, out, STEPS, SAVE), "deepspeed=zero2", "trainer.resume=auto"]
 
 
 def _launch(layout: str, args: list[str], lose: str | None, restarts: int = 1) -> list[subprocess.CompletedProcess]:
     """The run under torchrun with `restarts` allowed: one node of two processes, or two nodes of one."""
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS} | {"OMP_NUM_THREADS": "1"}
-    env |= {"MTFT_LOSE": lose} if lose else {}
+    env = launcher_env(**({"MTFT_LOSE": lose} if lose else {}))
     script = [str(LOSE_A_WORKER)] if lose else ["-m", "mtft.cli.train"]
-    port = _free_port()
+    port = free_port()
     common = ["--max-restarts", str(restarts), "--monitor-interval", "0.2", "--rdzv-backend", "c10d",
               "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "lost-worker"]  # fmt: skip
     nodes = [["--nnodes", "1", "--nproc-per-node", "2"]] if layout == "one_node" else [

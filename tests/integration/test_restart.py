@@ -11,8 +11,6 @@ init_distributed, distributed.py's start_process_group): two ranks under real to
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import LAUNCH_VARS
+from tests.helpers import free_port, launcher_env
 
 pytestmark = pytest.mark.integration
 
@@ -56,23 +54,17 @@ print(f"rank {rank} attempt {attempt} sum {total.item():g} kept {kept}", flush=T
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _torchrun(tmp_path: Path, rendezvous: str, *args: str, restarts: int = 0, timeout: float = 240):
     script = tmp_path / "group.py"
     script.write_text(GROUP)
-    port = _free_port()
+    port = free_port()
     endpoint = (["--rdzv-backend", "static", "--master-addr", "127.0.0.1", "--master-port", str(port)]
                 if rendezvous == "static" else
                 ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "test"])  # fmt: skip
     command = [str(Path(sys.executable).parent / "torchrun"), "--nnodes", "1", "--nproc-per-node", "2",
                "--max-restarts", str(restarts), "--monitor-interval", "0.2",
                *endpoint, str(script), *args]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS} | {"OMP_NUM_THREADS": "1"}
+    env = launcher_env()
     started = time.monotonic()
     proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp_path)
     return proc, time.monotonic() - started

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from tests.helpers import LAUNCH_VARS, computed, shard_everything, small_data_overrides, torchrun
+from tests.helpers import computed, free_port, launcher_env, shard_everything, smora_coba_overrides, torchrun
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -30,38 +29,16 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "launch" / "torchrun_
 
 def _overrides(small_tasks, out: Path, stage: str, tmp: Path, *extra: str) -> list[str]:
     zero = [f"deepspeed={stage}", *([shard_everything(tmp)] if stage == "zero3" else [])]
-    return [
-        *small_data_overrides(small_tasks),
-        "adapter=smora",
-        "adapter.bias_update_rate=0.01",
-        "balancer=coba",
-        "balancer.warmup_steps=2",
-        "balancer.update_interval=1",
-        *zero,
-        f"trainer.max_steps={STEPS}",
-        "trainer.save_steps=4",
-        "trainer.eval_steps=4",
-        "trainer.logging_steps=1",
-        "trainer.micro_batch_size=4",
-        f"trainer.output_dir={out}",
-        *extra,
-    ]
-
-
-def _free_port() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return str(sock.getsockname()[1])
+    return [*smora_coba_overrides(small_tasks, out, STEPS, 4), *zero, *extra]
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS} | {"OMP_NUM_THREADS": "1"}
-    return env | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", "WANDB_MODE": "offline"}
+    return launcher_env(WANDB_MODE="offline")
 
 
 def _nodes(args: list[str]) -> list[subprocess.Popen]:
     """Both nodes' `torchrun_multinode.sh` (`exec`: each one's pid is its torchrun's)."""
-    env, port = _env(), _free_port()
+    env, port = _env(), free_port()
     return [
         subprocess.Popen(
             ["bash", str(SCRIPT), *args],

@@ -10,8 +10,8 @@ import shutil
 import pytest
 
 from mtft.training.best_val import Best, BestValLosses
+from mtft.training.checkpoint.resumable import TrainState
 from mtft.training.loop import train
-from mtft.training.train_state import TrainState
 from tests.helpers import compose_config, small_data_overrides
 
 

@@ -12,6 +12,7 @@ from mtft.adapters.lora import LoraConfig
 from mtft.models import TinyModelConfig, build_byte_tokenizer, build_tiny_model
 from mtft.training.cross_entropy import chunked_token_losses, linear_cross_entropy, output_head
 from mtft.training.losses import next_token_targets, token_losses
+from mtft.training.model_runner import PlainRunner
 
 
 def _targets(n: int, vocab: int) -> torch.Tensor:
@@ -72,7 +73,7 @@ def test_through_a_peft_model_matches_the_plain_loss_and_lora_gradients():
     plain.sum().backward()
     expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     model.zero_grad()
-    chunked = chunked_token_losses(model, inputs, next_token_targets(labels))
+    chunked = chunked_token_losses(PlainRunner.alone(model), inputs, next_token_targets(labels))
     chunked.sum().backward()
     torch.testing.assert_close(chunked, plain, rtol=1e-5, atol=1e-5)
     for name, p in model.named_parameters():

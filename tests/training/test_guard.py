@@ -14,6 +14,7 @@ import torch.multiprocessing
 
 import mtft.training.step as step_module
 from mtft.training import components
+from mtft.training.checkpoint.files import COMPLETE_MARKER
 from mtft.training.guard import (
     NumericalGuard,
     TrainingDiverged,
@@ -22,7 +23,6 @@ from mtft.training.guard import (
 )
 from mtft.training.loop import train
 from mtft.training.optimizer import GuardedAdamW, MasterAdamW
-from mtft.training.state import COMPLETE_MARKER
 from tests.helpers import compose_config, computed, small_data_overrides
 
 # ---- the pieces ----------------------------------------------------------------------------------------------

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from mtft.training import step as steps
+from mtft.training.checkpoint.files import COMPLETE_MARKER
 from mtft.training.loop import TrainingRecipe, train
 from mtft.training.preemption import SIGNALS
-from mtft.training.state import COMPLETE_MARKER
 from tests.helpers import compose_config, small_data_overrides, wandb_records
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ from tests.helpers import handle_attributes
 
 def test_the_training_package_imports_no_mixture_of_experts_or_prior_internals():
     found = []
-    for path in Path(mtft.training.__file__).parent.glob("*.py"):
+    for path in Path(mtft.training.__file__).parent.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module in ("mtft.adapters.moe", "mtft.adapters.intuition"):
                 found.append(f"{path.name}:{node.lineno} from {node.module} import ...")

@@ -7,10 +7,10 @@ resumes as before:
 - the run's state, equal on every rank, in the engine's client state: `step`, `tokens`, `initial_val_losses`,
   `best_val_losses` and `task_samples` (TrainState's fields, at the top level), `balancer`, `guard`,
   `early_stopping` and `mix` (the mix the balancer's weights drive, training/weight_routes.py);
-- each rank's own, in `rank_state_<rank>.pt` beside its RNG (training/state.py): `batches` (its data position,
-  with the mixes of the rounds it has still to draw),
-  `val_cycle` (its validation cycle's cursor) and `weights` (the balancer weights it trains with: every rank must
-  agree, and a checkpoint makes that checkable; never loaded).
+- each rank's own, in `rank_state_<rank>.pt` beside its RNG (training/checkpoint/files.py): `batches` (its data
+  position, with the mixes of the rounds it has still to draw), `val_cycle` (its validation cycle's cursor) and
+  `weights` (the balancer weights it trains with: every rank must agree, and a checkpoint makes that checkable;
+  never loaded).
 
 The adapter handle has no state of its own here: its run-time state lives in the model's buffers, which the
 engine's checkpoint carries.
@@ -65,7 +65,7 @@ class TrainState:
 @dataclasses.dataclass
 class Resumable:
     """Every object whose state a resume restores. The engine (weights, optimizer, schedule) and the RNG are
-    training/state.py's; the rest is here, so saving and loading it cannot drift apart."""
+    training/checkpoint/files.py's; the rest is here, so saving and loading it cannot drift apart."""
 
     state: TrainState
     guard: NumericalGuard

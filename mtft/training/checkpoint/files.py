@@ -32,7 +32,7 @@ from mtft.adapters import AdapterConfig, save_adapter
 from mtft.adapters.base import write_adapter_config
 from mtft.distributed import same_on_all_ranks
 from mtft.errors import ConfigError, UserError
-from mtft.training.engine import consolidated_state_dict, gathered, is_sharded
+from mtft.training.engine import Engine, consolidated_state_dict, gathered, is_sharded
 
 COMPLETE_MARKER = "COMPLETE"
 ADAPTER_DIR = "adapter"
@@ -74,7 +74,7 @@ class CheckpointContents:
     run_inputs: dict[str, Any]  # the data config and seed the data stream follows
 
 
-def save_checkpoint(engine, output_dir: Path, step: int, contents: CheckpointContents) -> Path:
+def save_checkpoint(engine: Engine, output_dir: Path, step: int, contents: CheckpointContents) -> Path:
     """Collective: every rank must call it. The frozen base is not saved: the run's model config rebuilds it.
 
     A write that fails raises an error naming this checkpoint and the intact one before it. The failing rank
@@ -92,7 +92,7 @@ def save_checkpoint(engine, output_dir: Path, step: int, contents: CheckpointCon
     return path
 
 
-def _write_checkpoint(engine, path: Path, step: int, contents: CheckpointContents) -> None:
+def _write_checkpoint(engine: Engine, path: Path, step: int, contents: CheckpointContents) -> None:
     rank = dist.get_rank()
     if rank == 0 and path.exists():  # left by an interrupted save of this step, or a run resumed from earlier
         shutil.rmtree(path)
@@ -108,7 +108,7 @@ def _write_checkpoint(engine, path: Path, step: int, contents: CheckpointContent
     dist.barrier()
 
 
-def _save_adapter(engine, cfg: AdapterConfig, tokenizer: PreTrainedTokenizerBase, directory: Path) -> None:
+def _save_adapter(engine: Engine, cfg: AdapterConfig, tokenizer: PreTrainedTokenizerBase, directory: Path) -> None:
     """Rank 0 writes the trained weights as safetensors, beside the tokenizer.
 
     Under ZeRO-3 every rank holds only a shard of each weight, so this is collective. An adapter's parameters
@@ -290,7 +290,7 @@ def _flatten(value: Any, key: str = "") -> dict[str, Any]:
     return {key: value}
 
 
-def load_checkpoint(engine, path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def load_checkpoint(engine: Engine, path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Restore the engine's state and this rank's RNG; returns (the run's mtft state, this rank's state)."""
     client_state = engine.load_checkpoint(path.parent, path.name)
     rank_state = load_rank_state(path / f"rank_state_{dist.get_rank()}.pt")

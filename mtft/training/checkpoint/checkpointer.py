@@ -1,6 +1,6 @@
 """The run's checkpoints, owned by one object: where they go, which one a run resumes from (and whether it may),
-saving, pruning and the newest. The files themselves are training/state.py's; the loop asks this object only
-whether a step is due and to save or resume."""
+saving, pruning and the newest. The files themselves are training/checkpoint/files.py's; the loop asks this object
+only whether a step is due and to save or resume."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from mtft.config.sections import TrainerConfig
 from mtft.data.config import DataConfig
 from mtft.distributed import kept_across_restarts, same_on_all_ranks
 from mtft.errors import ConfigError
-from mtft.training.state import (
+from mtft.training.checkpoint.files import (
     CheckpointContents,
     complete_checkpoints,
     find_resume_checkpoint,
@@ -26,7 +26,8 @@ from mtft.training.state import (
     sample_changes,
     save_checkpoint,
 )
-from mtft.training.train_state import Resumable
+from mtft.training.checkpoint.resumable import Resumable
+from mtft.training.engine import Engine
 
 
 class Checkpointer:
@@ -56,7 +57,7 @@ class Checkpointer:
         t = self.trainer
         return bool(t.save_steps and step % t.save_steps == 0) or step == t.max_steps
 
-    def resume(self, engine, resumable: Resumable, names: list[str], sizes: list[int]) -> None:
+    def resume(self, engine: Engine, resumable: Resumable, names: list[str], sizes: list[int]) -> None:
         """Restore the engine and every stateful object from `resume_from`. The data stream continues only if the
         data is the same: the config's changes and what the sampler's state shows (task files edited in place)."""
         t = self.trainer
@@ -68,7 +69,7 @@ class Checkpointer:
 
     def save(
         self,
-        engine,
+        engine: Engine,
         step: int,
         resumable: Resumable,
         adapter: AdapterConfig,

@@ -11,8 +11,8 @@ import pytest
 
 from mtft.errors import ConfigError
 from mtft.training import components
+from mtft.training.checkpoint.files import COMPLETE_MARKER, RUN_INPUTS, input_changes, load_rank_state
 from mtft.training.loop import train
-from mtft.training.state import COMPLETE_MARKER, RUN_INPUTS, input_changes, load_rank_state
 from tests.helpers import compose_config, small_data_overrides
 
 

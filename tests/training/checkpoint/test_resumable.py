@@ -9,9 +9,9 @@ from mtft.balancers import build_balancer
 from mtft.balancers.dwa import DWAConfig
 from mtft.data.batches import MixedBatches, ValidationCycle
 from mtft.data.tasks import Sample, TaskData
+from mtft.training.checkpoint.resumable import Resumable, TrainState
 from mtft.training.early_stopping import EarlyStopping
 from mtft.training.guard import NumericalGuard
-from mtft.training.train_state import Resumable, TrainState
 from mtft.training.weight_routes import WeightRoutes
 
 NAMES = ["add", "sort"]

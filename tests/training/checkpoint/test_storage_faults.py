@@ -16,9 +16,15 @@ import pytest
 import torch
 
 from mtft.errors import ConfigError
-from mtft.training import checkpointer, components, state
+from mtft.training import components
+from mtft.training.checkpoint import checkpointer, files
+from mtft.training.checkpoint.files import (
+    COMPLETE_MARKER,
+    CheckpointWriteError,
+    find_resume_checkpoint,
+    verify_checkpoint,
+)
 from mtft.training.loop import train
-from mtft.training.state import COMPLETE_MARKER, CheckpointWriteError, find_resume_checkpoint, verify_checkpoint
 from tests.helpers import LAUNCH_VARS, compose_config, computed, small_data_overrides
 
 WEIGHTS = "adapter/adapter_model.safetensors"
@@ -67,7 +73,7 @@ def _copy(trained, tmp_path):
 
 def _fail_adapter_write(monkeypatch):
     """The adapter's weights are half written when an exception comes."""
-    real = state.save_adapter
+    real = files.save_adapter
 
     def half_then_raise(model, cfg, directory):
         real(model, cfg, directory)
@@ -76,7 +82,7 @@ def _fail_adapter_write(monkeypatch):
             weights.write_bytes(weights.read_bytes()[:100])
             raise RuntimeError("simulated failure while writing the adapter")
 
-    monkeypatch.setattr(state, "save_adapter", half_then_raise)
+    monkeypatch.setattr(files, "save_adapter", half_then_raise)
     return RuntimeError
 
 
@@ -205,7 +211,7 @@ def test_checkpoint_from_before_manifests_still_resumes_exactly(trained, small_t
     old = out / "checkpoint-2"
     (old / COMPLETE_MARKER).write_text("2\n")
     (old / "run_inputs.json").unlink()
-    rank_state = state.load_rank_state(old / "rank_state_0.pt")
+    rank_state = files.load_rank_state(old / "rank_state_0.pt")
     kind, keys, *rest = rank_state["rng"]["numpy"]
     rank_state["rng"]["numpy"] = (kind, torch.tensor(keys).numpy().astype("uint32"), *rest)
     torch.save(rank_state, old / "rank_state_0.pt")
@@ -227,7 +233,7 @@ def test_unwritable_output_dir_is_refused_before_the_model_loads(dist_group, sma
     (tmp_path / "a_file").write_text("not a directory")
     places = [tmp_path / "a_file" / "run"]
     try:
-        state.prepare_output_dir(Path("/sys"))
+        files.prepare_output_dir(Path("/sys"))
     except ConfigError:
         places.append("/sys")
     for place in places:

@@ -14,9 +14,9 @@ import mtft
 from mtft.adapters import ADAPTERS
 from mtft.balancers import BALANCERS
 from mtft.models import load_model_and_tokenizer
+from mtft.training.checkpoint.files import COMPLETE_MARKER, find_resume_checkpoint, load_checkpoint
 from mtft.training.engine import build_engine
 from mtft.training.loop import train
-from mtft.training.state import COMPLETE_MARKER, find_resume_checkpoint, load_checkpoint
 from tests.helpers import adapter_names, balancer_names, compose_config, computed, moved_key, small_data_overrides
 
 
@@ -183,7 +183,7 @@ def test_adaptive_balancers_resume_exactly(dist_group, small_tasks, tmp_path, na
 
 
 def test_save_total_limit_keeps_the_newest_and_the_resumed_one(dist_group, tmp_path):
-    from mtft.training.state import complete_checkpoints, prune_checkpoints
+    from mtft.training.checkpoint.files import complete_checkpoints, prune_checkpoints
 
     for step in (2, 4, 6, 8):
         (tmp_path / f"checkpoint-{step}").mkdir()

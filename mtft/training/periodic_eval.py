@@ -1,5 +1,7 @@
-"""Per-task validation loss (the mean token cross-entropy over the given validation batches, exact over ranks), and
-the run's evaluations: validation losses and scored sample generations, when they are due."""
+"""The evaluations inside a training run, every `trainer.eval_steps`: per-task validation loss (the mean token
+cross-entropy over the given validation batches, exact over ranks) and scored sample generations, when they are
+due. A saved model is evaluated after training by training/offline_eval.py (`mtft-eval`); both generate and score
+with eval/."""
 
 from __future__ import annotations
 
@@ -17,28 +19,29 @@ from mtft.eval.generation import Decoding, Ranks, metric_means, scored_generatio
 from mtft.logging.progress import Progress
 from mtft.logging.run_logger import RunLogger
 from mtft.training.components import ModelAndTasks
-from mtft.training.engine import generation_is_collective
+from mtft.training.engine import Engine, generation_is_collective
 from mtft.training.losses import per_task_sums, token_losses
+from mtft.training.model_runner import ModelRunner
 
 
 @torch.no_grad()
 def validation_losses(
-    engine, batches: Iterable[dict[str, torch.Tensor]], task_names: list[str], adapter: AdapterRuntime
+    runner: ModelRunner, batches: Iterable[dict[str, torch.Tensor]], task_names: list[str], adapter: AdapterRuntime
 ) -> dict[str, float]:
     """Each rank evaluates its own batches; token sums and counts are all-reduced. Tasks with no tokens anywhere
     are absent from the result."""
     num_tasks = len(task_names)
-    device = engine.device if hasattr(engine, "device") else next(engine.parameters()).device  # or a plain model
+    device = runner.device
     totals = torch.zeros(2, num_tasks, device=device)
-    was_training = getattr(engine, "module", engine).training
-    engine.eval()
+    was_training = runner.module.training
+    runner.eval()
     for batch in batches:
         batch = {k: v.to(device) for k, v in batch.items()}
         adapter.before_forward(batch)
-        logits = engine(**model_inputs(batch)).logits
+        logits = runner(**model_inputs(batch)).logits
         losses = token_losses(logits, batch["labels"])
         totals += torch.stack(per_task_sums(losses, batch["labels"], batch["task_ids"], num_tasks))
-    engine.train(was_training)
+    runner.train(was_training)
     sums, counts = all_reduce_sum(totals)
     return {name: float(sums[i] / counts[i]) for i, name in enumerate(task_names) if counts[i] > 0}
 
@@ -47,7 +50,7 @@ class Evaluator:
     """The run's evaluations: when one is due, every task's validation loss, and sample generations on the first
     `trainer.eval_generations` validation prompts of each task, made and scored as mtft-eval makes them."""
 
-    def __init__(self, engine, built: ModelAndTasks, cfg: TrainConfig, rank: int, world_size: int):
+    def __init__(self, engine: Engine, built: ModelAndTasks, cfg: TrainConfig, rank: int, world_size: int):
         """`built`: the run's tokenizer, tasks and adapter runtime."""
         self.engine, self.adapter, self.tokenizer, self.tasks = engine, built.adapter, built.tokenizer, built.tasks
         self.trainer, self.specs, self.ranks = cfg.trainer, cfg.data.tasks, Ranks(rank, world_size)

@@ -1,5 +1,6 @@
-"""Evaluating a trained checkpoint per task: validation loss and perplexity, and generation metrics on the
-validation prompts. `mtft-eval` (cli/eval.py) is the command line over `evaluate`.
+"""Evaluating a saved model per task, outside a training run: validation loss and perplexity, and generation
+metrics on the validation prompts. `mtft-eval` (cli/eval.py) is the command line over `evaluate`; the evaluations
+during a run are training/periodic_eval.py's, and both generate and score with eval/.
 
 Each validation sample's loss is kept too (sample_losses.jsonl: its token-loss sum and token count), so a task's
 loss over any subset of its samples, such as a bootstrap's resample, is Σ loss_sum / Σ tokens; the task's
@@ -44,6 +45,7 @@ from mtft.logging.console import terminal_bars
 from mtft.training.engine import init_distributed, partitioned_for_inference
 from mtft.training.inference import BaseModel, load_base, load_trained, read_yaml
 from mtft.training.losses import next_token_targets, token_losses
+from mtft.training.model_runner import ModelRunner, PlainRunner
 
 SAMPLE_LOSSES = "sample_losses.jsonl"
 
@@ -105,8 +107,8 @@ def evaluate(
         trained = load_trained(checkpoint, config)
     model, tokenizer, runtime, cfg = trained.model, trained.tokenizer, trained.runtime, trained.cfg
     sharded = settings.zero3 if settings.zero3 is not None else cfg.deepspeed.stage == 3 and world > 1
-    engine = partitioned_for_inference(model, cfg, world) if sharded else model  # what runs the loss forwards
-    model = engine.module if sharded else model
+    runner = partitioned_for_inference(model, cfg, world) if sharded else PlainRunner.alone(model)
+    model = runner.module
     if data is not None:
         cfg.data = from_dict(DataConfig, read_yaml(data, "data"), "data")
     if rank == 0:
@@ -118,7 +120,7 @@ def evaluate(
     tasks = [TaskData(t.name, [], t.val[: settings.max_samples or None], t.report) for t in tasks]
     runtime.prepare_inference(model, tasks, tokenizer.pad_token_id)
 
-    sample_losses = _sample_losses(engine, runtime, tokenizer, tasks, settings, (rank, world), bars)
+    sample_losses = _sample_losses(runner, runtime, tokenizer, tasks, settings, (rank, world), bars)
     losses = _task_losses(sample_losses)
     ranks = Ranks(rank, world, synced=sharded and world > 1)
     predictions = scored_generations(model, tokenizer, tasks, cfg.data.tasks, settings.decoding(bars), ranks)
@@ -145,29 +147,35 @@ def evaluate(
 
 @torch.no_grad()
 def _sample_losses(
-    engine, runtime, tokenizer, tasks: list[TaskData], settings: EvalSettings, ranks: tuple[int, int], bars: bool
+    runner: ModelRunner,
+    runtime,
+    tokenizer,
+    tasks: list[TaskData],
+    settings: EvalSettings,
+    ranks: tuple[int, int],
+    bars: bool,
 ) -> list[dict[str, Any]]:
     """Each validation sample's loss: rows {task, index (in the task's validation split), loss_sum, tokens}, in the
     one-rank order. Each rank computes its share of the batches (`validation_batches`, whose filler batches keep
     a ZeRO-3 forward collective; a bar where `bars`, rank 0's on a terminal) and every rank gets all the rows."""
     rank, world = ranks
-    device = engine.device if hasattr(engine, "device") else next(engine.parameters()).device
+    device = runner.device
     batches = validation_batches(tasks, settings.batch_size, tokenizer.pad_token_id, rank, world)
     count = sum(validation_rounds(task, settings.batch_size, world) for task in tasks)
     batches = tqdm(batches, total=count, desc="loss", leave=False, disable=not bars)
-    was_training = getattr(engine, "module", engine).training
-    engine.eval()
+    was_training = runner.module.training
+    runner.eval()
     rows = []
     for (task, indices), batch in zip(_batch_indices(tasks, settings.batch_size, ranks), batches, strict=True):
         batch = {k: v.to(device) for k, v in batch.items()}
         runtime.before_forward(batch)
         labels_BT = batch["labels"]
-        losses_BT = token_losses(engine(**model_inputs(batch)).logits, labels_BT).view(labels_BT.shape)
+        losses_BT = token_losses(runner(**model_inputs(batch)).logits, labels_BT).view(labels_BT.shape)
         tokens_BT = (next_token_targets(labels_BT) != IGNORE).view(labels_BT.shape)
         sums, counts = losses_BT.sum(-1).tolist()[: len(indices)], tokens_BT.sum(-1).tolist()[: len(indices)]
         for index, loss_sum, tokens in zip(indices, sums, counts, strict=True):  # a filler batch's one row: none
             rows.append({"task": task, "index": index, "loss_sum": loss_sum, "tokens": tokens})
-    engine.train(was_training)
+    runner.train(was_training)
     order = {task.name: position for position, task in enumerate(tasks)}
     return sorted(gather_lists(rows), key=lambda row: (order[row["task"]], row["index"]))
 

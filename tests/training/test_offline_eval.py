@@ -13,9 +13,9 @@ from mtft.cli.generate import main as generate_main
 from mtft.errors import ConfigError
 from mtft.eval.generation import Decoding, generate_batch
 from mtft.models import TinyModelConfig, build_byte_tokenizer, build_tiny_model
-from mtft.training.evaluate import EvalSettings, evaluate
 from mtft.training.export import export
 from mtft.training.loop import train
+from mtft.training.offline_eval import EvalSettings, evaluate
 from tests.helpers import compose_config
 
 SETTINGS = EvalSettings(batch_size=4, max_new_tokens=8)
