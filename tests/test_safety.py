@@ -85,7 +85,7 @@ def test_every_auto_class_load_passes_trust_remote_code():
     """Auto classes are where a hub repo's own code would run; each call in mtft/ must pass the config's flag
     (the loads by a concrete class or by PEFT resolve no code from the hub). And nothing passes a literal True."""
     auto_loads = _calls(_method("from_pretrained", lambda name: name.startswith("Auto")))
-    assert len(auto_loads) >= 2  # the tokenizer and the model in mtft/models.py
+    assert len(auto_loads) >= 2  # the tokenizer and the model in mtft/models/loading.py
     for where, call in auto_loads:
         flag = _keyword(call, "trust_remote_code")
         assert flag is not None and not isinstance(flag, ast.Constant), where
