@@ -51,7 +51,7 @@ from mtft.data.tokenize import IGNORE
 from mtft.logging.throughput import attended_positions
 from mtft.models import build_byte_tokenizer, compile_blocks, enable_gradient_checkpointing, resolve_attention
 from mtft.training.cross_entropy import CROSS_ENTROPY
-from mtft.training.engine import build_engine, init_distributed
+from mtft.training.engine import build_engine, init_distributed, optimizer_label
 from mtft.training.step import StepBatches, optimizer_step, step_batches
 
 SHAPES: dict[str, dict[str, Any]] = {
@@ -144,7 +144,7 @@ class Plain:
         return batch
 
     def optimizer_name(self) -> str:
-        return f"{type(self.optimizer).__name__}{' (fused)' if self.optimizer.defaults.get('fused') else ''}"
+        return optimizer_label(self.optimizer)
 
 
 class Mtft:

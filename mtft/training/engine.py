@@ -157,6 +157,14 @@ def guards_on_device(cfg: TrainConfig) -> bool:
     return is_lean(cfg) or (zero_1_2 and on_device)
 
 
+def optimizer_label(optimizer: Any) -> str:
+    """The class that steps, what it wraps (DeepSpeed's ZeRO optimizers wrap a torch one) and whether the torch
+    one is fused: for mtft-bench ops, which reports it beside each count."""
+    inner = getattr(optimizer, "optimizer", None)
+    fused = " (fused)" if getattr(inner or optimizer, "defaults", {}).get("fused") else ""
+    return type(optimizer).__name__ + (f" around {type(inner).__name__}" if inner is not None else "") + fused
+
+
 class Engine:
     """The DeepSpeed engine as the training step uses it: forward, backward, the step's outcome on the device, the
     LR schedule, checkpoints; a `ModelRunner` (training/model_runner.py) for validation. `ds` is DeepSpeed's
@@ -229,10 +237,7 @@ class Engine:
             self.schedule.step()
 
     def optimizer_name(self) -> str:
-        """The class that steps, and what it wraps (for mtft-bench ops)."""
-        outer, inner = self.ds.optimizer, getattr(self.ds.optimizer, "optimizer", None)
-        fused = " (fused)" if getattr(inner or outer, "defaults", {}).get("fused") else ""
-        return type(outer).__name__ + (f" around {type(inner).__name__}" if inner is not None else "") + fused
+        return optimizer_label(self.ds.optimizer)
 
     def lr(self) -> float:
         return self.ds.get_lr()[0]

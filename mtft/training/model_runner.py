@@ -5,6 +5,8 @@ engine)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import torch
@@ -45,3 +47,14 @@ class PlainRunner:
 
     def eval(self) -> None:
         self.outer.eval()
+
+
+@contextlib.contextmanager
+def evaluating(runner: ModelRunner) -> Iterator[None]:
+    """The runner in eval mode inside the block (no dropout), and back in the mode it was in after."""
+    was_training = runner.module.training
+    runner.eval()
+    try:
+        yield
+    finally:
+        runner.train(was_training)

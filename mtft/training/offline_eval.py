@@ -45,7 +45,7 @@ from mtft.logging.console import terminal_bars
 from mtft.training.engine import init_distributed, partitioned_for_inference
 from mtft.training.inference import BaseModel, load_base, load_trained, read_yaml
 from mtft.training.losses import next_token_targets, token_losses
-from mtft.training.model_runner import ModelRunner, PlainRunner
+from mtft.training.model_runner import ModelRunner, PlainRunner, evaluating
 
 SAMPLE_LOSSES = "sample_losses.jsonl"
 
@@ -163,19 +163,17 @@ def _sample_losses(
     batches = validation_batches(tasks, settings.batch_size, tokenizer.pad_token_id, rank, world)
     count = sum(validation_rounds(task, settings.batch_size, world) for task in tasks)
     batches = tqdm(batches, total=count, desc="loss", leave=False, disable=not bars)
-    was_training = runner.module.training
-    runner.eval()
     rows = []
-    for (task, indices), batch in zip(_batch_indices(tasks, settings.batch_size, ranks), batches, strict=True):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        runtime.before_forward(batch)
-        labels_BT = batch["labels"]
-        losses_BT = token_losses(runner(**model_inputs(batch)).logits, labels_BT).view(labels_BT.shape)
-        tokens_BT = (next_token_targets(labels_BT) != IGNORE).view(labels_BT.shape)
-        sums, counts = losses_BT.sum(-1).tolist()[: len(indices)], tokens_BT.sum(-1).tolist()[: len(indices)]
-        for index, loss_sum, tokens in zip(indices, sums, counts, strict=True):  # a filler batch's one row: none
-            rows.append({"task": task, "index": index, "loss_sum": loss_sum, "tokens": tokens})
-    runner.train(was_training)
+    with evaluating(runner):
+        for (task, indices), batch in zip(_batch_indices(tasks, settings.batch_size, ranks), batches, strict=True):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            runtime.before_forward(batch)
+            labels_BT = batch["labels"]
+            losses_BT = token_losses(runner(**model_inputs(batch)).logits, labels_BT).view(labels_BT.shape)
+            tokens_BT = (next_token_targets(labels_BT) != IGNORE).view(labels_BT.shape)
+            sums, counts = losses_BT.sum(-1).tolist()[: len(indices)], tokens_BT.sum(-1).tolist()[: len(indices)]
+            for index, loss_sum, tokens in zip(indices, sums, counts, strict=True):  # a filler batch's one row: none
+                rows.append({"task": task, "index": index, "loss_sum": loss_sum, "tokens": tokens})
     order = {task.name: position for position, task in enumerate(tasks)}
     return sorted(gather_lists(rows), key=lambda row: (order[row["task"]], row["index"]))
 

@@ -21,7 +21,7 @@ from mtft.logging.run_logger import RunLogger
 from mtft.training.components import ModelAndTasks
 from mtft.training.engine import Engine, generation_is_collective
 from mtft.training.losses import per_task_sums, token_losses
-from mtft.training.model_runner import ModelRunner
+from mtft.training.model_runner import ModelRunner, evaluating
 
 
 @torch.no_grad()
@@ -33,15 +33,13 @@ def validation_losses(
     num_tasks = len(task_names)
     device = runner.device
     totals = torch.zeros(2, num_tasks, device=device)
-    was_training = runner.module.training
-    runner.eval()
-    for batch in batches:
-        batch = {k: v.to(device) for k, v in batch.items()}
-        adapter.before_forward(batch)
-        logits = runner(**model_inputs(batch)).logits
-        losses = token_losses(logits, batch["labels"])
-        totals += torch.stack(per_task_sums(losses, batch["labels"], batch["task_ids"], num_tasks))
-    runner.train(was_training)
+    with evaluating(runner):
+        for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            adapter.before_forward(batch)
+            logits = runner(**model_inputs(batch)).logits
+            losses = token_losses(logits, batch["labels"])
+            totals += torch.stack(per_task_sums(losses, batch["labels"], batch["task_ids"], num_tasks))
     sums, counts = all_reduce_sum(totals)
     return {name: float(sums[i] / counts[i]) for i, name in enumerate(task_names) if counts[i] > 0}
 
