@@ -1,6 +1,7 @@
 """docs/results/mixing.md and its plots, from scripts/experiments/mixing.py's runs and statistics: per-arm tables,
 paired differences with their bootstrap intervals and verdicts, best step and rise, mix and validation-loss curves.
-It states what was measured; which method won is written by people."""
+It states what was measured; which method won is written by people, in the page's OUTCOME section, which a
+later render keeps."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from real import GGUF, HEADLINE, score  # noqa: E402
 
 from mtft.adapters import baseline_adapter  # noqa: E402
 
+OUTCOME = "## What the runs show"  # written by people from the tables; kept when the page renders again
 METRIC_TITLES = {"primary": "primary (mean headline)", "worst": "worst task", "val_loss": "mean final val loss"}
 
 
@@ -180,6 +182,19 @@ def save(fig, path: Path) -> Path:
 # ---- the page ----------------------------------------------------------------------------------------------------
 
 
+def kept_outcome(page: Path) -> list[str]:
+    """The OUTCOME section of an earlier render of `page` (its heading up to the next `## `), or nothing: the
+    tables are the script's to rewrite, the verdict people wrote from them is not."""
+    if not page.is_file():
+        return []
+    lines = page.read_text().splitlines()
+    if OUTCOME not in lines:
+        return []
+    start = lines.index(OUTCOME)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return lines[start:end]
+
+
 def design(report: Report) -> list[str]:
     s, sizes = report.sizes.settings, report.sizes
     words = ", ".join(f"{task} {n}" for task, n in sizes.task_train_words.items())
@@ -226,6 +241,7 @@ def render(report: Report, docs: Path) -> Path:
         "",
         *design(report),
         "",
+        *kept_outcome(docs / "mixing.md"),
     ]
     for index, (title, names) in enumerate(report.experiments.items(), start=1):
         figure = plot_val_losses(report, names, docs / f"mixing_val_loss_{index}.png")

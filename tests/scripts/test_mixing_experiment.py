@@ -25,6 +25,7 @@ from tests.scripts.test_real_suite import write_sources
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts" / "experiments"
 MIXING = _script("mixing")
 STATS = sys.modules["mixing_stats"]  # as mixing.py imports it
+REPORT = sys.modules["mixing_report"]
 TASKS = ["translate_fr", "translate_es", "translate_de", "define", "hypernym"]
 
 
@@ -132,6 +133,18 @@ def test_a_cached_run_whose_config_is_no_longer_its_arms_is_refused(tmp_path):
         MIXING.check_config(tmp_path, ["balancer=odm"])
 
 
+def test_a_render_keeps_the_outcome_people_wrote_and_nothing_else_of_the_old_page(tmp_path):
+    page = tmp_path / "mixing.md"
+    assert REPORT.kept_outcome(page) == []
+    page.write_text("# Title\n\nold design\n\n## Experiment 1\n\n| old | table |\n")
+    assert REPORT.kept_outcome(page) == []
+    outcome = [REPORT.OUTCOME, "", "Temperature mixing won.", "", "### Why", "FAMO starved four tasks.", ""]
+    page.write_text("\n".join(["# Title", "", *outcome, "## Experiment 1", "", "| old | table |"]) + "\n")
+    assert REPORT.kept_outcome(page) == outcome
+    page.write_text("\n".join(["# Title", "", *outcome[:-1]]))  # the last section of the page
+    assert REPORT.kept_outcome(page) == outcome[:-1]
+
+
 # ---- --quick end to end ------------------------------------------------------------------------------------------
 
 
@@ -208,6 +221,9 @@ def test_quick_runs_every_arm_compares_and_renders_and_a_second_call_only_render
 
     scored = sorted(runs.glob("*/*/eval/eval.json"))
     before = {path: path.stat().st_mtime_ns for path in scored}
+    first = report.index("## Experiment 1")  # people write the outcome above the tables; a render keeps it
+    report = report[:first] + f"{REPORT.OUTCOME}\n\nWritten by hand.\n\n" + report[first:]
+    (tmp_path / "docs" / "mixing.md").write_text(report)
     again = _mixing(tmp_path)
     assert "done uniform / seed 1" in again.stdout
     assert {path: path.stat().st_mtime_ns for path in scored} == before  # nothing trained or scored again
