@@ -204,6 +204,9 @@ class Mtft:
         return self.engine.optimizer_name()
 
 
+Runner = Plain | Mtft  # what mtft-bench times and mtft-bench ops counts: next_batches, train_on, optimizer_name
+
+
 def prebuilt_batches(data: DataConfig, tokenizer, batch: int, count: int, device) -> list[dict[str, torch.Tensor]]:
     tasks = load_tasks(data, tokenizer, seed=0)
     probabilities = mixing_probabilities([len(t.train) for t in tasks], data)
@@ -232,7 +235,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     if any("compile" in name for name in args.configs):  # each compiles the same layer code with another adapter
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    runners: dict[str, Any] = {}
+    runners: dict[str, Runner] = {}
     resident: dict[str, int] = {}
     failures: dict[str, str] = {}
     for name in args.configs:
@@ -278,7 +281,7 @@ class Measured:
     warmup_seconds: float = 0.0
 
 
-def measure(runner: Any, into: Measured, device: torch.device, steps: int, warmup: int) -> None:
+def measure(runner: Runner, into: Measured, device: torch.device, steps: int, warmup: int) -> None:
     """`warmup` untimed steps (compilation, allocator, autotuning), then `steps` timed ones."""
     start = time.perf_counter()
     for _ in range(warmup):
@@ -307,7 +310,7 @@ def _failed(name: str, stage: str, err: Exception) -> str:
     return message
 
 
-def _profile(name: str, runner: Any, device: torch.device) -> str:
+def _profile(name: str, runner: Runner, device: torch.device) -> str:
     """One step under the profiler: kernels launched, host-device syncs, and the ops that took the most time."""
     from torch.profiler import ProfilerActivity, profile
 

@@ -96,7 +96,7 @@ def count_events(events) -> tuple[int, dict[str, int], int, collections.Counter]
     return sum(ops.values()), dict(syncs), cpu_only, ops
 
 
-def count_step(runner: Any) -> StepCount:
+def count_step(runner: gpu.Runner) -> StepCount:
     """Profile one optimizer step of a `mtft-bench gpu` runner (its batches drawn first, outside the profile)."""
     from torch.profiler import ProfilerActivity, profile
 
