@@ -20,6 +20,7 @@ from torch import nn
 
 from mtft.adapters.moe import ExpertsRuntime, SharedLayerState, base_only
 from mtft.distributed import all_reduce_sum
+from mtft.models import eval_mode
 
 MODULE_NAME = "mtft_intuition"  # the prior's attribute on the model, so its saved keys read `mtft_intuition.centroids`
 
@@ -93,29 +94,25 @@ def prepare(model: nn.Module, tasks: list, pad_token_id: int, seed: int, batch_s
     `tasks`: the loop's TaskData, read only through `train`/`val` samples, each with `prompt()` token ids and a
     `prior` to set (the one per-sample routing input the data pipeline carries to the routers)."""
     prior: IntuitionPrior = getattr(model, MODULE_NAME)
-    was_training = model.training
-    model.eval()
     samples = {split: [s for task in tasks for s in getattr(task, split)] for split in ("train", "val")}
-    embeddings = {
-        split: embed_prompts(model, [s.prompt() for s in group], pad_token_id, prior.layer, batch_size)
-        for split, group in samples.items()
-    }
+    with eval_mode(model):
+        embeddings = {
+            split: embed_prompts(model, [s.prompt() for s in group], pad_token_id, prior.layer, batch_size)
+            for split, group in samples.items()
+        }
     prior.fit(embeddings["train"], seed)
     for split, vectors in embeddings.items():
         for sample, affinity in zip(samples[split], prior.affinities(vectors).tolist(), strict=True):
             sample.prior = affinity
-    model.train(was_training)
 
 
 def assign_priors(model: nn.Module, samples: list, pad_token_id: int, batch_size: int = 64) -> None:
     """Give each sample its prior from the centroids the model already holds (trained and saved), as at inference."""
     prior: IntuitionPrior = getattr(model, MODULE_NAME)
-    was_training = model.training
-    model.eval()
-    vectors = embed_prompts(model, [s.prompt() for s in samples], pad_token_id, prior.layer, batch_size)
+    with eval_mode(model):
+        vectors = embed_prompts(model, [s.prompt() for s in samples], pad_token_id, prior.layer, batch_size)
     for sample, affinity in zip(samples, prior.affinities(vectors).tolist(), strict=True):
         sample.prior = affinity
-    model.train(was_training)
 
 
 def embed_prompts(model: nn.Module, prompts: list[list[int]], pad_token_id: int, layer: int, batch_size: int):

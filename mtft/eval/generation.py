@@ -16,6 +16,7 @@ from mtft.data.tasks import Sample, TaskData
 from mtft.data.tokenize import IGNORE
 from mtft.distributed import gather_lists
 from mtft.eval.metrics import DEFAULT_METRICS, METRICS
+from mtft.models import eval_mode
 
 COLUMNS = ["task", "prompt", "reference", "output"]
 TURN_ENDS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")  # chat templates' end-of-turn tokens
@@ -76,26 +77,26 @@ def scored_generations(
     Collective under ZeRO-3 (`ranks.synced`): every forward gathers shards from all ranks, so every rank runs the
     same number of generate calls (a rank with no batch left generates a discarded one-prompt batch), and
     `synced_gpus` keeps ranks whose batch finished early stepping until all have."""
-    was_training = model.training
-    model.eval()
     stop = sorted(stop_ids(model, tokenizer))
     rank, world_size = ranks.rank, ranks.world_size
     mine = []  # (task index, batch index, rows): this rank's batches
-    for task_index, (task, spec) in enumerate(zip(tasks, specs, strict=True)):
-        turns = [(s, t) for s in task.val[: decoding.per_task] if (t := first_turn(s)) is not None]
-        chunks = [turns[start : start + decoding.batch_size] for start in range(0, len(turns), decoding.batch_size)]
-        rounds = range(rank, -(-len(chunks) // world_size) * world_size, world_size)
-        for index in tqdm(rounds, desc=task.name, leave=False) if decoding.progress else rounds:
-            if index >= len(chunks) and not ranks.synced:
-                break
-            chunk = chunks[index] if index < len(chunks) else chunks[0][:1]
-            if decoding.seed is not None:
-                torch.manual_seed(int(np.random.SeedSequence([decoding.seed, task_index, index]).generate_state(1)[0]))
-            prompts = [prompt for _, (prompt, _) in chunk]
-            outputs = generate_batch(model, tokenizer, prompts, stop, decoding, ranks.synced)
-            if index < len(chunks):
-                mine.append((task_index, index, _scored(chunk, outputs, task.name, spec, tokenizer)))
-    model.train(was_training)
+    with eval_mode(model):
+        for task_index, (task, spec) in enumerate(zip(tasks, specs, strict=True)):
+            turns = [(s, t) for s in task.val[: decoding.per_task] if (t := first_turn(s)) is not None]
+            size = decoding.batch_size
+            chunks = [turns[start : start + size] for start in range(0, len(turns), size)]
+            rounds = range(rank, -(-len(chunks) // world_size) * world_size, world_size)
+            for index in tqdm(rounds, desc=task.name, leave=False) if decoding.progress else rounds:
+                if index >= len(chunks) and not ranks.synced:
+                    break
+                chunk = chunks[index] if index < len(chunks) else chunks[0][:1]
+                if decoding.seed is not None:
+                    state = np.random.SeedSequence([decoding.seed, task_index, index]).generate_state(1)[0]
+                    torch.manual_seed(int(state))
+                prompts = [prompt for _, (prompt, _) in chunk]
+                outputs = generate_batch(model, tokenizer, prompts, stop, decoding, ranks.synced)
+                if index < len(chunks):
+                    mine.append((task_index, index, _scored(chunk, outputs, task.name, spec, tokenizer)))
     gathered = gather_lists(mine) if world_size > 1 else mine
     return [row for *_, rows in sorted(gathered, key=lambda part: part[:2]) for row in rows]
 

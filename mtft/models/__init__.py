@@ -6,7 +6,7 @@
 - `tiny.py`: the default that needs no files (a byte tokenizer, a small random Llama) and its TinyModelConfig;
 - `chat_template.py`: the template a tokenizer without one gets;
 - `attention.py`: which attention runs, and the masks built for it at every step;
-- `execution.py`: gradient checkpointing and compiling the decoder blocks.
+- `execution.py`: eval mode for a block of work, gradient checkpointing and compiling the decoder blocks.
 
 Everything public is re-exported here: `from mtft.models import load_model_and_tokenizer`.
 """
@@ -22,7 +22,7 @@ from mtft.models.attention import (
 )
 from mtft.models.chat_template import BUILTIN_CHAT_TEMPLATE, ensure_chat_template
 from mtft.models.config import ModelConfig
-from mtft.models.execution import compile_blocks, enable_gradient_checkpointing
+from mtft.models.execution import compile_blocks, enable_gradient_checkpointing, eval_mode
 from mtft.models.gguf import gguf_cache_path
 from mtft.models.loading import load_model, load_model_and_tokenizer, load_tokenizer, model_source
 from mtft.models.tiny import TinyModelConfig, build_byte_tokenizer, build_tiny_model
@@ -39,6 +39,7 @@ __all__ = [
     "compile_blocks",
     "enable_gradient_checkpointing",
     "ensure_chat_template",
+    "eval_mode",
     "gguf_cache_path",
     "load_model",
     "load_model_and_tokenizer",

@@ -1,15 +1,28 @@
-"""How the model runs rather than what it computes: recomputing activations in the backward (memory for time), and
-compiling its repeated blocks. Parameter names, checkpoints and hooks stay as they are under both."""
+"""How the model runs rather than what it computes: eval mode for a block of work, recomputing activations in the
+backward (memory for time), and compiling its repeated blocks. Parameter names, checkpoints and hooks stay as they
+are under all three."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 
 from torch import nn
 
 from mtft.errors import ConfigError
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in eval mode (no dropout) inside the block, and back in the mode it was in after, also when the
+    block raises."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def enable_gradient_checkpointing(model: nn.Module, recomputation: Callable[[], AbstractContextManager]) -> None:

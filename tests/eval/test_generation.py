@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from mtft.data.config import TaskSpec
@@ -60,3 +61,24 @@ def test_each_rank_generates_its_own_batches_and_together_the_one_rank_rows():
         assert first[:2] + second + first[2:] == one_rank
     reseeded = Decoding(max_new_tokens=6, batch_size=2, do_sample=True, seed=4)
     assert one_rank != scored_generations(model, tokenizer, tasks, specs, reseeded)  # it samples
+
+
+def test_a_generation_that_fails_leaves_the_model_in_training_mode(monkeypatch):
+    import mtft.eval.generation as generation
+
+    tokenizer = build_byte_tokenizer()
+    model = build_tiny_model(TinyModelConfig(), tokenizer)
+    prompt = tokenizer.encode("1+2=")
+    tasks = [TaskData("add", [], [Sample(prompt + [51], [IGNORE] * len(prompt) + [51], 0)])]
+    seen = []
+
+    def failing(model, *args):
+        seen.append(model.training)
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(generation, "generate_batch", failing)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        scored_generations(
+            model, tokenizer, tasks, [TaskSpec(name="add", path="add.jsonl")], Decoding(max_new_tokens=2)
+        )
+    assert seen == [False] and model.training  # generated in eval mode, then given back as it was found
