@@ -7,14 +7,30 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from typing import Protocol, TypeVar
 
 from torch import nn
 
 from mtft.errors import ConfigError
 
 
+class Switchable(Protocol):
+    """Anything with a training flag and the calls that set it: a model, or a `ModelRunner` around one
+    (training/model_runner.py), whose wrapper must see the switch too."""
+
+    @property
+    def training(self) -> bool: ...
+
+    def train(self, mode: bool = True) -> object: ...
+
+    def eval(self) -> object: ...
+
+
+S = TypeVar("S", bound=Switchable)
+
+
 @contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+def eval_mode(model: S) -> Iterator[S]:
     """The model in eval mode (no dropout) inside the block, and back in the mode it was in after, also when the
     block raises."""
     was_training = model.training

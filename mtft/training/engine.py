@@ -188,6 +188,10 @@ class Engine:
     def parameters(self):
         return self.module.parameters()
 
+    @property
+    def training(self) -> bool:
+        return self.module.training
+
     def train(self, mode: bool = True) -> None:
         self.ds.train(mode)
 

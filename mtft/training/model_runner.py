@@ -5,8 +5,6 @@ engine)."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any, Protocol
 
 import torch
@@ -15,10 +13,14 @@ from torch import nn
 
 class ModelRunner(Protocol):
     """A model and what runs its forwards: calling the runner runs one through whatever wraps the model; `module`
-    is the model itself (its config, parameters and training flag)."""
+    is the model itself (its config and parameters); `training` is its mode, which `eval_mode` (mtft.models)
+    switches through the runner so that a wrapper around the model sees it too."""
 
     module: nn.Module
     device: torch.device  # where its batches go
+
+    @property
+    def training(self) -> bool: ...
 
     def __call__(self, **inputs: torch.Tensor) -> Any: ...
 
@@ -42,19 +44,12 @@ class PlainRunner:
     def __call__(self, **inputs: torch.Tensor) -> Any:
         return self.outer(**inputs)
 
+    @property
+    def training(self) -> bool:
+        return self.module.training
+
     def train(self, mode: bool = True) -> None:
         self.outer.train(mode)
 
     def eval(self) -> None:
         self.outer.eval()
-
-
-@contextlib.contextmanager
-def evaluating(runner: ModelRunner) -> Iterator[None]:
-    """The runner in eval mode inside the block (no dropout), and back in the mode it was in after."""
-    was_training = runner.module.training
-    runner.eval()
-    try:
-        yield
-    finally:
-        runner.train(was_training)

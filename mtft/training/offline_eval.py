@@ -42,10 +42,11 @@ from mtft.errors import check
 from mtft.eval.generation import Decoding, Ranks, metric_means, scored_generations
 from mtft.eval.harness import Harness, harness_results
 from mtft.logging.console import terminal_bars
+from mtft.models import eval_mode
 from mtft.training.engine import init_distributed, partitioned_for_inference
 from mtft.training.inference import BaseModel, load_base, load_trained, read_yaml
 from mtft.training.losses import next_token_targets, token_losses
-from mtft.training.model_runner import ModelRunner, PlainRunner, evaluating
+from mtft.training.model_runner import ModelRunner, PlainRunner
 
 SAMPLE_LOSSES = "sample_losses.jsonl"
 
@@ -164,7 +165,7 @@ def _sample_losses(
     count = sum(validation_rounds(task, settings.batch_size, world) for task in tasks)
     batches = tqdm(batches, total=count, desc="loss", leave=False, disable=not bars)
     rows = []
-    with evaluating(runner):
+    with eval_mode(runner):
         for (task, indices), batch in zip(_batch_indices(tasks, settings.batch_size, ranks), batches, strict=True):
             batch = {k: v.to(device) for k, v in batch.items()}
             runtime.before_forward(batch)

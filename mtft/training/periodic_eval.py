@@ -18,10 +18,11 @@ from mtft.eval.generation import COLUMNS as GENERATION_COLUMNS
 from mtft.eval.generation import Decoding, Ranks, metric_means, scored_generations
 from mtft.logging.progress import Progress
 from mtft.logging.run_logger import RunLogger
+from mtft.models import eval_mode
 from mtft.training.components import ModelAndTasks
 from mtft.training.engine import Engine, generation_is_collective
 from mtft.training.losses import per_task_sums, token_losses
-from mtft.training.model_runner import ModelRunner, evaluating
+from mtft.training.model_runner import ModelRunner
 
 
 @torch.no_grad()
@@ -33,7 +34,7 @@ def validation_losses(
     num_tasks = len(task_names)
     device = runner.device
     totals = torch.zeros(2, num_tasks, device=device)
-    with evaluating(runner):
+    with eval_mode(runner):
         for batch in batches:
             batch = {k: v.to(device) for k, v in batch.items()}
             adapter.before_forward(batch)
