@@ -78,27 +78,34 @@ def scored_generations(
     same number of generate calls (a rank with no batch left generates a discarded one-prompt batch), and
     `synced_gpus` keeps ranks whose batch finished early stepping until all have."""
     stop = sorted(stop_ids(model, tokenizer))
-    rank, world_size = ranks.rank, ranks.world_size
     mine = []  # (task index, batch index, rows): this rank's batches
     with eval_mode(model):
         for task_index, (task, spec) in enumerate(zip(tasks, specs, strict=True)):
-            turns = [(s, t) for s in task.val[: decoding.per_task] if (t := first_turn(s)) is not None]
-            size = decoding.batch_size
-            chunks = [turns[start : start + size] for start in range(0, len(turns), size)]
-            rounds = range(rank, -(-len(chunks) // world_size) * world_size, world_size)
-            for index in tqdm(rounds, desc=task.name, leave=False) if decoding.progress else rounds:
-                if index >= len(chunks) and not ranks.synced:
-                    break
-                chunk = chunks[index] if index < len(chunks) else chunks[0][:1]
-                if decoding.seed is not None:
-                    state = np.random.SeedSequence([decoding.seed, task_index, index]).generate_state(1)[0]
-                    torch.manual_seed(int(state))
-                prompts = [prompt for _, (prompt, _) in chunk]
-                outputs = generate_batch(model, tokenizer, prompts, stop, decoding, ranks.synced)
-                if index < len(chunks):
-                    mine.append((task_index, index, _scored(chunk, outputs, task.name, spec, tokenizer)))
-    gathered = gather_lists(mine) if world_size > 1 else mine
+            mine += _my_batches(model, tokenizer, task_index, task, spec, decoding, ranks, stop)
+    gathered = gather_lists(mine) if ranks.world_size > 1 else mine
     return [row for *_, rows in sorted(gathered, key=lambda part: part[:2]) for row in rows]
+
+
+def _my_batches(model, tokenizer, task_index: int, task: TaskData, spec, decoding: Decoding, ranks: Ranks, stop):
+    """This rank's generated batches of one task, each as (task index, batch index, scored rows); which batches
+    are this rank's, and why a rank may generate a discarded one: `scored_generations`."""
+    turns = [(s, t) for s in task.val[: decoding.per_task] if (t := first_turn(s)) is not None]
+    size, world_size = decoding.batch_size, ranks.world_size
+    chunks = [turns[start : start + size] for start in range(0, len(turns), size)]
+    rounds = range(ranks.rank, -(-len(chunks) // world_size) * world_size, world_size)
+    mine = []
+    for index in tqdm(rounds, desc=task.name, leave=False) if decoding.progress else rounds:
+        if index >= len(chunks) and not ranks.synced:
+            break
+        chunk = chunks[index] if index < len(chunks) else chunks[0][:1]
+        if decoding.seed is not None:
+            state = np.random.SeedSequence([decoding.seed, task_index, index]).generate_state(1)[0]
+            torch.manual_seed(int(state))
+        prompts = [prompt for _, (prompt, _) in chunk]
+        outputs = generate_batch(model, tokenizer, prompts, stop, decoding, ranks.synced)
+        if index < len(chunks):
+            mine.append((task_index, index, _scored(chunk, outputs, task.name, spec, tokenizer)))
+    return mine
 
 
 def _scored(chunk: list, outputs: list[list[int]], task: str, spec, tokenizer) -> list[dict[str, Any]]:
