@@ -158,13 +158,21 @@ def plot_mix(report: Report, path: Path) -> Path | None:
 
 
 def plot_val_losses(report: Report, names: list[str], path: Path) -> Path:
-    """Each task's validation loss over steps (mean over seeds): a panel per task, the arms as lines."""
+    """Each task's validation loss over steps (mean over seeds): a panel per task, the arms as lines. The y axis
+    spans the trained evaluations only: the untrained loss at step 0, several times higher, would flatten the
+    differences between arms into one line."""
     tasks = list(report.which)
     fig, axes = plt.subplots(1, len(tasks), figsize=(2.6 * len(tasks), 2.8), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
+        trained = []
         for name in names:
             steps, values = seed_mean([val_curve(r, task) for r in report.results[name]])
             ax.plot(steps, values, label=name, linewidth=1)
+            trained += [value for step, value in zip(steps, values, strict=True) if step > 0]
+        if trained:
+            low, high = min(trained), max(trained)
+            margin = 0.05 * (high - low) or 0.05
+            ax.set_ylim(low - margin, high + margin)
         ax.set_title(task, fontsize=8)
         ax.set_xlabel("step", fontsize=8)
     axes[0][0].set_ylabel("validation loss", fontsize=8)
