@@ -22,7 +22,7 @@ from mtft.models.attention import (
 )
 from mtft.models.chat_template import BUILTIN_CHAT_TEMPLATE, ensure_chat_template
 from mtft.models.config import ModelConfig
-from mtft.models.execution import compile_blocks, enable_gradient_checkpointing, eval_mode
+from mtft.models.execution import Switchable, compile_blocks, enable_gradient_checkpointing, eval_mode
 from mtft.models.gguf import gguf_cache_path
 from mtft.models.loading import load_model, load_model_and_tokenizer, load_tokenizer, model_source
 from mtft.models.tiny import TinyModelConfig, build_byte_tokenizer, build_tiny_model
@@ -32,6 +32,7 @@ __all__ = [
     "BUILTIN_CHAT_TEMPLATE",
     "DENSE_MASK_ATTENTION",
     "ModelConfig",
+    "Switchable",
     "TinyModelConfig",
     "attention_inputs",
     "build_byte_tokenizer",

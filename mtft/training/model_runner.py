@@ -10,23 +10,18 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from mtft.models import Switchable
 
-class ModelRunner(Protocol):
+
+class ModelRunner(Switchable, Protocol):
     """A model and what runs its forwards: calling the runner runs one through whatever wraps the model; `module`
-    is the model itself (its config and parameters); `training` is its mode, which `eval_mode` (mtft.models)
-    switches through the runner so that a wrapper around the model sees it too."""
+    is the model itself (its config and parameters). Its mode (`training`, `train`, `eval`) is switched through
+    the runner, by `eval_mode` (mtft.models), so that a wrapper around the model sees it too."""
 
     module: nn.Module
     device: torch.device  # where its batches go
 
-    @property
-    def training(self) -> bool: ...
-
     def __call__(self, **inputs: torch.Tensor) -> Any: ...
-
-    def train(self, mode: bool = True) -> None: ...
-
-    def eval(self) -> None: ...
 
 
 class PlainRunner:
